@@ -1,0 +1,167 @@
+"""Attention backends behind one switch. Each builds a plan once per layout and is reused by every layer.
+
+- ``segments``: one ``scaled_dot_product_attention`` call per packed sample, each with its own small mask. Exact,
+  differentiable, and the fastest CPU path for packed rows (no ``L x L`` mask).
+- ``dense``: one SDPA call with the full ``(B, 1, L, L)`` boolean prefix-LM mask. Simple reference path.
+- ``flex``: FlexAttention with a block mask built from the same per-token ids. Trains on CUDA; on the CPU PyTorch
+  has no FlexAttention backward, so it is forward-only there.
+
+All backends return zeros at padding positions, so they agree everywhere, not only on real tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from genlip.masks import Layout, prefix_lm_mask, segment_bounds
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    """``auto`` means FlexAttention on CUDA and per-sample SDPA elsewhere."""
+    if name == "auto":
+        return "flex" if device.type == "cuda" else "segments"
+    if name not in ("segments", "dense", "flex"):
+        raise ValueError(f"unknown attention backend {name!r}; use auto, segments, dense or flex")
+    return name
+
+
+class AttentionPlan:
+    """Callable ``(q, k, v) -> out`` on ``(B, H, L, D)`` tensors for a fixed layout."""
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class MaskPlan(AttentionPlan):
+    """SDPA with an explicit boolean mask ``(B, 1, Lq, Lk)`` (or none); used by dense layouts and KV-cache decoding."""
+
+    def __init__(self, mask: torch.Tensor | None, zero_rows: torch.Tensor | None = None) -> None:
+        self.mask, self.zero_rows = mask, zero_rows
+
+    def __call__(self, q, k, v):
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+        if self.zero_rows is not None:
+            out = out.masked_fill(self.zero_rows[:, None, :, None], 0.0)
+        return out
+
+
+def dense_plan(layout: Layout) -> MaskPlan:
+    pad = layout.is_pad
+    mask = prefix_lm_mask(layout.sample_ids, layout.image_ids)
+    # a padding query attends only to itself, so softmax has a finite row; its output is zeroed afterwards
+    mask = mask | (torch.diag_embed(pad))
+    return MaskPlan(mask[:, None], pad if bool(pad.any()) else None)
+
+
+class SegmentPlan(AttentionPlan):
+    """Per-sample SDPA. Rows with identical structure are processed together in one batched call per sample."""
+
+    def __init__(self, layout: Layout) -> None:
+        sids, iids = layout.sample_ids, layout.image_ids
+        self.L = sids.shape[1]
+        uniform = bool((sids == sids[:1]).all() and (iids == iids[:1]).all())
+        rows = [0] if uniform else list(range(sids.shape[0]))
+        bounds = segment_bounds(sids[rows[0]:rows[0] + 1] if uniform else sids)
+        self.uniform = uniform
+        self.jobs: list[tuple[int | None, list[tuple[int, int, torch.Tensor | None, bool]]]] = []
+        for r, row_bounds in zip(rows, bounds):
+            segs = []
+            for s, e in row_bounds:
+                seg_i = iids[r, s:e]
+                is_img = seg_i >= 0
+                if bool(is_img.all()) and bool((seg_i == seg_i[0]).all()):
+                    segs.append((s, e, None, False))  # one whole image: full attention
+                elif not bool(is_img.any()):
+                    segs.append((s, e, None, True))  # text only: causal
+                else:
+                    m = prefix_lm_mask(sids[r:r + 1, s:e], seg_i[None])
+                    segs.append((s, e, m[:, None], False))
+            self.jobs.append((None if uniform else r, segs))
+
+    def _row(self, q, k, v, segs):
+        pieces, cur = [], 0
+        B, H, _, D = q.shape
+        for s, e, mask, causal in segs:
+            if s > cur:
+                pieces.append(q.new_zeros(B, H, s - cur, D))
+            pieces.append(F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e],
+                                                         attn_mask=mask, is_causal=causal))
+            cur = e
+        if cur < self.L:
+            pieces.append(q.new_zeros(B, H, self.L - cur, D))
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
+
+    def __call__(self, q, k, v):
+        if self.uniform:
+            return self._row(q, k, v, self.jobs[0][1])
+        outs = [self._row(q[r:r + 1], k[r:r + 1], v[r:r + 1], segs) for r, segs in self.jobs]
+        return torch.cat(outs, dim=0)
+
+
+class _NoCPUBackward(torch.autograd.Function):
+    """Identity whose backward explains why FlexAttention cannot train on the CPU."""
+
+    @staticmethod
+    def forward(ctx, out, *inputs):
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("FlexAttention has no backward on the CPU in PyTorch; train with attn_backend='segments' "
+                           "(or 'dense') and use 'flex' on the CPU for inference only")
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+class FlexPlan(AttentionPlan):
+    """FlexAttention with a block mask built once from the layout's ids (compiled on CUDA, eager on the CPU)."""
+
+    def __init__(self, layout: Layout) -> None:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        sids, iids = layout.sample_ids, layout.image_ids
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            sq, sk = sids[b, q_idx], sids[b, kv_idx]
+            iq = iids[b, q_idx]
+            same = (sq == sk) & (sq >= 0)
+            allow = same & ((q_idx >= kv_idx) | ((iq >= 0) & (iq == iids[b, kv_idx])))
+            return allow | ((sq < 0) & (q_idx == kv_idx))
+
+        B, L = sids.shape
+        self.block_mask = create_block_mask(mask_mod, B, None, L, L, device=sids.device)
+        self.pad = layout.is_pad if bool(layout.is_pad.any()) else None
+
+    def __call__(self, q, k, v):
+        if q.device.type == "cuda":
+            out = _compiled_flex()(q, k, v, block_mask=self.block_mask)
+        else:
+            from torch.nn.attention.flex_attention import flex_attention
+
+            with warnings.catch_warnings():  # the eager (unfused) path is intended here: CPU inference and tests
+                warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+                out = flex_attention(q.detach(), k.detach(), v.detach(), block_mask=self.block_mask)
+            if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+                out = _NoCPUBackward.apply(out, q, k, v)  # inference works; backward explains itself
+        if self.pad is not None:
+            out = out.masked_fill(self.pad[:, None, :, None], 0.0)
+        return out
+
+
+def build_plan(layout: Layout, backend: str) -> AttentionPlan:
+    """Build the attention plan for ``layout`` with a resolved backend name."""
+    backend = resolve_backend(backend, layout.sample_ids.device)
+    if backend == "dense":
+        return dense_plan(layout)
+    if backend == "flex":
+        return FlexPlan(layout)
+    return SegmentPlan(layout)

@@ -1,0 +1,81 @@
+"""Next-token cross-entropy over supervised text tokens only (spec §4).
+
+The LM head runs only on positions whose next token is supervised (image tokens and the prompt never reach it).
+``chunked`` never materialises the full ``[tokens, vocab]`` logits: it computes the loss chunk by chunk and
+recomputes each chunk's logits in the backward pass, so peak memory is ``chunk_size x vocab``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def shift_labels(labels: torch.Tensor, sample_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Targets aligned with the positions that predict them: ``targets[t] = labels[t + 1]`` within one sample.
+
+    A position whose next token belongs to another packed sample (or padding) gets ``-100``, so nothing is
+    predicted across sample boundaries.
+
+    >>> shift_labels(torch.tensor([[-100, 5, 6, 7, 8]]), torch.tensor([[0, 0, 0, 1, 1]])).tolist()
+    [[5, 6, -100, 8, -100]]
+    """
+    targets = torch.full_like(labels, IGNORE_INDEX)
+    targets[:, :-1] = labels[:, 1:]
+    if sample_ids is not None:
+        cross = sample_ids[:, 1:] != sample_ids[:, :-1]
+        targets[:, :-1] = targets[:, :-1].masked_fill(cross | (sample_ids[:, 1:] < 0), IGNORE_INDEX)
+    return targets
+
+
+class _ChunkedLinearCE(torch.autograd.Function):
+    """Sum of cross-entropies of ``h @ w.T`` against ``y``, computed (and differentiated) in row chunks."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, y: torch.Tensor, chunk: int) -> torch.Tensor:
+        lse = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        for s in range(0, h.shape[0], chunk):
+            logits = (h[s:s + chunk] @ w.t()).float()  # (c, V)
+            lse[s:s + chunk] = torch.logsumexp(logits, dim=-1)
+            total += (lse[s:s + chunk] - logits.gather(1, y[s:s + chunk, None]).squeeze(1)).sum()
+        ctx.save_for_backward(h, w, y, lse)
+        ctx.chunk = chunk
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        h, w, y, lse = ctx.saved_tensors
+        grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if ctx.needs_input_grad[1] else None
+        for s in range(0, h.shape[0], ctx.chunk):
+            hc = h[s:s + ctx.chunk]
+            p = torch.exp((hc @ w.t()).float() - lse[s:s + ctx.chunk, None])  # softmax, (c, V)
+            p[torch.arange(hc.shape[0], device=h.device), y[s:s + ctx.chunk]] -= 1.0
+            p *= grad_out
+            if grad_h is not None:
+                grad_h[s:s + ctx.chunk] = (p.to(w.dtype) @ w).to(h.dtype)
+            if grad_w is not None:
+                grad_w += p.t() @ hc.float()
+        return grad_h, None if grad_w is None else grad_w.to(w.dtype), None, None
+
+
+def supervised_ce(h: torch.Tensor, lm_head_weight: torch.Tensor, y: torch.Tensor, impl: str = "plain",
+                  chunk_size: int = 1024) -> torch.Tensor:
+    """Summed cross-entropy of ``lm_head(h)`` for gathered supervised rows ``h`` ``(M, d)`` and targets ``y``."""
+    if h.shape[0] == 0:
+        return h.sum() * 0.0 + lm_head_weight.sum() * 0.0
+    if impl == "plain":
+        return F.cross_entropy((h @ lm_head_weight.t()).float(), y, reduction="sum")
+    if impl == "chunked":
+        return _ChunkedLinearCE.apply(h, lm_head_weight, y, chunk_size)
+    raise ValueError(f"unknown loss implementation {impl!r}; use 'plain' or 'chunked'")
+
+
+def gather_supervised(hidden: torch.Tensor, labels: torch.Tensor, sample_ids: torch.Tensor | None = None):
+    """Rows of ``hidden`` ``(B, L, d)`` that predict a supervised token, and those tokens: ``(M, d)``, ``(M,)``."""
+    targets = shift_labels(labels, sample_ids)
+    sel = targets != IGNORE_INDEX
+    return hidden[sel], targets[sel]
