@@ -79,3 +79,16 @@ def gather_supervised(hidden: torch.Tensor, labels: torch.Tensor, sample_ids: to
     targets = shift_labels(labels, sample_ids)
     sel = targets != IGNORE_INDEX
     return hidden[sel], targets[sel]
+
+
+def count_supervised(labels: torch.Tensor, sample_ids: torch.Tensor | None = None, image_prefix: bool = True) -> int:
+    """Number of supervised next-token targets in a batch, as the model's loss counts them.
+
+    Fixed format (``sample_ids`` is None): ``labels`` cover the text that follows the image tokens, so every
+    non-ignored label is a target (the first one is predicted by the last image token). Packed format: labels cover
+    whole rows and targets never cross samples.
+    """
+    if sample_ids is None:
+        n = int((labels != IGNORE_INDEX).sum())
+        return n if image_prefix else int((labels[:, 1:] != IGNORE_INDEX).sum())
+    return int((shift_labels(labels, sample_ids) != IGNORE_INDEX).sum())

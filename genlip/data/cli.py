@@ -1,0 +1,29 @@
+"""``genlip-data``: data utilities. ``genlip-data synth --out DIR --samples N`` writes the generated corpus."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="genlip-data")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("synth", help="write a generated image-caption corpus as WebDataset shards + a tokenizer")
+    s.add_argument("--out", required=True)
+    s.add_argument("--samples", type=int, default=2048)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--shard-size", type=int, default=256)
+    s.add_argument("--vocab", type=int, default=1024, help="BPE vocabulary size of the trained tokenizer")
+    args = parser.parse_args(argv)
+    if args.cmd == "synth":
+        from genlip.data.synth import write_corpus
+
+        out = write_corpus(args.out, args.samples, seed=args.seed, shard_size=args.shard_size,
+                           tokenizer_vocab=args.vocab)
+        print(f"wrote {args.samples} samples to {out}/shards and a tokenizer to {out}/tokenizer")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The pretraining data stream: weighted mixing of sources, rank x worker sharding, counted skips, exact resume.
+
+Every rank runs ``max(1, num_workers)`` streams; stream ``rank * W + w`` reads its disjoint part of every source
+(see :mod:`genlip.data.sources`). Each batch carries the state of the stream that made it, so the trainer can save
+exactly where every stream stands and resume there without re-decoding anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from genlip.data.decode import SkipSample, SkipStats, caption_from_record, decode_image
+from genlip.data.sources import DataError, SourceSpec, SourceStream
+
+log = logging.getLogger(__name__)
+
+
+class ExampleBuilder:
+    """Stage-specific part of the pipeline: ``build(image, caption) -> example`` and ``collate(examples)``."""
+
+    def build(self, image, caption: str) -> dict:
+        raise NotImplementedError
+
+    def batches(self, examples: Iterator[dict], batch_size: int) -> Iterator[dict]:
+        """Group examples into batches (stage 1: fixed count; stage 2 packs by tokens)."""
+        buf = []
+        for e in examples:
+            buf.append(e)
+            if len(buf) == batch_size:
+                yield self.collate(buf)
+                buf = []
+
+    def collate(self, examples: list[dict]) -> dict:
+        raise NotImplementedError
+
+
+class PretrainStream(IterableDataset):
+    """Yields ready batches ``{..., "_stream": id, "_state": cursor, "_stats": skip counts}`` forever."""
+
+    def __init__(self, sources: list[SourceSpec], builder: ExampleBuilder, batch_size: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, num_workers: int = 0, min_image_size: int = 2,
+                 max_aspect_ratio: float = 200.0, max_skip_fraction: float = 0.1, min_seen_for_check: int = 200,
+                 resume: dict | None = None) -> None:
+        if not sources:
+            raise DataError("no data sources configured")
+        self.sources, self.builder, self.batch_size, self.seed = sources, builder, batch_size, seed
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.min_image_size, self.max_aspect_ratio = min_image_size, max_aspect_ratio
+        self.max_skip_fraction, self.min_seen_for_check = max_skip_fraction, min_seen_for_check
+        self.resume = resume or {}
+        self.rotation = 0  # set by the trainer on resume so worker order continues where it stopped
+
+    @property
+    def streams_per_rank(self) -> int:
+        return max(1, self.num_workers)
+
+    def _stream_id(self) -> int:
+        info = get_worker_info()
+        w = 0 if info is None else (info.id + self.rotation) % info.num_workers
+        return self.rank * self.streams_per_rank + w
+
+    def __iter__(self) -> Iterator[dict]:
+        sid = self._stream_id()
+        n_streams = self.world_size * self.streams_per_rank
+        stats = SkipStats()
+        state = self.resume.get(str(sid), {})
+        if state.get("stats"):
+            stats = SkipStats.from_dict(state["stats"])
+        draws = state.get("draws", 0)
+
+        def on_error(reason: str, where: str) -> None:
+            log.warning("skipping %s: %s", reason, where)
+            stats.skip(reason, where)
+
+        streams = [SourceStream(s, sid, n_streams, self.seed, on_error) for s in self.sources]
+        for st, spec in zip(streams, self.sources):
+            if spec.name in state.get("sources", {}):
+                st.load_state(state["sources"][spec.name])
+        iters = [iter(s) for s in streams]
+        weights = np.array([s.weight for s in self.sources], dtype=np.float64)
+        weights /= weights.sum()
+
+        def examples() -> Iterator[dict]:
+            nonlocal draws
+            while True:
+                k = 0 if len(iters) == 1 else int(np.random.default_rng([self.seed, sid, draws]).choice(
+                    len(iters), p=weights))
+                draws += 1
+                where, rec = next(iters[k])
+                stats.seen += 1
+                try:
+                    if "__bad__" in rec:
+                        raise SkipSample(*rec["__bad__"].split(": ", 1))
+                    caption = caption_from_record(rec, self.sources[k].caption_fields)
+                    image = decode_image(rec.get("image"), self.min_image_size, self.max_aspect_ratio)
+                    yield self.builder.build(image, caption)
+                except SkipSample as e:
+                    on_error(e.reason, f"{where} {e.detail}".strip())
+                    if stats.seen >= self.min_seen_for_check and stats.fraction() > self.max_skip_fraction:
+                        raise DataError(
+                            f"{stats.n_skipped} of {stats.seen} records skipped ({stats.fraction():.1%} > "
+                            f"max_skip_fraction {self.max_skip_fraction:.1%}) in stream {sid}; reasons "
+                            f"{dict(stats.skipped)}; last: {stats.last}") from e
+
+        for batch in self.builder.batches(examples(), self.batch_size):
+            batch["_stream"] = sid
+            batch["_state"] = {"draws": draws, "sources": {s.name: st.state() for s, st in
+                                                          zip(self.sources, streams)},
+                               "stats": stats.to_dict()}
+            yield batch
+
+
+def make_loader(dataset: PretrainStream, num_workers: int, worker_init: Callable | None = None) -> DataLoader:
+    """A DataLoader over ready batches (``batch_size=None``); workers keep their own streams."""
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers, worker_init_fn=worker_init,
+                      persistent_workers=False, prefetch_factor=4 if num_workers else None,
+                      multiprocessing_context="fork" if num_workers and os.name == "posix" else None)
+
+
+def split_meta(batch: dict) -> tuple[dict, dict]:
+    """Separate the tensors a model needs from the stream metadata."""
+    meta = {k: batch.pop(k) for k in list(batch) if k.startswith("_")}
+    return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) or k == "layout"}, meta

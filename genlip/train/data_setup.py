@@ -1,0 +1,78 @@
+"""From a recipe to the data pipeline's parts: sources (generating the embedded corpus on first use), the
+tokenizer, and the stage's example builder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from genlip.data.builders import FixedResBuilder
+from genlip.data.sequence import CaptionEncoder
+from genlip.data.sources import DataError, SourceSpec
+from genlip.train import dist as D
+from genlip.train.recipe import Recipe
+
+
+def genlip_home() -> Path:
+    return Path(os.environ.get("GENLIP_HOME", Path.home() / ".cache" / "genlip"))
+
+
+def ensure_synth_corpus(spec: dict) -> Path:
+    """Generate the recipe's synthetic corpus once (rank 0, atomically); every rank returns its directory."""
+    from genlip.data.synth import write_corpus
+
+    unknown = set(spec) - {"dir", "samples", "seed", "shard_size", "vocab"}
+    if unknown:
+        raise DataError(f"unknown data.synth keys {sorted(unknown)}; use dir, samples, seed, shard_size, vocab")
+    out = Path(os.path.expandvars(str(spec.get("dir", "$GENLIP_HOME/synth")).replace("$GENLIP_HOME",
+                                                                                         str(genlip_home()))))
+    out = out.expanduser()
+    if D.is_main() and not (out / "corpus.json").exists():
+        D.print0(f"generating the embedded corpus ({spec.get('samples', 2048)} samples) in {out} (first use only)")
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_corpus(tmp, int(spec.get("samples", 2048)), seed=int(spec.get("seed", 0)),
+                     shard_size=int(spec.get("shard_size", 256)), tokenizer_vocab=int(spec.get("vocab", 1024)))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out, ignore_errors=True)
+        os.rename(tmp, out)
+    D.barrier()
+    if not (out / "corpus.json").exists():
+        raise DataError(f"the synthetic corpus {out} is missing (rank 0 should have written it)")
+    return out
+
+
+def build_stream_parts(recipe: Recipe):
+    """``(sources, tokenizer, builder)`` for the recipe's stage."""
+    from transformers import AutoTokenizer
+
+    data = recipe.data
+    sources = list(data.sources)
+    tok_dir = data.tokenizer
+    if data.synth is not None:
+        corpus = ensure_synth_corpus(data.synth)
+        if not sources:
+            import json
+
+            pattern = json.loads((corpus / "corpus.json").read_text())["pattern"]
+            sources = [SourceSpec(path=str(corpus / pattern), type="wds", name="synth")]
+        if tok_dir == "auto":
+            tok_dir = str(corpus / "tokenizer")
+    if tok_dir == "auto":
+        raise DataError("data.tokenizer=auto needs data.synth; point data.tokenizer at a tokenizer directory "
+                        "(e.g. a local copy of the Qwen3 tokenizer)")
+    if not sources:
+        raise DataError("no data: set data.sources (WebDataset, parquet or JSONL) or data.synth")
+    if not Path(tok_dir).exists():
+        raise DataError(f"tokenizer directory {tok_dir!r} does not exist")
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    encoder = CaptionEncoder(tokenizer, data.prompt, data.max_caption_tokens)
+    if data.native:
+        from genlip.data.builders import NativeResBuilder
+
+        builder = NativeResBuilder(encoder, patch_size=16, min_pixels=data.min_pixels, max_pixels=data.max_pixels,
+                                   max_seq_len=data.max_seq_len)
+    else:
+        builder = FixedResBuilder(encoder, data.image_size, [0.5] * 3, [0.5] * 3)
+    return sources, tokenizer, builder

@@ -1,0 +1,92 @@
+"""Everything distributed lives here: process-group set-up, DDP / FSDP2 wrapping, reductions, rank-0 helpers.
+
+Launch with ``torchrun --nproc_per_node N -m genlip.train.cli ...`` (or the ``genlip-pretrain`` script under
+torchrun). Without torchrun's environment the run is a single process and nothing here does any communication.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def world() -> tuple[int, int, int]:
+    """``(rank, local_rank, world_size)`` from torchrun's environment (single process: ``(0, 0, 1)``)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def init() -> torch.device:
+    """Join the process group when launched by torchrun and return this rank's device."""
+    rank, local_rank, ws = world()
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if ws > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(minutes=30), device_id=device if backend == "nccl" else None)
+    return device
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+def print0(*args, **kwargs) -> None:
+    if is_main():
+        print(*args, **kwargs, flush=True)
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+def all_gather_object(obj):
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def wrap(model: nn.Module, parallel: str, device: torch.device) -> nn.Module:
+    """Apply data parallelism from outside the model: DDP, or FSDP2 (``fully_shard`` per block, then the root)."""
+    if not dist.is_initialized():
+        return model
+    if parallel == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.vit.blocks:
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    raise ValueError(f"train.parallel must be ddp or fsdp, got {parallel!r}")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,78 @@
+"""Run logging on rank 0: a progress bar, a JSONL metrics file, TensorBoard when installed, wandb when configured."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from genlip.train import dist as D
+from genlip.train.recipe import Recipe, to_dict
+
+log = logging.getLogger(__name__)
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path, recipe: Recipe, total_steps: int, start_step: int) -> None:
+        self.enabled = D.is_main()
+        self.bar = self.tb = self.wandb = None
+        self.file = None
+        if not self.enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / "metrics.jsonl"
+        self.file = open(self.path, "a")  # noqa: SIM115 (open for the whole run, closed in close())
+        cfg = recipe.log
+        if cfg.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, desc=recipe.name, dynamic_ncols=True)
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                log.info("tensorboard is not installed; logging to %s only", self.path)
+        if cfg.wandb_project:
+            import wandb  # an explicit request: fail loudly if missing
+
+            self.wandb = wandb.init(project=cfg.wandb_project, name=recipe.name, config=to_dict(recipe),
+                                    dir=str(run_dir), resume="allow")
+        self.t0 = time.time()
+
+    def log(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, "time": round(time.time() - self.t0, 3), **metrics}
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.set_postfix({k: _fmt(metrics[k]) for k in ("loss", "lr", "tok/s", "samples/s", "skipped")
+                                  if k in metrics}, refresh=False)
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        self.file.close()
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1e-2 or abs(v) >= 1e4 else f"{v:.4f}"
+    return v
