@@ -1,0 +1,1 @@
+"""Pretraining data: readers, decoding, transforms, the generated corpus, and the data stream."""

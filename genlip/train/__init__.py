@@ -1,0 +1,1 @@
+"""The pretraining harness: recipes, the training loop, checkpoints, distributed set-up, logging."""
