@@ -17,6 +17,7 @@ import glob
 import json
 import os
 import random
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,11 +88,14 @@ def _read_wds(path: str, on_error) -> Iterator[tuple[str, dict]]:
         return
     with stream:
         files = tar_file_iterator(stream, handler=handler)
-        for sample in group_by_keys(({**f, "__url__": path} for f in files), handler=handler):
-            key = sample.pop("__key__")
-            sample.pop("__url__", None)
-            image = next((sample.pop(e) for e in IMAGE_EXTS if e in sample), None)
-            yield key, {"image": image, **sample}
+        try:
+            for sample in group_by_keys(({**f, "__url__": path} for f in files), handler=handler):
+                key = sample.pop("__key__")
+                sample.pop("__url__", None)
+                image = next((sample.pop(e) for e in IMAGE_EXTS if e in sample), None)
+                yield key, {"image": image, **sample}
+        except (tarfile.TarError, OSError, EOFError) as e:  # raised by the tar stream itself
+            handler(e)
 
 
 def _load_image_ref(value, root: str | None) -> bytes | None:

@@ -25,20 +25,27 @@ def ensure_synth_corpus(spec: dict) -> Path:
     unknown = set(spec) - {"dir", "samples", "seed", "shard_size", "vocab"}
     if unknown:
         raise DataError(f"unknown data.synth keys {sorted(unknown)}; use dir, samples, seed, shard_size, vocab")
-    out = Path(os.path.expandvars(str(spec.get("dir", "$GENLIP_HOME/synth")).replace("$GENLIP_HOME",
-                                                                                         str(genlip_home()))))
-    out = out.expanduser()
+    samples, seed = int(spec.get("samples", 2048)), int(spec.get("seed", 0))
+    raw = str(spec.get("dir", "$GENLIP_HOME/synth-n{samples}-s{seed}")).format(samples=samples, seed=seed)
+    out = Path(os.path.expandvars(raw.replace("$GENLIP_HOME", str(genlip_home())))).expanduser()
     if D.is_main() and not (out / "corpus.json").exists():
-        D.print0(f"generating the embedded corpus ({spec.get('samples', 2048)} samples) in {out} (first use only)")
+        D.print0(f"generating the embedded corpus ({samples} samples) in {out} (first use only)")
         tmp = out.with_name(out.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        write_corpus(tmp, int(spec.get("samples", 2048)), seed=int(spec.get("seed", 0)),
+        write_corpus(tmp, samples, seed=seed,
                      shard_size=int(spec.get("shard_size", 256)), tokenizer_vocab=int(spec.get("vocab", 1024)))
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(out, ignore_errors=True)
         os.rename(tmp, out)
     D.barrier()
-    if not (out / "corpus.json").exists():
+    if (out / "corpus.json").exists():
+        import json
+
+        info = json.loads((out / "corpus.json").read_text())
+        if (info["samples"], info["seed"]) != (samples, seed):
+            raise DataError(f"{out} holds a corpus of {info['samples']} samples (seed {info['seed']}), not "
+                            f"{samples} (seed {seed}); use a data.synth.dir with {{samples}} and {{seed}} in it")
+    else:
         raise DataError(f"the synthetic corpus {out} is missing (rank 0 should have written it)")
     return out
 

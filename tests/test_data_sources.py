@@ -1,0 +1,160 @@
+"""Readers and the data stream: every record exactly once per epoch across ranks and workers, counted skips,
+weighted mixing, exact resume."""
+
+import re
+from collections import Counter
+
+import pytest
+import torch
+
+from genlip.data.dataset import ExampleBuilder, PretrainStream
+from genlip.data.decode import SkipStats
+from genlip.data.sources import DataError, SourceSpec, SourceStream, expand_paths
+from tests.datagen import write_jsonl, write_parquet, write_wds
+
+
+class IndexBuilder(ExampleBuilder):
+    """Keeps the sample index from the caption instead of tensors, so tests can see exactly what was read."""
+
+    def build(self, image, caption):
+        return {"index": int(re.search(r"number (\d+)", caption).group(1)), "size": image.size}
+
+    def collate(self, examples):
+        return {"index": torch.tensor([e["index"] for e in examples])}
+
+
+def _shards(tmp_path, n_shards=4, per=5, bad=None):
+    for s in range(n_shards):
+        write_wds(tmp_path / f"shard-{s:02d}.tar", range(s * per, (s + 1) * per), bad)
+    return str(tmp_path / f"shard-{{00..{n_shards - 1:02d}}}.tar")
+
+
+def _read(stream: SourceStream, n):
+    it = iter(stream)
+    return [next(it) for _ in range(n)]
+
+
+def test_brace_expansion_and_missing_files(tmp_path):
+    pattern = _shards(tmp_path, 3)
+    assert [p.rsplit("/", 1)[1] for p in expand_paths(pattern)] == ["shard-00.tar", "shard-01.tar", "shard-02.tar"]
+    with pytest.raises(DataError, match="no file matches"):
+        expand_paths(str(tmp_path / "nope-{0..1}.tar"))
+
+
+@pytest.mark.parametrize("n_shards,n_streams", [(4, 2), (4, 4), (2, 4), (3, 2)])
+def test_one_epoch_visits_every_record_once_across_streams(tmp_path, n_shards, n_streams):
+    pattern = _shards(tmp_path, n_shards)
+    spec = SourceSpec(path=pattern)
+    seen = []
+    for k in range(n_streams):
+        st = SourceStream(spec, k, n_streams, seed=3, on_error=lambda *a: None)
+        for where, _ in iter(st):
+            if st.epoch > 0:
+                break
+            seen.append(where.rsplit(":", 1)[1])
+    assert sorted(seen) == [f"{i:06d}" for i in range(n_shards * 5)]
+
+
+def test_epochs_reshuffle_shard_order(tmp_path):
+    spec = SourceSpec(path=_shards(tmp_path, 6, per=1))
+    st = SourceStream(spec, 0, 1, seed=0, on_error=lambda *a: None)
+    recs = [w.rsplit(":", 1)[1] for w, _ in _read(st, 12)]
+    assert sorted(recs[:6]) == sorted(recs[6:]) and recs[:6] != recs[6:]
+
+
+def test_truncated_tar_keeps_what_was_read_and_counts(tmp_path):
+    path = write_wds(tmp_path / "t.tar", range(20))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    errors = []
+    st = SourceStream(SourceSpec(path=str(path)), 0, 1, seed=0, on_error=lambda r, w: errors.append(r))
+    got = []
+    for _, rec in iter(st):
+        if st.epoch > 0:
+            break
+        got.append(rec)
+    assert 5 < len(got) < 20
+    assert "truncated_shard" in errors
+
+
+def test_parquet_bytes_and_paths_and_jsonl(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    write_parquet(tmp_path / "a.parquet", range(7))
+    write_parquet(tmp_path / "b.parquet", range(7, 14), image_root=tmp_path / "imgs")
+    write_jsonl(tmp_path / "c.jsonl", range(14, 18), tmp_path / "jimgs")
+    sources = [SourceSpec(path=str(tmp_path / "a.parquet"), type="parquet"),
+               SourceSpec(path=str(tmp_path / "b.parquet"), type="parquet", image_root=str(tmp_path / "imgs")),
+               SourceSpec(path=str(tmp_path / "c.jsonl"), type="jsonl", image_root=str(tmp_path / "jimgs"))]
+    for spec, expect in zip(sources, (range(7), range(7, 14), range(14, 18))):
+        ds = PretrainStream([spec], IndexBuilder(), batch_size=len(expect))
+        batch = next(iter(ds))
+        assert sorted(batch["index"].tolist()) == list(expect)
+
+
+def test_parquet_resume_mid_row_group(tmp_path):
+    write_parquet(tmp_path / "a.parquet", range(10))
+    spec = SourceSpec(path=str(tmp_path / "a.parquet"), type="parquet")
+    st = SourceStream(spec, 0, 1, seed=0, on_error=lambda *a: None)
+    first = [w for w, _ in _read(st, 4)]
+    st2 = SourceStream(spec, 0, 1, seed=0, on_error=lambda *a: None)
+    st2.load_state(st.state())
+    rest = [w for w, _ in _read(st2, 6)]
+    assert [w.rsplit(":", 1)[1] for w in first + rest] == [f"{i:06d}" for i in range(10)]
+
+
+def test_skips_are_counted_by_reason_and_reported(tmp_path):
+    pattern = _shards(tmp_path, 2, per=10, bad={3: "corrupt", 4: "empty_caption", 12: "tiny"})
+    ds = PretrainStream([SourceSpec(path=pattern)], IndexBuilder(), batch_size=17, max_skip_fraction=0.5)
+    batch = next(iter(ds))
+    stats = SkipStats.from_dict(batch["_state"]["stats"])
+    assert stats.seen == 20 and dict(stats.skipped) == {"corrupt_image": 1, "empty_caption": 1, "too_small": 1}
+    assert sorted(batch["index"].tolist()) == sorted(set(range(20)) - {3, 4, 12})
+
+
+def test_too_many_skips_stop_the_run_naming_source_and_key(tmp_path):
+    pattern = _shards(tmp_path, 1, per=10, bad={i: "corrupt" for i in range(0, 10, 2)})
+    ds = PretrainStream([SourceSpec(path=pattern, name="webdocs")], IndexBuilder(), batch_size=8,
+                        max_skip_fraction=0.2, min_seen_for_check=5)
+    with pytest.raises(DataError, match=r"webdocs:shard-00.tar:0000\d\d.*corrupt_image"):
+        next(iter(ds))
+
+
+def test_weighted_mixing_follows_weights(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    write_wds(a / "x.tar", range(0, 50))
+    write_wds(b / "x.tar", range(1000, 1050))
+    ds = PretrainStream([SourceSpec(path=str(a / "x.tar"), weight=3.0, name="a"),
+                         SourceSpec(path=str(b / "x.tar"), weight=1.0, name="b")], IndexBuilder(), batch_size=200)
+    idx = next(iter(ds))["index"]
+    frac_a = (idx < 1000).float().mean().item()
+    assert 0.68 < frac_a < 0.82
+
+
+def test_stream_resume_continues_exactly(tmp_path):
+    pattern = _shards(tmp_path, 3, per=7, bad={5: "corrupt"})
+    specs = [SourceSpec(path=pattern, name="s")]
+    full = PretrainStream(specs, IndexBuilder(), batch_size=4, seed=1)
+    it = iter(full)
+    ref = [next(it)["index"].tolist() for _ in range(10)]  # crosses an epoch boundary
+    part = iter(PretrainStream(specs, IndexBuilder(), batch_size=4, seed=1))
+    for _ in range(4):
+        b = next(part)
+    resumed = iter(PretrainStream(specs, IndexBuilder(), batch_size=4, seed=1, resume={"0": b["_state"]}))
+    assert [next(resumed)["index"].tolist() for _ in range(6)] == ref[4:]
+
+
+def test_ranks_and_workers_partition_the_data(tmp_path):
+    """2 ranks x 2 dataloader workers = 4 streams; one epoch = every record once."""
+    from genlip.data.dataset import make_loader
+
+    pattern = _shards(tmp_path, 8, per=4)
+    seen = Counter()
+    for rank in range(2):
+        ds = PretrainStream([SourceSpec(path=pattern)], IndexBuilder(), batch_size=4, rank=rank, world_size=2,
+                            num_workers=2)
+        it = iter(make_loader(ds, 2))
+        for _ in range(4):  # 32 records / 4 streams / 4 per batch = 2 batches per stream, 4 per rank
+            seen.update(next(it)["index"].tolist())
+    assert sorted(seen) == list(range(32)) and set(seen.values()) == {1}

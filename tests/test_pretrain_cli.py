@@ -1,0 +1,144 @@
+"""``genlip-pretrain`` end to end through its real entry points: CLI, torchrun, kill and resume, NaN handling."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+RECIPE = str(Path(__file__).parent / "recipes" / "tiny_stage1.yaml")
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("genlip_home")
+
+
+def _env(home, **extra):
+    env = {**os.environ, "GENLIP_HOME": str(home), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **extra}
+    env.pop("GENLIP_INJECT_NAN_STEPS", None)
+    env.update(extra)
+    return env
+
+
+def _run(home, out, *overrides, torchrun=0, env=None, check=True):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(torchrun),
+                "--master_port", str(29500 + os.getpid() % 1000)] if torchrun else [sys.executable]
+    cmd = launcher + ["-m", "genlip.train.cli", "--recipe", RECIPE, f"train.output_dir={out}", *overrides]
+    p = subprocess.run(cmd, env=env or _env(home), capture_output=True, text=True, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def _losses(run_dir) -> dict[int, list[float]]:
+    out: dict[int, list[float]] = {}
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        out.setdefault(row["step"], []).append(row["loss"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_run(home, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    _run(home, out)
+    return out
+
+
+def test_run_learns_and_final_weights_load(reference_run):
+    losses = _losses(reference_run)
+    assert sorted(losses) == list(range(1, 13))
+    assert losses[12][0] < losses[1][0] - 0.5, losses
+    ckpts = sorted((reference_run / "checkpoints").glob("step_*"))
+    assert [c.name for c in ckpts] == ["step_00000008", "step_00000012"], "keep the last 2"
+    final = ckpts[-1]
+    state = json.loads((final / "trainer_state.json").read_text())
+    assert state["step"] == 12 and state["samples"] == 96
+    assert "optim" in (final / "recipe.yaml").read_text()
+
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    import genlip  # noqa: F401
+
+    model = AutoModelForImageTextToText.from_pretrained(final).eval()
+    tok = AutoTokenizer.from_pretrained(final)
+    assert model.config.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
+    prompt = tok("Describe the image in detail.").input_ids
+    caps = model.caption(torch.zeros(1, 3, 32, 32), prompt, max_new_tokens=5)
+    assert len(caps[0]) <= 5
+
+
+def test_killed_run_resumes_to_the_same_loss_sequence(home, reference_run, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "genlip.train.cli", "--recipe", RECIPE, f"train.output_dir={out}",
+           "checkpoint.every=2"]
+    proc = subprocess.Popen(cmd, env=_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step_00000004").exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = max(_losses(out))
+    assert killed_at < 12, "killed mid-run"
+    _run(home, out, "checkpoint.every=2", "--resume", "auto")
+    ref, got = _losses(reference_run), _losses(out)
+    assert sorted(got) == list(range(1, 13))
+    for step, values in got.items():
+        for v in values:  # steps logged before the kill and again after the resume all match
+            assert v == pytest.approx(ref[step][0], rel=1e-6, abs=1e-7), (step, values, ref[step])
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_match_one_process_with_the_same_global_batch(home, reference_run, tmp_path, parallel):
+    """1 process x 2 workers x accum 2  ==  2 processes (gloo) x 1 worker x accum 1."""
+    one = tmp_path / "one"
+    _run(home, one, "train.steps=6", "data.num_workers=2")
+    two = tmp_path / "two"
+    _run(home, two, "train.steps=6", "data.num_workers=1", f"train.parallel={parallel}", torchrun=2)
+    a, b = _losses(one), _losses(two)
+    assert sorted(b) == list(range(1, 7))
+    for s in range(1, 7):
+        assert b[s][0] == pytest.approx(a[s][0], rel=1e-5), (s, a[s], b[s])
+    w1 = _weights(one / "checkpoints" / "step_00000006")
+    w2 = _weights(two / "checkpoints" / "step_00000006")
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=1e-4)
+
+
+def _weights(d):
+    from safetensors.torch import load_file
+
+    return load_file(str(d / "model.safetensors"))
+
+
+def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(home, tmp_path):
+    out = tmp_path / "run"
+    p = _run(home, out, "checkpoint.every=2", env=_env(home, GENLIP_INJECT_NAN_STEPS="5"), check=False)
+    assert p.returncode == 1
+    assert "non-finite loss" in p.stderr and "step_00000004" in p.stderr
+    last = out / "checkpoints" / "step_00000004"
+    assert json.loads((last / "trainer_state.json").read_text())["step"] == 4
+    assert not list((out / "checkpoints").glob(".tmp*"))
+
+
+def test_nan_step_is_skipped_and_counted_when_asked(home, tmp_path):
+    out = tmp_path / "run"
+    _run(home, out, "train.steps=8", "train.skip_nonfinite=true", env=_env(home, GENLIP_INJECT_NAN_STEPS="3"))
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["nonfinite_skips"] == 1 and rows[-1]["step"] == 8
+    import math
+
+    assert math.isnan(rows[3]["loss"]) and all(math.isfinite(r["loss"]) for r in rows[4:])
+
+
+def test_bad_recipe_key_is_reported(home, tmp_path):
+    p = _run(home, tmp_path / "x", "optim.learning_rate=1", check=False)
+    assert p.returncode == 2 and "unknown recipe key" in p.stderr

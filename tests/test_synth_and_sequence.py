@@ -1,0 +1,77 @@
+"""The generated corpus (deterministic, captions describe the drawing) and the GenLIP text sequence."""
+
+import hashlib
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from genlip.data.decode import SkipSample
+from genlip.data.sequence import CaptionEncoder, collate_fixed
+from genlip.data.synth import synth_sample, write_corpus
+from genlip.loss import IGNORE_INDEX
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("c") / "corpus", 60, seed=3, shard_size=25, tokenizer_vocab=600)
+
+
+def test_corpus_is_deterministic(corpus, tmp_path):
+    again = write_corpus(tmp_path / "again", 60, seed=3, shard_size=25, tokenizer_vocab=600)
+    for name in ("000000.tar", "000001.tar", "000002.tar"):
+        a = hashlib.sha256((corpus / "shards" / name).read_bytes()).hexdigest()
+        b = hashlib.sha256((again / "shards" / name).read_bytes()).hexdigest()
+        assert a == b
+    other = write_corpus(tmp_path / "other", 25, seed=4, shard_size=25, tokenizer_vocab=600)
+    assert (other / "shards/000000.tar").read_bytes() != (corpus / "shards/000000.tar").read_bytes()
+
+
+def test_captions_describe_what_is_drawn():
+    for i in range(40):
+        img, caption, meta = synth_sample(i, seed=1)
+        if meta["kind"] == "chart":
+            for lab, v in zip(meta["labels"], meta["values"]):
+                assert f"{lab} is {v}" in caption
+            # the drawn bar heights follow the values: taller bar -> more coloured pixels in its column
+            px = img.convert("RGB").load()
+            heights = [sum(1 for y in range(img.height) if px[30 + 40 * k + 12, y] != (255, 255, 255)
+                           and px[30 + 40 * k + 12, y] != (0, 0, 0)) for k in range(len(meta["values"]))]
+            order = sorted(range(len(heights)), key=lambda k: heights[k])
+            assert [meta["values"][k] for k in order] == sorted(meta["values"])
+        elif meta["kind"] in ("word", "sentence"):
+            assert f'"{meta["text"]}"' in caption
+            assert img.convert("L").getextrema()[0] < 200, "text pixels are drawn"
+
+
+def test_tokenizer_directory_is_a_real_transformers_tokenizer(corpus):
+    tok = AutoTokenizer.from_pretrained(corpus / "tokenizer")
+    assert tok.convert_tokens_to_ids("<|im_end|>") != tok.unk_token_id
+    text = json.loads((corpus / "corpus.json").read_text())
+    assert text["samples"] == 60
+    ids = tok("The word apple<|im_end|>").input_ids
+    assert ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
+    assert tok.decode(ids) == "The word apple<|im_end|>"
+
+
+def test_sequence_prompt_unsupervised_caption_and_eos_supervised(corpus):
+    tok = AutoTokenizer.from_pretrained(corpus / "tokenizer")
+    enc = CaptionEncoder(tok, "Describe the image in detail.", max_caption_tokens=5)
+    ids, labels = enc("a red circle on a white background with many more words")
+    n_prompt = len(tok("Describe the image in detail.").input_ids)
+    assert (labels[:n_prompt] == IGNORE_INDEX).all()
+    assert len(ids) == n_prompt + 5 + len(enc.eos_ids), "caption truncated at 5 tokens"
+    assert ids[-2:].tolist() == [tok.convert_tokens_to_ids("<|im_end|>"), tok("\n").input_ids[0]]
+    assert torch.equal(labels[n_prompt:], ids[n_prompt:]), "caption and EOS are supervised"
+    with pytest.raises(SkipSample):
+        enc("")
+
+
+def test_collate_pads_text_and_masks_labels():
+    ex = [{"pixel_values": torch.zeros(3, 4, 4), "input_ids": torch.tensor([1, 2, 3]),
+           "labels": torch.tensor([-100, 2, 3])},
+          {"pixel_values": torch.ones(3, 4, 4), "input_ids": torch.tensor([4]), "labels": torch.tensor([4])}]
+    b = collate_fixed(ex, pad_id=0)
+    assert b["input_ids"].shape == (2, 8) and b["attention_mask"].sum(1).tolist() == [3, 1]
+    assert (b["labels"][1, 1:] == IGNORE_INDEX).all() and b["labels"][1, 0] == 4
