@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev
 
-.PHONY: test lint setup clean
+.PHONY: test demo lint setup clean
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,9 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+demo: setup
+	$(BIN)/genlip-pretrain
 
 lint: setup
 	$(BIN)/ruff check .
