@@ -12,6 +12,7 @@ import pytest
 import torch
 
 RECIPE = str(Path(__file__).parent / "recipes" / "tiny_stage1.yaml")
+RECIPE2 = str(Path(__file__).parent / "recipes" / "tiny_stage2.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +27,10 @@ def _env(home, **extra):
     return env
 
 
-def _run(home, out, *overrides, torchrun=0, env=None, check=True):
+def _run(home, out, *overrides, torchrun=0, env=None, check=True, recipe=RECIPE):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(torchrun),
                 "--master_port", str(29500 + os.getpid() % 1000)] if torchrun else [sys.executable]
-    cmd = launcher + ["-m", "genlip.train.cli", "--recipe", RECIPE, f"train.output_dir={out}", *overrides]
+    cmd = launcher + ["-m", "genlip.train.cli", "--recipe", recipe, f"train.output_dir={out}", *overrides]
     p = subprocess.run(cmd, env=env or _env(home), capture_output=True, text=True, timeout=600)
     if check and p.returncode != 0:
         raise AssertionError(f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
@@ -74,10 +75,8 @@ def test_run_learns_and_final_weights_load(reference_run):
     assert len(caps[0]) <= 5
 
 
-def test_killed_run_resumes_to_the_same_loss_sequence(home, reference_run, tmp_path):
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "genlip.train.cli", "--recipe", RECIPE, f"train.output_dir={out}",
-           "checkpoint.every=2"]
+def _kill_and_resume(home, out, recipe, *overrides, total):
+    cmd = [sys.executable, "-m", "genlip.train.cli", "--recipe", recipe, f"train.output_dir={out}", *overrides]
     proc = subprocess.Popen(cmd, env=_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (out / "checkpoints" / "step_00000004").exists():
@@ -86,14 +85,48 @@ def test_killed_run_resumes_to_the_same_loss_sequence(home, reference_run, tmp_p
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed_at = max(_losses(out))
-    assert killed_at < 12, "killed mid-run"
-    _run(home, out, "checkpoint.every=2", "--resume", "auto")
-    ref, got = _losses(reference_run), _losses(out)
-    assert sorted(got) == list(range(1, 13))
+    assert max(_losses(out)) < total, "killed mid-run"
+    _run(home, out, *overrides, "--resume", "auto", recipe=recipe)
+    return _losses(out)
+
+
+def _assert_same_curve(got, ref, total):
+    assert sorted(got) == list(range(1, total + 1))
     for step, values in got.items():
         for v in values:  # steps logged before the kill and again after the resume all match
             assert v == pytest.approx(ref[step][0], rel=1e-6, abs=1e-7), (step, values, ref[step])
+
+
+def test_killed_run_resumes_to_the_same_loss_sequence(home, reference_run, tmp_path):
+    got = _kill_and_resume(home, tmp_path / "run", RECIPE, "checkpoint.every=2", total=12)
+    _assert_same_curve(got, _losses(reference_run), 12)
+
+
+@pytest.fixture(scope="module")
+def stage2_run(home, reference_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("s2") / "run"
+    _run(home, out, f"model.init_from={reference_run}", recipe=RECIPE2)
+    return out
+
+
+def test_stage1_to_stage2_chain_runs_from_the_cli(stage2_run, reference_run):
+    rows = [json.loads(x) for x in (stage2_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 11))
+    assert all(0.5 < r["fill"] <= 1.0 for r in rows), "rows are packed"
+    assert rows[0]["lr"] < 1e-3, "a fresh warmup, not the stage-1 schedule"
+    s1 = _losses(reference_run)[12][0]
+    assert rows[0]["loss"] < s1 + 1.5, "stage 2 starts from the stage-1 weights, not from scratch (~6.0)"
+    from transformers import AutoModelForImageTextToText
+
+    import genlip  # noqa: F401
+
+    model = AutoModelForImageTextToText.from_pretrained(stage2_run / "checkpoints" / "step_00000010")
+    assert model.config.hidden_size == 64
+
+
+def test_stage2_resume_reproduces_the_uninterrupted_run(home, stage2_run, reference_run, tmp_path):
+    got = _kill_and_resume(home, tmp_path / "run", RECIPE2, f"model.init_from={reference_run}", total=10)
+    _assert_same_curve(got, _losses(stage2_run), 10)
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])

@@ -22,18 +22,22 @@ log = logging.getLogger(__name__)
 
 
 class ExampleBuilder:
-    """Stage-specific part of the pipeline: ``build(image, caption) -> example`` and ``collate(examples)``."""
+    """Stage-specific part of the pipeline: ``build(image, caption) -> example`` and how examples form batches.
+
+    ``batches`` yields ``(batch, pending)``: ``pending`` lists the stream positions of examples already read but not
+    yet in an emitted batch (a packer's buffer), so a resumed run can rebuild them exactly; ``None`` if there are none.
+    """
 
     def build(self, image, caption: str) -> dict:
         raise NotImplementedError
 
-    def batches(self, examples: Iterator[dict], batch_size: int) -> Iterator[dict]:
-        """Group examples into batches (stage 1: fixed count; stage 2 packs by tokens)."""
+    def batches(self, examples: Iterator[dict], batch_size: int, restored=None) -> Iterator[tuple[dict, object]]:
+        """Stage 1: a fixed number of samples per batch, nothing held back."""
         buf = []
         for e in examples:
             buf.append(e)
             if len(buf) == batch_size:
-                yield self.collate(buf)
+                yield self.collate(buf), None
                 buf = []
 
     def collate(self, examples: list[dict]) -> dict:
@@ -86,20 +90,24 @@ class PretrainStream(IterableDataset):
         weights = np.array([s.weight for s in self.sources], dtype=np.float64)
         weights /= weights.sum()
 
+        def load(k: int, where: str, rec: dict) -> dict:
+            if "__bad__" in rec:
+                raise SkipSample(*rec["__bad__"].split(": ", 1))
+            caption = caption_from_record(rec, self.sources[k].caption_fields)
+            image = decode_image(rec.get("image"), self.min_image_size, self.max_aspect_ratio)
+            return self.builder.build(image, caption)
+
         def examples() -> Iterator[dict]:
             nonlocal draws
             while True:
                 k = 0 if len(iters) == 1 else int(np.random.default_rng([self.seed, sid, draws]).choice(
                     len(iters), p=weights))
                 draws += 1
+                pos = {"source": k, "cursor": streams[k].state()}
                 where, rec = next(iters[k])
                 stats.seen += 1
                 try:
-                    if "__bad__" in rec:
-                        raise SkipSample(*rec["__bad__"].split(": ", 1))
-                    caption = caption_from_record(rec, self.sources[k].caption_fields)
-                    image = decode_image(rec.get("image"), self.min_image_size, self.max_aspect_ratio)
-                    yield self.builder.build(image, caption)
+                    ex = load(k, where, rec)
                 except SkipSample as e:
                     on_error(e.reason, f"{where} {e.detail}".strip())
                     if stats.seen >= self.min_seen_for_check and stats.fraction() > self.max_skip_fraction:
@@ -107,13 +115,40 @@ class PretrainStream(IterableDataset):
                             f"{stats.n_skipped} of {stats.seen} records skipped ({stats.fraction():.1%} > "
                             f"max_skip_fraction {self.max_skip_fraction:.1%}) in stream {sid}; reasons "
                             f"{dict(stats.skipped)}; last: {stats.last}") from e
+                    continue
+                ex["_pos"] = pos
+                yield ex
 
-        for batch in self.builder.batches(examples(), self.batch_size):
+        def replay(pos: dict) -> dict:
+            """Rebuild an example that was read before the checkpoint but not yet trained on."""
+            st = SourceStream(self.sources[pos["source"]], sid, n_streams, self.seed, on_error)
+            st.load_state(pos["cursor"])
+            where, rec = next(iter(st))
+            try:
+                ex = load(pos["source"], where, rec)
+            except SkipSample as e:
+                raise DataError(f"cannot rebuild {where} on resume: {e}") from e
+            ex["_pos"] = pos
+            return ex
+
+        restored = _map_positions(state.get("pending"), replay)
+        for batch, pending in self.builder.batches(examples(), self.batch_size, restored):
             batch["_stream"] = sid
             batch["_state"] = {"draws": draws, "sources": {s.name: st.state() for s, st in
                                                           zip(self.sources, streams)},
-                               "stats": stats.to_dict()}
+                               "stats": stats.to_dict(), "pending": pending}
             yield batch
+
+
+def _map_positions(tree, fn):
+    """Apply ``fn`` to every position dict in a nested list/dict structure of positions."""
+    if tree is None:
+        return None
+    if isinstance(tree, dict) and "cursor" in tree:
+        return fn(tree)
+    if isinstance(tree, dict):
+        return {k: _map_positions(v, fn) for k, v in tree.items()}
+    return [_map_positions(v, fn) for v in tree]
 
 
 def make_loader(dataset: PretrainStream, num_workers: int, worker_init: Callable | None = None) -> DataLoader:

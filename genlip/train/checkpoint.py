@@ -147,11 +147,25 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict
     return json.loads((path / "trainer_state.json").read_text())
 
 
-def load_weights(path: str | Path, model: nn.Module) -> None:
+def resolve_weights_dir(path: str | Path) -> Path:
+    """A checkpoint directory, or a run directory (its newest checkpoint)."""
+    p = Path(path)
+    if (p / "model.safetensors").exists():
+        return p
+    ckpts = list_checkpoints(p)
+    if ckpts:
+        return ckpts[-1]
+    raise FileNotFoundError(f"{path} is neither a checkpoint directory (model.safetensors) nor a run directory "
+                            f"with checkpoints; run the stage-1 recipe first")
+
+
+def load_weights(path: str | Path, model: nn.Module) -> Path:
     """Weights only (stage 2 starting from stage 1): missing or unexpected tensors are errors."""
     from safetensors.torch import load_file
 
-    sd = load_file(str(Path(path) / "model.safetensors"))
+    path = resolve_weights_dir(path)
+    sd = load_file(str(path / "model.safetensors"))
     missing, unexpected = D.unwrap(model).load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise KeyError(f"init_from {path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return path

@@ -50,6 +50,16 @@ def ensure_synth_corpus(spec: dict) -> Path:
     return out
 
 
+def recipe_patch_size(recipe: Recipe) -> int:
+    """The model's patch size: from the ``init_from`` checkpoint if any, else from the preset and overrides."""
+    from genlip.config import PRESETS, GenLIPConfig
+    from genlip.train.checkpoint import resolve_weights_dir
+
+    if recipe.model.init_from:
+        return GenLIPConfig.from_pretrained(resolve_weights_dir(recipe.model.init_from)).patch_size
+    return int(recipe.model.overrides.get("patch_size", PRESETS[recipe.model.preset].get("patch_size", 16)))
+
+
 def build_stream_parts(recipe: Recipe):
     """``(sources, tokenizer, builder)`` for the recipe's stage."""
     from transformers import AutoTokenizer
@@ -78,8 +88,13 @@ def build_stream_parts(recipe: Recipe):
     if data.native:
         from genlip.data.builders import NativeResBuilder
 
-        builder = NativeResBuilder(encoder, patch_size=16, min_pixels=data.min_pixels, max_pixels=data.max_pixels,
-                                   max_seq_len=data.max_seq_len)
+        P = recipe_patch_size(recipe)
+        builder = NativeResBuilder(encoder, patch_size=P, min_pixels=data.min_image_tokens * P * P,
+                                   max_pixels=data.max_image_tokens * P * P, max_seq_len=data.max_seq_len,
+                                   window=data.pack_window, min_fill=data.pack_min_fill)
     else:
+        P = recipe_patch_size(recipe)
+        if data.image_size % P:
+            raise ValueError(f"data.image_size {data.image_size} is not a multiple of the patch size {P}")
         builder = FixedResBuilder(encoder, data.image_size, [0.5] * 3, [0.5] * 3)
     return sources, tokenizer, builder

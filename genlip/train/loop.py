@@ -37,14 +37,26 @@ class NonFiniteError(RuntimeError):
 
 
 def build_model(recipe: Recipe, tokenizer) -> GenLIPForCaptioning:
+    """From scratch: the preset + overrides. With ``model.init_from`` (stage 2): the architecture and weights of that
+    checkpoint, with the recipe's overrides (e.g. drop path) on top; optimizer and schedule start fresh."""
+    from genlip.config import GenLIPConfig
+
     vocab = int(math.ceil(len(tokenizer) / 64) * 64)
-    overrides = {"vocab_size": vocab, "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
-                 "pad_token_id": tokenizer.pad_token_id, "attn_backend": recipe.model.attn_backend,
-                 **recipe.model.overrides}
-    model = GenLIPForCaptioning(genlip_config(recipe.model.preset, **overrides))
+    overrides = {"attn_backend": recipe.model.attn_backend, **recipe.model.overrides}
     if recipe.model.init_from:
-        C.load_weights(recipe.model.init_from, model)
-        D.print0(f"initialised weights from {recipe.model.init_from} (fresh optimizer and schedule)")
+        src = C.resolve_weights_dir(recipe.model.init_from)
+        config = GenLIPConfig.from_pretrained(src)
+        for k, v in overrides.items():
+            setattr(config, k, v)
+        if config.vocab_size < len(tokenizer):
+            raise ValueError(f"{src} has a vocabulary of {config.vocab_size} but the tokenizer has {len(tokenizer)}")
+        model = GenLIPForCaptioning(config)
+        C.load_weights(src, model)
+        D.print0(f"initialised weights from {src} (fresh optimizer and schedule)")
+    else:
+        model = GenLIPForCaptioning(genlip_config(
+            recipe.model.preset, vocab_size=vocab, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+            pad_token_id=tokenizer.pad_token_id, **overrides))
     if recipe.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model
@@ -166,7 +178,9 @@ def train(recipe: Recipe) -> Path:
                 logger.log(step, {"loss": loss, "lr": lr, "grad_norm": grad_norm, "supervised_tokens": n_global,
                                   "samples/s": samples * recipe.log.every / dt, "tok/s": tokens * recipe.log.every / dt,
                                   "skipped": stats.n_skipped, "skip_reasons": dict(stats.skipped),
-                                  "nonfinite_skips": state["nonfinite_skips"]})
+                                  "nonfinite_skips": state["nonfinite_skips"],
+                                  **({"fill": tokens / (sum(m["sample_ids"].numel() for m in micro) * ws)}
+                                     if "sample_ids" in micro[0] else {})})
                 tic = time.time()
             save_now = step % recipe.checkpoint.every == 0 or step == t.steps or preempt.flag
             if save_now:

@@ -34,7 +34,7 @@ class RunLogger:
 
                 self.tb = SummaryWriter(str(run_dir / "tensorboard"))
             except ImportError:
-                log.info("tensorboard is not installed; logging to %s only", self.path)
+                log.debug("tensorboard is not installed; logging to %s only", self.path)
         if cfg.wandb_project:
             import wandb  # an explicit request: fail loudly if missing
 

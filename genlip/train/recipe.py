@@ -37,10 +37,12 @@ class DataRecipe:
     tokenizer: str = "auto"  # a tokenizer directory; auto = the synth corpus' tokenizer
     prompt: str = "Describe the image in detail."
     image_size: int = 224  # stage 1 (fixed resolution)
-    native: bool = False  # stage 2: native aspect ratio + packing
-    min_pixels: int = 4096
-    max_pixels: int = 262144
+    native: bool = False  # stage 2: native aspect ratio + packing (batches count rows, not samples)
+    min_image_tokens: int = 16  # stage 2 smart resize bounds, in patches (x patch_size^2 pixels)
+    max_image_tokens: int = 1024
     max_seq_len: int = 16384  # stage 2 row length (tokens)
+    pack_window: int = 64  # samples packed together (first-fit decreasing)
+    pack_min_fill: float = 0.9  # rows below this fill are re-packed once with the next window
     max_caption_tokens: int = 128
     min_image_size: int = 2
     max_aspect_ratio: float = 200.0
