@@ -23,6 +23,7 @@ test: setup
 
 demo: setup
 	$(BIN)/genlip-pretrain
+	$(BIN)/genlip-pretrain --recipe stage2_tiny_cpu
 
 lint: setup
 	$(BIN)/ruff check .

@@ -1,24 +1,11 @@
 """Stage-2 data: smart resize, packing (every sample once, rows full), packed collation, exact stream resume."""
 
-import random
-
 import pytest
 import torch
 
-from genlip.data.packing import RowPacker, collate_packed, pad_to_longest_fill
+from genlip.data.packing import RowPacker, collate_packed, pad_to_longest_fill, simulate_stage2_lengths
 from genlip.data.transforms import smart_resize
 from genlip.loss import IGNORE_INDEX
-
-
-def realistic_lengths(n: int, seed: int = 0) -> list[int]:
-    """Paper-like stage-2 samples: smart-resized web images (16-1024 patches) + long captions (~100-400 tokens)."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        w, h = int(rng.lognormvariate(6.2, 0.5)), int(rng.lognormvariate(6.0, 0.5))
-        gh, gw = (x // 16 for x in smart_resize(max(h, 2), max(w, 2), 16, 4096, 262144))
-        out.append(gh * gw + 7 + int(rng.lognormvariate(5.2, 0.4)) + 2)
-    return out
 
 
 @pytest.mark.parametrize("h,w", [(100, 300), (2000, 1000), (20, 30), (17, 4000), (512, 512), (3, 600)])
@@ -31,7 +18,7 @@ def test_smart_resize_bounds_and_aspect(h, w):
 
 
 def test_packer_places_every_sample_once_within_capacity():
-    lengths = realistic_lengths(2000)
+    lengths = simulate_stage2_lengths(2000)
     items = list(enumerate(lengths))
     packer = RowPacker(16384, window=256, min_fill=0.95, length=lambda x: x[1])
     it = iter(items + [(-1, 1)] * 10**6)  # padding items after the real ones so the last windows complete
@@ -46,7 +33,7 @@ def test_packer_places_every_sample_once_within_capacity():
 
 
 def test_packing_fill_beats_pad_to_longest_on_a_realistic_mix():
-    lengths = realistic_lengths(4000, seed=1)
+    lengths = simulate_stage2_lengths(4000, seed=1)
     packer = RowPacker(16384, window=256, min_fill=0.95, length=lambda x: x)
     rows = packer.take(iter(lengths), 200)
     fill = sum(map(sum, rows)) / (16384 * len(rows))

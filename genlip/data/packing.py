@@ -48,6 +48,25 @@ def pad_to_longest_fill(lengths: Sequence[int], batch: int) -> float:
     return used / max(padded, 1)
 
 
+def simulate_stage2_lengths(n: int, seed: int = 0, patch: int = 16, min_tokens: int = 16,
+                            max_tokens: int = 1024) -> list[int]:
+    """Sample lengths of a paper-like stage-2 mix (for benchmarks and tests): web images of log-normal size
+    (median ~490 x 400 px) smart-resized to ``min_tokens..max_tokens`` patches, plus prompt, a long caption
+    (median ~180 tokens) and EOS; the mean is near the paper's ~1200 tokens per sample."""
+    import random
+
+    from genlip.data.transforms import smart_resize
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        w, h = int(rng.lognormvariate(6.2, 0.5)), int(rng.lognormvariate(6.0, 0.5))
+        gh, gw = (x // patch for x in smart_resize(max(h, 2), max(w, 2), patch, min_tokens * patch**2,
+                                                   max_tokens * patch**2))
+        out.append(gh * gw + 7 + int(rng.lognormvariate(5.2, 0.4)) + 2)
+    return out
+
+
 def collate_packed(rows: list[list[dict]], row_len: int, pad_id: int) -> dict:
     """Packed batch: ``input_ids``/``labels``/``sample_ids``/``image_ids`` ``(R, L)``, ``position_ids``
     ``(3, R, L)``, and every image patch of the batch in token order, ``pixel_values`` ``(N, C, P, P)``.
