@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # A CPU build of PyTorch; on a GPU machine set TORCH_SPEC="torch" (or your CUDA wheel) before `make`.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev
+EXTRAS ?= dev,mllm
 
 .PHONY: test demo lint setup clean
 
@@ -15,6 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --no-build-isolation "deepspeed>=0.15"
 	touch $@
 
 test: setup

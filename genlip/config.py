@@ -35,6 +35,7 @@ class GenLIPConfig(PreTrainedConfig):
         num_attention_heads: heads (multi-head, no GQA); ``head_dim = hidden_size / heads``.
         intermediate_size: SwiGLU hidden width.
         patch_size: square patch side in pixels.
+        image_size: the default square input size (stage 1 trains at 224); the model itself runs at any size.
         vocab_size: text vocabulary (151936 for the paper's Qwen3 tokenizer).
         text_embed_dim: width of the text embedding and LM head; when it differs from ``hidden_size`` the model
             gets an input projection (text→d) and an output projection (d→text), as in the reference release.
@@ -55,6 +56,7 @@ class GenLIPConfig(PreTrainedConfig):
     intermediate_size: int = 2816
     patch_size: int = 16
     num_channels: int = 3
+    image_size: int = 224  # default input size for fixed-resolution use (processors, LLaVA-NeXT tiles); any works
     vocab_size: int = 151936
     text_embed_dim: int | None = None
     layer_norm_eps: float = 1e-6

@@ -1,0 +1,110 @@
+"""Assemble and load MLLMs: a vision tower + a 2-layer MLP projector + a causal LM, as transformers LLaVA models.
+
+``resize`` builds ``LlavaForConditionalGeneration``, ``anyres`` ``LlavaNextForConditionalGeneration`` (both load
+with plain transformers), ``native`` this project's :class:`~mllm.native.NativeLlavaForConditionalGeneration`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from mllm.image_modes import default_pinpoints, resize_num_tokens
+from mllm.processing import IMAGE_PLACEHOLDER, ImageSpec, make_image_processor
+from mllm.towers import NATIVE_KINDS, load_tower
+
+log = logging.getLogger(__name__)
+MODES = ("resize", "anyres", "native")
+
+
+def image_token_id(tokenizer) -> int:
+    """Add ``<image>`` as a special token when the tokenizer lacks it; return its id."""
+    if IMAGE_PLACEHOLDER not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_PLACEHOLDER]})
+    return tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+
+
+def build_mllm(vision_path: str, llm_path: str, mode: str = "resize", image_size: int | None = None,
+               feature_layer: int = -1, pinpoints: list[list[int]] | None = None, min_tokens: int = 16,
+               max_tokens: int = 576, dtype: torch.dtype = torch.float32):
+    """A new MLLM from a local vision checkpoint and a local LLM checkpoint. Returns ``(model, tokenizer, spec)``;
+    the projector is freshly initialised, the tower and LLM weights are the checkpoints'."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
+
+    if mode not in MODES:
+        raise ValueError(f"image mode must be one of {MODES}, got {mode!r}")
+    tower, info = load_tower(vision_path, dtype)
+    if mode == "native" and info.kind not in NATIVE_KINDS:
+        raise ValueError(f"native mode needs a GenLIP or SigLIP2-NaFlex tower, not {info.kind}")
+    if mode != "native" and info.kind == "siglip2":
+        raise ValueError("a SigLIP2-NaFlex tower takes native-resolution input: use mode=native")
+    size = image_size or info.image_size or 384
+    if info.image_size is not None and size != info.image_size:
+        raise ValueError(f"the {info.kind} tower has position embeddings for {info.image_size} px, not {size}; "
+                         f"use image_size={info.image_size}")
+    spec = ImageSpec(mode=mode, kind=info.kind, patch_size=info.patch_size, image_size=size,
+                     image_mean=info.image_mean, image_std=info.image_std, has_cls=info.has_cls,
+                     pinpoints=pinpoints or (default_pinpoints(size) if mode == "anyres" else []),
+                     min_tokens=min_tokens, max_tokens=max_tokens)
+    if info.kind == "genlip":
+        tower.config.image_size = size  # the tile / square size LLaVA(-NeXT) will feed it
+    tokenizer = AutoTokenizer.from_pretrained(llm_path)
+    img_id = image_token_id(tokenizer)
+    llm = AutoModelForCausalLM.from_pretrained(llm_path, dtype=dtype)
+    common = dict(vision_config=tower.config, text_config=llm.config, image_token_id=img_id,
+                  vision_feature_layer=feature_layer, projector_hidden_act="gelu", multimodal_projector_bias=True,
+                  vision_feature_select_strategy="default" if info.has_cls else "full")
+    if mode == "resize":
+        config = LlavaConfig(**common, image_seq_length=resize_num_tokens(size, info.patch_size))
+        model = LlavaForConditionalGeneration(config)
+    elif mode == "anyres":
+        from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+
+        config = LlavaNextConfig(**common, image_grid_pinpoints=spec.pinpoints)
+        model = LlavaNextForConditionalGeneration(config)
+    else:
+        from mllm.native import NativeLlavaConfig, NativeLlavaForConditionalGeneration
+
+        config = NativeLlavaConfig(**common)
+        model = NativeLlavaForConditionalGeneration(config)
+    model.model.vision_tower.load_state_dict(tower.state_dict())
+    model.model.language_model.load_state_dict(llm.model.state_dict())
+    model.lm_head.load_state_dict(llm.lm_head.state_dict())
+    if len(tokenizer) > model.config.text_config.vocab_size:
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+    model.to(dtype)
+    return model, tokenizer, spec
+
+
+def save_mllm(directory: str | Path, model, tokenizer, spec: ImageSpec) -> None:
+    """A Hugging Face directory: weights + config, tokenizer, image processor / processor, and the image spec."""
+    directory = Path(directory)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    spec.save(directory)
+    ip = make_image_processor(spec)
+    if ip is not None:
+        from transformers import LlavaNextProcessor, LlavaProcessor
+
+        cls = LlavaProcessor if spec.mode == "resize" else LlavaNextProcessor
+        proc = cls(image_processor=ip, tokenizer=tokenizer, patch_size=spec.patch_size,
+                   vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+                   image_token=IMAGE_PLACEHOLDER, num_additional_image_tokens=1 if spec.has_cls else 0)
+        proc.save_pretrained(directory)
+
+
+def load_mllm(directory: str | Path, dtype: torch.dtype = torch.float32):
+    """``(model, tokenizer, spec, image_processor)`` of a saved MLLM directory."""
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    import mllm  # noqa: F401  (registers the native variant)
+
+    directory = Path(directory)
+    if not (directory / "genlip_mllm_image.json").exists():
+        raise FileNotFoundError(f"{directory} is not an MLLM directory of this toolkit (no genlip_mllm_image.json)")
+    model = AutoModelForImageTextToText.from_pretrained(directory, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    spec = ImageSpec.load(directory)
+    return model, tokenizer, spec, make_image_processor(spec)
