@@ -78,10 +78,10 @@ def build_mllm(vision_path: str, llm_path: str, mode: str = "resize", image_size
     return model, tokenizer, spec
 
 
-def save_mllm(directory: str | Path, model, tokenizer, spec: ImageSpec) -> None:
+def save_mllm(directory: str | Path, model, tokenizer, spec: ImageSpec, state_dict: dict | None = None) -> None:
     """A Hugging Face directory: weights + config, tokenizer, image processor / processor, and the image spec."""
     directory = Path(directory)
-    model.save_pretrained(directory)
+    model.save_pretrained(directory, state_dict=state_dict)
     tokenizer.save_pretrained(directory)
     spec.save(directory)
     ip = make_image_processor(spec)

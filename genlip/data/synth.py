@@ -47,7 +47,8 @@ def _word_image(rng: random.Random):
     x = max(0, (w - (box[2] - box[0])) // 2 + rng.randint(-8, 8))
     y = max(0, (h - (box[3] - box[1])) // 2 + rng.randint(-6, 6))
     d.text((x, y), word, fill=COLORS[color], font=font)
-    return img, f'The word "{word}" written in {color} letters on a {bg} background.', {"text": word}
+    return img, f'The word "{word}" written in {color} letters on a {bg} background.', {"text": word, "color": color,
+                                                                                          "background": bg}
 
 
 def _sentence(rng: random.Random, n: int) -> str:
@@ -92,7 +93,7 @@ def _chart_image(rng: random.Random):
     parts = ", ".join(f"{lab} is {v}" for lab, v in zip(labels, values))
     best = labels[values.index(max(values))]
     caption = f"A {color} bar chart with {n} bars: {parts}. The tallest bar is {best}."
-    return img, caption, {"labels": labels, "values": values}
+    return img, caption, {"labels": labels, "values": values, "color": color}
 
 
 def _shapes_image(rng: random.Random):

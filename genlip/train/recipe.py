@@ -202,21 +202,23 @@ def apply_override(d: dict, dotted: str) -> None:
         cur[last] = value
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
-    """Read a YAML recipe (``yaml.safe_load``), apply dotted overrides, validate into a :class:`Recipe`."""
+def load_recipe(path: str | Path | None, overrides: list[str] = (), cls: type = Recipe) -> Any:
+    """Read a YAML recipe (``yaml.safe_load``), apply dotted overrides, validate into ``cls`` (a :class:`Recipe`
+    by default; the MLLM harness passes its own schema)."""
     values: dict = {}
     if path is not None:
         text = Path(path).read_text()
         values = yaml.safe_load(text) or {}
         if not isinstance(values, dict):
             raise RecipeError(f"{path}: a recipe must be a mapping at the top level")
-    base = to_dict(Recipe())
+    base = to_dict(cls())
     merged = _deep_merge(base, values)
-    merged["data"]["sources"] = values.get("data", {}).get("sources", [])
+    if "data" in merged and isinstance(merged["data"], dict) and "sources" in merged["data"]:
+        merged["data"]["sources"] = values.get("data", {}).get("sources", [])
     for o in overrides:
         apply_override(merged, o)
     _reject_unknown(values, base, "")
-    return build(Recipe, merged)
+    return build(cls, merged)
 
 
 def _reject_unknown(values: dict, base: dict, where: str) -> None:
@@ -239,5 +241,5 @@ def _deep_merge(base: dict, new: dict) -> dict:
     return out
 
 
-def save_recipe(recipe: Recipe, path: str | Path) -> None:
+def save_recipe(recipe: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))

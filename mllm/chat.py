@@ -1,0 +1,33 @@
+"""One question about one image with a saved MLLM (KV-cached greedy or sampled generation)."""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from genlip.data.decode import decode_image
+from mllm.processing import ConversationEncoder, preprocess_images
+
+
+@torch.no_grad()
+def answer(model, tokenizer, spec, image_processor, image: Image.Image | None, prompt: str,
+           max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0,
+           system: str | None = "You are a helpful assistant.") -> str:
+    model.eval()
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    enc = ConversationEncoder(tokenizer, spec, image_id, system=system, max_length=10**6)
+    text = ("<image>\n" + prompt) if image is not None and "<image>" not in prompt else prompt
+    images = [image] if image is not None else []
+    ids, _ = enc.encode([{"from": "human", "value": text}], images, add_generation_prompt=True)
+    inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+              **preprocess_images(spec, images, image_processor)}
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                         temperature=temperature if do_sample else None, eos_token_id=eos,
+                         pad_token_id=tokenizer.pad_token_id, use_cache=True)
+    return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()
+
+
+def load_image(path: str) -> Image.Image:
+    with open(path, "rb") as f:
+        return decode_image(f.read())

@@ -1,0 +1,88 @@
+"""``genlip-mllm``: train and use LLaVA-NeXT-style MLLMs.
+
+    genlip-mllm pretrain                    # alignment (projector only), tiny CPU recipe on generated data
+    genlip-mllm finetune                    # instruction tuning from the aligned model
+    genlip-mllm pretrain --recipe recipes/mllm/pretrain_qwen2.5-1.5b.yaml model.vision=/ckpt/genlip-so16 ...
+    torchrun --nproc_per_node 8 -m mllm.cli finetune --recipe ... train.deepspeed=recipes/mllm/deepspeed/zero3.json
+    genlip-mllm chat --model runs/mllm_finetune_tiny_cpu/final --image x.png --prompt "What does the text say?"
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+DEFAULTS = {"pretrain": "pretrain_tiny_cpu", "finetune": "finetune_tiny_cpu"}
+
+
+def _recipe_path(name: str) -> Path:
+    p = Path(name)
+    if p.exists():
+        return p
+    root = Path(__file__).resolve().parents[1] / "recipes" / "mllm"
+    for cand in (root / name, root / f"{name}.yaml"):
+        if cand.exists():
+            return cand
+    raise SystemExit(f"recipe {name!r} not found (a path, or one of {sorted(q.stem for q in root.glob('*.yaml'))})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="genlip-mllm", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for stage in ("pretrain", "finetune"):
+        s = sub.add_parser(stage, help=f"{stage} an MLLM from a recipe")
+        s.add_argument("--recipe", default=DEFAULTS[stage])
+        s.add_argument("--print-recipe", action="store_true")
+        s.add_argument("overrides", nargs="*")
+    c = sub.add_parser("chat", help="answer one question about one image")
+    c.add_argument("--model", required=True)
+    c.add_argument("--image")
+    c.add_argument("--prompt", required=True)
+    c.add_argument("--max-new-tokens", type=int, default=128)
+    c.add_argument("--sample", action="store_true")
+    c.add_argument("--temperature", type=float, default=0.7)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.cmd == "chat":
+        from mllm.build import load_mllm
+        from mllm.chat import answer, load_image
+
+        model, tok, spec, ip = load_mllm(args.model)
+        image = load_image(args.image) if args.image else None
+        print(answer(model, tok, spec, ip, image, args.prompt, args.max_new_tokens, args.sample, args.temperature))
+        return 0
+    from genlip.data.sources import DataError
+    from genlip.train import dist as D
+    from genlip.train.recipe import RecipeError, load_recipe, to_dict
+    from mllm.recipe import MllmRecipe
+
+    try:
+        recipe = load_recipe(_recipe_path(args.recipe), args.overrides, cls=MllmRecipe)
+    except RecipeError as e:
+        print(f"genlip-mllm: bad recipe: {e}", file=sys.stderr)
+        return 2
+    if recipe.stage != args.cmd:
+        print(f"genlip-mllm: the recipe is for stage {recipe.stage!r}, not {args.cmd!r}", file=sys.stderr)
+        return 2
+    if args.print_recipe:
+        import yaml
+
+        print(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+        return 0
+    from mllm.train import train
+
+    try:
+        train(recipe)
+    except (DataError, ValueError, FileNotFoundError) as e:
+        print(f"genlip-mllm: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        D.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

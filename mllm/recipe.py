@@ -1,0 +1,81 @@
+"""MLLM recipes: the same strict YAML-over-dataclasses machinery as pretraining (``genlip.train.recipe``).
+
+Which parameters train is declared here as a learning rate per module group; 0 means frozen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class MllmModelRecipe:
+    vision: str = ""  # a local vision checkpoint (GenLIP run/checkpoint dir, SigLIP, SigLIP2, AIMv2, CLIP)
+    llm: str = ""  # a local causal LM directory (Qwen2.5-*-Instruct); "tiny" = a small random Qwen2 (CPU)
+    init_from: str | None = None  # a previous stage's output (finetune starts from the aligned model)
+    mode: str = "resize"  # resize | anyres | native
+    image_size: int | None = None  # resize: the square side; anyres: the tile side (default: the tower's)
+    feature_layer: int = -1
+    min_image_tokens: int = 16  # native mode budget
+    max_image_tokens: int = 576
+    max_grid: int = 2  # anyres: up to max_grid x max_grid tiles + the base image
+
+
+@dataclass
+class MllmDataRecipe:
+    path: str = ""  # LLaVA JSON/JSONL
+    image_root: str = ""
+    synth: dict | None = None  # {"dir", "samples", "seed", "set": captions|instruct}: generate if missing
+    max_length: int = 2048
+    system_prompt: str = "You are a helpful assistant."
+    max_skip_fraction: float = 0.1
+    num_workers: int = 0
+
+
+@dataclass
+class LearningRates:
+    """Per module group; 0 freezes the group."""
+
+    projector: float = 1e-3
+    language_model: float = 0.0
+    vision_tower: float = 0.0
+
+
+@dataclass
+class LoraRecipe:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+
+
+@dataclass
+class MllmTrainRecipe:
+    output_dir: str = "runs/mllm"
+    epochs: float = 1.0
+    max_steps: int = -1
+    global_batch: int = 8
+    micro_batch: int = 8
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    deepspeed: str | None = None  # a DeepSpeed JSON config (recipes/mllm/deepspeed/zero{2,3}.json)
+    gradient_checkpointing: bool = False
+    save_steps: int = 500
+    save_total_limit: int = 2
+    logging_steps: int = 10
+    resume: str = "auto"  # auto | none | a checkpoint directory
+
+
+@dataclass
+class MllmRecipe:
+    name: str = "mllm"
+    stage: str = "pretrain"  # pretrain (alignment) | finetune (instruction tuning)
+    model: MllmModelRecipe = field(default_factory=MllmModelRecipe)
+    data: MllmDataRecipe = field(default_factory=MllmDataRecipe)
+    lr: LearningRates = field(default_factory=LearningRates)
+    lora: LoraRecipe = field(default_factory=LoraRecipe)
+    train: MllmTrainRecipe = field(default_factory=MllmTrainRecipe)
