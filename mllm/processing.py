@@ -51,6 +51,11 @@ class ImageSpec:
             return resize_num_tokens(self.image_size, self.patch_size)
         if self.mode == "anyres":
             return anyres_num_tokens(h, w, self.pinpoints, self.image_size, self.patch_size)
+        if self.kind == "siglip2":  # SigLIP2's own NaFlex resize rule
+            from transformers.models.siglip2.image_processing_pil_siglip2 import get_image_size_for_max_num_patches
+
+            th, tw = get_image_size_for_max_num_patches(h, w, self.patch_size, self.max_tokens)
+            return (th // self.patch_size) * (tw // self.patch_size)
         gh, gw = native_grid(h, w, self.patch_size, self.min_tokens, self.max_tokens)
         return gh * gw
 
@@ -81,9 +86,9 @@ def preprocess_images(spec: ImageSpec, images: list[Image.Image], image_processo
         keep = ("pixel_values", "image_sizes") if spec.mode == "anyres" else ("pixel_values",)
         return {k: out[k] for k in keep}
     if spec.kind == "siglip2":
-        from transformers import Siglip2ImageProcessor
+        from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
 
-        proc = Siglip2ImageProcessor(patch_size=spec.patch_size, max_num_patches=spec.max_tokens,
+        proc = Siglip2ImageProcessorPil(patch_size=spec.patch_size, max_num_patches=spec.max_tokens,
                                      image_mean=spec.image_mean, image_std=spec.image_std)
         out = proc(images=images, return_tensors="pt")
         shapes = out["spatial_shapes"]

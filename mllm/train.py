@@ -172,6 +172,7 @@ def train(recipe: MllmRecipe) -> Path:
         accelerator_config={"use_configured_state": True} if (not cuda and (t.deepspeed or ws > 1)) else None)
 
     skipped: Counter = Counter()
+    stop_after = int(os.environ.get("GENLIP_STOP_AFTER_STEP", 0))
 
     class Processors(TrainerCallback):
         def on_save(self, args, state, control, **kw):
@@ -179,6 +180,12 @@ def train(recipe: MllmRecipe) -> Path:
                 ckpt = out / f"checkpoint-{state.global_step}"
                 tokenizer.save_pretrained(ckpt)
                 spec.save(ckpt)
+
+        def on_step_end(self, args, state, control, **kw):
+            # fault injection for tests: stop as if killed right after this step's checkpoint
+            if stop_after and state.global_step >= stop_after:
+                control.should_training_stop = True
+                control.should_save = True
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs is not None:
@@ -196,6 +203,17 @@ def train(recipe: MllmRecipe) -> Path:
                     betas=(0.9, 0.999), eps=1e-8, fused=not cuda or None)
             return self.optimizer
 
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            """transformers writes LLaVA weights under their legacy names and the Trainer's plain loader does not map
+            them back (it loads non-strictly, silently keeping the old weights); load through from_pretrained."""
+            if self.is_deepspeed_enabled or recipe.lora.enabled:
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            from transformers import AutoModelForImageTextToText
+
+            loaded = AutoModelForImageTextToText.from_pretrained(resume_from_checkpoint)
+            (model or self.model).load_state_dict(loaded.state_dict(), strict=True)
+            D.print0(f"resumed weights from {resume_from_checkpoint}")
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             n = inputs.pop("n_skipped", None)
             if n is not None and int(n):
@@ -210,6 +228,9 @@ def train(recipe: MllmRecipe) -> Path:
     elif t.resume != "none":
         resume = t.resume
     trainer.train(resume_from_checkpoint=resume)
+    if stop_after:
+        D.print0(f"stopped after step {stop_after} (GENLIP_STOP_AFTER_STEP)")
+        return out
     final = out / "final"
     to_save = model
     if recipe.lora.enabled:
@@ -223,6 +244,7 @@ def train(recipe: MllmRecipe) -> Path:
     if trainer.is_world_process_zero():
         save_mllm(final, to_save, tokenizer, spec, state_dict=state)
     if trainer.is_world_process_zero():
+        (final / "log_history.json").write_text(json.dumps(trainer.state.log_history))
         (final / "skipped.json").write_text(json.dumps({"records": dict(dataset.skipped),
                                                         "decode": dict(skipped)}))
         from genlip.train.recipe import save_recipe

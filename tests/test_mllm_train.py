@@ -1,0 +1,142 @@
+"""``genlip-mllm`` through its real entry points: pretrain -> finetune on generated data, frozen vs unfrozen tower,
+LoRA, resume, and DeepSpeed ZeRO-2 / ZeRO-3 with two CPU processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.mllm_fixtures import make_towers
+
+RECIPES = Path(__file__).parent / "recipes"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    towers = make_towers(tmp_path_factory.mktemp("towers"))
+    e = {**os.environ, "GENLIP_HOME": str(home), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+         "TORCH_EXTENSIONS_DIR": str(home / "ext")}
+    return e, towers
+
+
+def run(env, stage, out, *overrides, torchrun=0, check=True, extra_env=None):
+    e = {**env[0], **(extra_env or {})}
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(torchrun), "--master_port",
+               str(29600 + os.getpid() % 300)] if torchrun else [sys.executable])
+    cmd = launch + ["-m", "mllm.cli", stage, "--recipe", str(RECIPES / f"mllm_{stage}.yaml"),
+                    f"train.output_dir={out}", *overrides]
+    p = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=900)
+    if check and p.returncode:
+        raise AssertionError(f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
+    return p
+
+
+def weights(d: Path, prefix: str) -> dict:
+    """Parameters of a saved MLLM under their in-memory names (transformers renames some keys on disk)."""
+    from mllm.build import load_mllm
+
+    sd = load_mllm(d)[0].state_dict()
+    return {k: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def losses(final: Path) -> list[float]:
+    return [r["loss"] for r in json.loads((final / "log_history.json").read_text()) if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def aligned(env, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pre") / "run"
+    run(env, "pretrain", out, f"model.vision={env[1]['genlip']}")
+    return out / "final"
+
+
+def test_pretrain_trains_the_projector_only(env, aligned):
+    tower = load_file(str(env[1]["genlip"] / "model.safetensors"))
+    vt = weights(aligned, "model.vision_tower.")
+    assert len(vt) == len(tower) and all(torch.equal(vt[f"model.vision_tower.{k}"], v) for k, v in tower.items())
+    assert len(losses(aligned)) == 4
+    assert (aligned / "genlip_mllm_image.json").exists() and (aligned / "tokenizer.json").exists()
+    assert (aligned.parent / "checkpoint-2" / "genlip_mllm_image.json").exists(), "checkpoints carry the processor"
+
+
+def test_finetune_frozen_tower_is_bit_identical_and_llm_changes(env, aligned, tmp_path):
+    out = tmp_path / "ft"
+    run(env, "finetune", out, f"model.init_from={aligned}")
+    final = out / "final"
+    before, after = weights(aligned, "model.vision_tower."), weights(final, "model.vision_tower.")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    lm0, lm1 = weights(aligned, "model.language_model."), weights(final, "model.language_model.")
+    assert any(not torch.equal(lm0[k], lm1[k]) for k in lm0)
+    from mllm.build import load_mllm
+    from mllm.chat import answer, load_image
+
+    model, tok, spec, ip = load_mllm(final)
+    img = sorted((Path(env[0]["GENLIP_HOME"]) / "sft-n48-s0" / "images").glob("*.png"))[0]
+    reply = answer(model, tok, spec, ip, load_image(str(img)), "What word is written in the image?", 5)
+    assert isinstance(reply, str)
+    p = subprocess.run([sys.executable, "-m", "mllm.cli", "chat", "--model", str(final), "--image", str(img),
+                        "--prompt", "What word is written in the image?", "--max-new-tokens", "5"],
+                       env=env[0], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout.strip().splitlines()[-1] == reply if reply else p.returncode == 0
+
+
+def test_unfrozen_tower_changes(env, aligned, tmp_path):
+    out = tmp_path / "ft"
+    run(env, "finetune", out, f"model.init_from={aligned}", "lr.vision_tower=1e-3")
+    before, after = weights(aligned, "model.vision_tower."), weights(out / "final", "model.vision_tower.")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_lora_trains_saves_and_reloads(env, aligned, tmp_path):
+    from peft import PeftModel
+
+    from mllm.build import load_mllm
+
+    out = tmp_path / "lora"
+    run(env, "finetune", out, f"model.init_from={aligned}", "lora.enabled=true", "lora.r=4")
+    assert (out / "lora_adapter" / "adapter_config.json").exists()
+    merged = weights(out / "final", "model.language_model.")
+    base = weights(aligned, "model.language_model.")
+    assert any(not torch.equal(merged[k], base[k]) for k in base), "the adapters changed the LLM"
+    model, *_ = load_mllm(aligned)
+    reloaded = PeftModel.from_pretrained(model, out / "lora_adapter").merge_and_unload()
+    sd = reloaded.state_dict()
+    for k, v in merged.items():
+        torch.testing.assert_close(sd[k], v, atol=1e-6, rtol=1e-5)
+    proj = weights(out / "final", "model.multi_modal_projector.")
+    proj0 = weights(aligned, "model.multi_modal_projector.")
+    assert any(not torch.equal(proj[k], proj0[k]) for k in proj0), "the projector trains under LoRA too"
+
+
+def test_resume_continues_to_the_same_weights(env, aligned, tmp_path):
+    full = tmp_path / "full"
+    run(env, "finetune", full, f"model.init_from={aligned}")
+    part = tmp_path / "part"
+    run(env, "finetune", part, f"model.init_from={aligned}", extra_env={"GENLIP_STOP_AFTER_STEP": "2"})
+    assert (part / "checkpoint-2").exists() and not (part / "final").exists()
+    run(env, "finetune", part, f"model.init_from={aligned}")  # resume=auto picks up checkpoint-2
+    a, b = weights(full / "final", "model."), weights(part / "final", "model.")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+def test_zero2_and_zero3_with_two_processes_match(env, aligned, tmp_path):
+    ds = Path(__file__).parents[1] / "recipes" / "mllm" / "deepspeed"
+    curves = {}
+    for stage in ("zero2", "zero3"):
+        out = tmp_path / stage
+        run(env, "finetune", out, f"model.init_from={aligned}", f"train.deepspeed={ds / (stage + '.json')}",
+            torchrun=2)
+        curves[stage] = losses(out / "final")
+        assert (out / "final" / "model.safetensors").exists()
+    assert len(curves["zero2"]) == 4
+    assert curves["zero2"] == pytest.approx(curves["zero3"], rel=1e-4)
+    single = tmp_path / "single"
+    run(env, "finetune", single, f"model.init_from={aligned}")
+    assert losses(single / "final") == pytest.approx(curves["zero2"], rel=1e-3)
