@@ -43,7 +43,8 @@ def test_images_expand_in_order_and_counts_must_match(setup):
                         [Image.new("RGB", (32, 32))] * 2)
     assert ids.count(img_id) == 32
     with pytest.raises(ValueError, match="placeholders"):
-        enc.encode([{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "x"}], [Image.new("RGB", (8, 8))] * 2)
+        enc.encode([{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "x"}],
+                   [Image.new("RGB", (8, 8))] * 2)
     with pytest.raises(ValueError, match="truncating"):
         ConversationEncoder(tok, spec, img_id, max_length=20).encode(
             [{"from": "human", "value": "hi <image>"}, {"from": "gpt", "value": "x"}], [Image.new("RGB", (8, 8))])
@@ -58,10 +59,11 @@ def test_bad_records_are_counted_and_decode_failures_dropped(setup, tmp_path):
     root.mkdir()
     Image.new("RGB", (32, 32), (1, 2, 3)).save(root / "ok.png")
     (root / "broken.png").write_bytes(b"not a png")
-    good = {"image": "ok.png", "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]}
+    qa = [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]
+    good = {"image": "ok.png", "conversations": qa}
     records = [good] * 30 + [
         {"image": "missing.png", "conversations": good["conversations"]},
-        {"image": "ok.png", "conversations": [{"from": "human", "value": "no placeholder"}, {"from": "gpt", "value": "a"}]},
+        {"image": "ok.png", "conversations": [{"from": "human", "value": "no image"}, {"from": "gpt", "value": "a"}]},
         {"image": "ok.png", "conversations": [{"from": "human", "value": "<image>"}]},
         {"image": "broken.png", "conversations": good["conversations"]},
     ]
