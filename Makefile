@@ -25,6 +25,10 @@ test: setup
 demo: setup
 	$(BIN)/genlip-pretrain
 	$(BIN)/genlip-pretrain --recipe stage2_tiny_cpu
+	$(BIN)/genlip-mllm pretrain
+	$(BIN)/genlip-mllm finetune
+	$(BIN)/genlip-mllm chat --model runs/mllm_finetune_tiny_cpu/final \
+	  --image "$${GENLIP_HOME:-$$HOME/.cache/genlip}/sft-n512-s0/images/000003.png" --prompt "Which bar is the tallest?"
 
 lint: setup
 	$(BIN)/ruff check .

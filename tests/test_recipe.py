@@ -37,3 +37,36 @@ def test_paper_stage1_recipes(name, batch, warmup):
     assert o.warmup_ratio == warmup and r.train.global_batch == batch and r.data.image_size == 224
     assert r.train.steps * batch >= 7.99e9, "8 epochs of 1B samples"
     assert r.data.sources[0].caption_fields[0] == "json.re_caption"
+
+
+def test_every_shipped_recipe_parses():
+    from pathlib import Path
+
+    from mllm.recipe import MllmRecipe
+
+    root = Path(__file__).parents[1] / "recipes"
+    for p in sorted((root / "genlip").glob("*.yaml")):
+        assert load_recipe(p).name
+    for p in sorted((root / "mllm").glob("*.yaml")):
+        r = load_recipe(p, cls=MllmRecipe)
+        assert r.stage in ("pretrain", "finetune")
+        if r.stage == "pretrain":
+            assert r.lr.language_model == 0 and r.lr.vision_tower == 0, "alignment trains the projector only"
+
+
+def test_mllm_paper_recipes_use_llava_next_defaults():
+    from mllm.recipe import MllmRecipe
+
+    pre = load_recipe(resolve_mllm("pretrain_qwen2.5-1.5b"), cls=MllmRecipe)
+    assert (pre.lr.projector, pre.train.global_batch, pre.train.epochs, pre.model.image_size) == (1e-3, 256, 1, 384)
+    ft = load_recipe(resolve_mllm("finetune_qwen2.5-1.5b_frozen"), cls=MllmRecipe)
+    assert (ft.lr.language_model, ft.train.global_batch, ft.train.warmup_ratio, ft.train.scheduler) == (
+        2e-5, 128, 0.03, "cosine")
+    unf = load_recipe(resolve_mllm("finetune_qwen2.5-1.5b_unfrozen"), cls=MllmRecipe)
+    assert unf.lr.vision_tower == 2e-6
+
+
+def resolve_mllm(name):
+    from mllm.cli import _recipe_path
+
+    return _recipe_path(name)

@@ -15,6 +15,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--shard-size", type=int, default=256)
     s.add_argument("--vocab", type=int, default=1024, help="BPE vocabulary size of the trained tokenizer")
+    t = sub.add_parser("synth-sft", help="write generated LLaVA caption and instruction sets with their images")
+    t.add_argument("--out", required=True)
+    t.add_argument("--samples", type=int, default=512)
+    t.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.cmd == "synth":
         from genlip.data.synth import write_corpus
@@ -22,6 +26,11 @@ def main(argv: list[str] | None = None) -> int:
         out = write_corpus(args.out, args.samples, seed=args.seed, shard_size=args.shard_size,
                            tokenizer_vocab=args.vocab)
         print(f"wrote {args.samples} samples to {out}/shards and a tokenizer to {out}/tokenizer")
+    elif args.cmd == "synth-sft":
+        from mllm.synth_sft import write_sft
+
+        out = write_sft(args.out, args.samples, args.seed)
+        print(f"wrote {out}/captions.json, {out}/instruct.json and {args.samples} images in {out}/images")
     return 0
 
 
