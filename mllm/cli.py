@@ -18,14 +18,9 @@ DEFAULTS = {"pretrain": "pretrain_tiny_cpu", "finetune": "finetune_tiny_cpu"}
 
 
 def _recipe_path(name: str) -> Path:
-    p = Path(name)
-    if p.exists():
-        return p
-    root = Path(__file__).resolve().parents[1] / "recipes" / "mllm"
-    for cand in (root / name, root / f"{name}.yaml"):
-        if cand.exists():
-            return cand
-    raise SystemExit(f"recipe {name!r} not found (a path, or one of {sorted(q.stem for q in root.glob('*.yaml'))})")
+    from genlip.train.cli import resolve_recipe
+
+    return resolve_recipe(name, "mllm")
 
 
 def main(argv: list[str] | None = None) -> int:

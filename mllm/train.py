@@ -55,7 +55,7 @@ def _resolve_vision(path: str) -> str:
 
 def ensure_sft_data(recipe: MllmRecipe) -> tuple[str, str]:
     """The recipe's data; the generated SFT sets (and the tiny LLM, when ``model.llm=tiny``) are made on first use."""
-    from genlip.train.data_setup import genlip_home
+    from genlip.train.data_setup import generated_dir
 
     data = recipe.data
     if data.synth is None:
@@ -65,26 +65,20 @@ def ensure_sft_data(recipe: MllmRecipe) -> tuple[str, str]:
     which = spec.get("set", "instruct")
     if which not in ("captions", "instruct"):
         raise ValueError(f"data.synth.set must be captions or instruct, got {which!r}")
-    raw = str(spec.get("dir", "$GENLIP_HOME/sft-n{samples}-s{seed}")).format(samples=samples, seed=seed)
-    out = Path(os.path.expandvars(raw.replace("$GENLIP_HOME", str(genlip_home())))).expanduser()
-    if D.is_main() and not (out / "sft.json").exists():
-        import shutil
 
+    def make(tmp: Path) -> None:
         from genlip.data.tokenizer import train_tokenizer
         from mllm.synth_sft import write_sft
         from mllm.tiny import make_tiny_llm
 
-        D.print0(f"generating SFT data ({samples} images) in {out} (first use only)")
-        tmp = out.with_name(out.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
         write_sft(tmp, samples, seed)
         texts = [m["value"] for f in ("captions.json", "instruct.json") for r in json.loads((tmp / f).read_text())
                  for m in r["conversations"]] + ["You are a helpful assistant.", "user", "assistant", "system"]
         train_tokenizer(texts, tmp / "tokenizer", vocab_size=1024)
         make_tiny_llm(tmp / "tokenizer", tmp / "tiny-llm")
-        shutil.rmtree(out, ignore_errors=True)
-        os.rename(tmp, out)
-    D.barrier()
+
+    out = generated_dir(str(spec.get("dir", "$GENLIP_HOME/sft-n{samples}-s{seed}")), samples, seed, "sft.json", make,
+                        "SFT data")
     if recipe.model.llm == "tiny":
         recipe.model.llm = str(out / "tiny-llm")
     return str(out / f"{which}.json"), str(out / "images")

@@ -19,15 +19,15 @@ def recipes_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "recipes"
 
 
-def resolve_recipe(name: str) -> Path:
-    """A path, or a recipe name under ``recipes/genlip`` (``stage1_tiny_cpu``)."""
+def resolve_recipe(name: str, kind: str = "genlip") -> Path:
+    """A path, or a recipe name under ``recipes/<kind>`` (``stage1_tiny_cpu``, ``finetune_tiny_cpu``)."""
     p = Path(name)
     if p.exists():
         return p
-    for cand in (recipes_dir() / "genlip" / name, recipes_dir() / "genlip" / f"{name}.yaml"):
+    for cand in (recipes_dir() / kind / name, recipes_dir() / kind / f"{name}.yaml"):
         if cand.exists():
             return cand
-    known = sorted(q.stem for q in (recipes_dir() / "genlip").glob("*.yaml"))
+    known = sorted(q.stem for q in (recipes_dir() / kind).glob("*.yaml"))
     raise SystemExit(f"recipe {name!r} not found (a path, or one of {known})")
 
 

@@ -18,36 +18,46 @@ def genlip_home() -> Path:
     return Path(os.environ.get("GENLIP_HOME", Path.home() / ".cache" / "genlip"))
 
 
+def generated_dir(template: str, samples: int, seed: int, marker: str, make, what: str) -> Path:
+    """A generated-data directory made once: rank 0 writes it into ``<dir>.partial`` with ``make(tmp)`` and renames it
+    into place (an interrupted generation never leaves a half corpus); every rank waits and returns the directory.
+    ``template`` may use ``$GENLIP_HOME``, ``{samples}`` and ``{seed}``; ``marker`` is a file the finished
+    directory holds, with the ``samples`` and ``seed`` it was made with."""
+    import json
+
+    raw = template.format(samples=samples, seed=seed)
+    out = Path(os.path.expandvars(raw.replace("$GENLIP_HOME", str(genlip_home())))).expanduser()
+    if D.is_main() and not (out / marker).exists():
+        D.print0(f"generating {what} ({samples} samples) in {out} (first use only)")
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        make(tmp)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out, ignore_errors=True)
+        os.rename(tmp, out)
+    D.barrier()
+    if not (out / marker).exists():
+        raise DataError(f"the generated data {out} is missing (rank 0 should have written it)")
+    info = json.loads((out / marker).read_text())
+    if (info["samples"], info["seed"]) != (samples, seed):
+        raise DataError(f"{out} holds {info['samples']} samples (seed {info['seed']}), not {samples} (seed {seed}); "
+                        f"use a dir with {{samples}} and {{seed}} in it")
+    return out
+
+
 def ensure_synth_corpus(spec: dict) -> Path:
-    """Generate the recipe's synthetic corpus once (rank 0, atomically); every rank returns its directory."""
+    """The recipe's generated pretraining corpus (WebDataset shards + tokenizer), made on first use."""
     from genlip.data.synth import write_corpus
 
     unknown = set(spec) - {"dir", "samples", "seed", "shard_size", "vocab"}
     if unknown:
         raise DataError(f"unknown data.synth keys {sorted(unknown)}; use dir, samples, seed, shard_size, vocab")
     samples, seed = int(spec.get("samples", 2048)), int(spec.get("seed", 0))
-    raw = str(spec.get("dir", "$GENLIP_HOME/synth-n{samples}-s{seed}")).format(samples=samples, seed=seed)
-    out = Path(os.path.expandvars(raw.replace("$GENLIP_HOME", str(genlip_home())))).expanduser()
-    if D.is_main() and not (out / "corpus.json").exists():
-        D.print0(f"generating the embedded corpus ({samples} samples) in {out} (first use only)")
-        tmp = out.with_name(out.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        write_corpus(tmp, samples, seed=seed,
-                     shard_size=int(spec.get("shard_size", 256)), tokenizer_vocab=int(spec.get("vocab", 1024)))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(out, ignore_errors=True)
-        os.rename(tmp, out)
-    D.barrier()
-    if (out / "corpus.json").exists():
-        import json
-
-        info = json.loads((out / "corpus.json").read_text())
-        if (info["samples"], info["seed"]) != (samples, seed):
-            raise DataError(f"{out} holds a corpus of {info['samples']} samples (seed {info['seed']}), not "
-                            f"{samples} (seed {seed}); use a data.synth.dir with {{samples}} and {{seed}} in it")
-    else:
-        raise DataError(f"the synthetic corpus {out} is missing (rank 0 should have written it)")
-    return out
+    return generated_dir(str(spec.get("dir", "$GENLIP_HOME/synth-n{samples}-s{seed}")), samples, seed,
+                         "corpus.json", lambda tmp: write_corpus(tmp, samples, seed=seed,
+                                                                 shard_size=int(spec.get("shard_size", 256)),
+                                                                 tokenizer_vocab=int(spec.get("vocab", 1024))),
+                         "the embedded corpus")
 
 
 def recipe_patch_size(recipe: Recipe) -> int:
