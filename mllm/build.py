@@ -80,8 +80,12 @@ def build_mllm(vision_path: str, llm_path: str, mode: str = "resize", image_size
 
 def save_mllm(directory: str | Path, model, tokenizer, spec: ImageSpec, state_dict: dict | None = None) -> None:
     """A Hugging Face directory: weights + config, tokenizer, image processor / processor, and the image spec."""
-    directory = Path(directory)
     model.save_pretrained(directory, state_dict=state_dict)
+    save_processing(directory, model.config, tokenizer, spec)
+
+
+def save_processing(directory: str | Path, config, tokenizer, spec: ImageSpec) -> None:
+    """Everything but the weights: tokenizer, image spec, and (``resize``/``anyres``) transformers' processor."""
     tokenizer.save_pretrained(directory)
     spec.save(directory)
     ip = make_image_processor(spec)
@@ -90,7 +94,7 @@ def save_mllm(directory: str | Path, model, tokenizer, spec: ImageSpec, state_di
 
         cls = LlavaProcessor if spec.mode == "resize" else LlavaNextProcessor
         proc = cls(image_processor=ip, tokenizer=tokenizer, patch_size=spec.patch_size,
-                   vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+                   vision_feature_select_strategy=config.vision_feature_select_strategy,
                    image_token=IMAGE_PLACEHOLDER, num_additional_image_tokens=1 if spec.has_cls else 0)
         proc.save_pretrained(directory)
 

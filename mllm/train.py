@@ -118,7 +118,7 @@ def train(recipe: MllmRecipe) -> Path:
     from transformers import Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
-    from mllm.build import save_mllm
+    from mllm.build import save_mllm, save_processing
     from mllm.data import Collator, LlavaDataset
     from mllm.processing import ConversationEncoder
 
@@ -171,9 +171,7 @@ def train(recipe: MllmRecipe) -> Path:
     class Processors(TrainerCallback):
         def on_save(self, args, state, control, **kw):
             if state.is_world_process_zero:
-                ckpt = out / f"checkpoint-{state.global_step}"
-                tokenizer.save_pretrained(ckpt)
-                spec.save(ckpt)
+                save_processing(out / f"checkpoint-{state.global_step}", model.config, tokenizer, spec)
 
         def on_step_end(self, args, state, control, **kw):
             # fault injection for tests: stop as if killed right after this step's checkpoint

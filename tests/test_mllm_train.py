@@ -62,7 +62,8 @@ def test_pretrain_trains_the_projector_only(env, aligned):
     assert len(vt) == len(tower) and all(torch.equal(vt[f"model.vision_tower.{k}"], v) for k, v in tower.items())
     assert len(losses(aligned)) == 4
     assert (aligned / "genlip_mllm_image.json").exists() and (aligned / "tokenizer.json").exists()
-    assert (aligned.parent / "checkpoint-2" / "genlip_mllm_image.json").exists(), "checkpoints carry the processor"
+    for f in ("genlip_mllm_image.json", "processor_config.json", "tokenizer.json"):
+        assert (aligned.parent / "checkpoint-2" / f).exists(), f"checkpoints carry the processor: {f}"
 
 
 def test_finetune_frozen_tower_is_bit_identical_and_llm_changes(env, aligned, tmp_path):
