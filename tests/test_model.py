@@ -126,3 +126,17 @@ def test_config_rejects_impossible_shapes():
         genlip_config("tiny", num_attention_heads=5)
     with pytest.raises(Exception, match="attn_backend"):
         genlip_config("tiny", attn_backend="flash")
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = GenLIPForCaptioning(genlip_config("tiny", patch_size=8)).train()
+    ids, pix = torch.randint(0, 512, (2, 5)), torch.randn(2, 3, 16, 16)
+    grads = []
+    for ckpt in (False, True):
+        model.zero_grad()
+        model.vit.gradient_checkpointing = ckpt
+        model(ids, pix, labels=ids).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-5, msg=n)
