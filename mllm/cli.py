@@ -26,6 +26,7 @@ def _recipe_path(name: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="genlip-mllm", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     sub = ap.add_subparsers(dest="cmd", required=True)
     for stage in ("pretrain", "finetune"):
         s = sub.add_parser(stage, help=f"{stage} an MLLM from a recipe")

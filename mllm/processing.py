@@ -62,15 +62,18 @@ class ImageSpec:
 
 def make_image_processor(spec: ImageSpec):
     """The transformers image processor of ``resize`` / ``anyres`` (None for ``native``, handled here)."""
+    import importlib.util
+
+    import transformers
+
+    pil = importlib.util.find_spec("torchvision") is None  # transformers' PIL backends, without torchvision
+    CLIPImageProcessor = getattr(transformers, "CLIPImageProcessorPil" if pil else "CLIPImageProcessor")
+    LlavaNextImageProcessor = getattr(transformers, "LlavaNextImageProcessorPil" if pil else "LlavaNextImageProcessor")
     common = dict(image_mean=spec.image_mean, image_std=spec.image_std, do_convert_rgb=True)
     if spec.mode == "resize":
-        from transformers import CLIPImageProcessor
-
         return CLIPImageProcessor(size={"shortest_edge": spec.image_size}, do_center_crop=True,
                                   crop_size={"height": spec.image_size, "width": spec.image_size}, **common)
     if spec.mode == "anyres":
-        from transformers import LlavaNextImageProcessor
-
         return LlavaNextImageProcessor(size={"shortest_edge": spec.image_size}, do_center_crop=True,
                                        crop_size={"height": spec.image_size, "width": spec.image_size},
                                        image_grid_pinpoints=spec.pinpoints, **common)

@@ -118,6 +118,7 @@ def train(recipe: MllmRecipe) -> Path:
     from transformers import Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
+    from genlip.train.recipe import save_recipe
     from mllm.build import save_mllm, save_processing
     from mllm.data import Collator, LlavaDataset
     from mllm.processing import ConversationEncoder
@@ -151,7 +152,8 @@ def train(recipe: MllmRecipe) -> Path:
     dataset = LlavaDataset(data_path, image_root, encoder, recipe.data.max_skip_fraction)
     collator = Collator(spec, ip, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     if t.global_batch % (t.micro_batch * ws):
-        raise ValueError(f"train.global_batch {t.global_batch} is not a multiple of micro_batch x world size")
+        raise ValueError(f"train.global_batch {t.global_batch} is not a multiple of train.micro_batch "
+                         f"{t.micro_batch} x world size {ws}")
     bf16 = cuda and t.precision != "fp32"
     out = Path(t.output_dir)
     args = TrainingArguments(
@@ -172,6 +174,7 @@ def train(recipe: MllmRecipe) -> Path:
         def on_save(self, args, state, control, **kw):
             if state.is_world_process_zero:
                 save_processing(out / f"checkpoint-{state.global_step}", model.config, tokenizer, spec)
+                save_recipe(recipe, out / f"checkpoint-{state.global_step}" / "recipe.yaml")
 
         def on_step_end(self, args, state, control, **kw):
             # fault injection for tests: stop as if killed right after this step's checkpoint
@@ -219,6 +222,17 @@ def train(recipe: MllmRecipe) -> Path:
         resume = get_last_checkpoint(str(out)) if out.exists() else None
     elif t.resume != "none":
         resume = t.resume
+    if resume:
+        D.print0(f"resuming from {resume}")
+        saved = Path(resume) / "recipe.yaml"
+        if saved.exists():
+            import yaml
+
+            from genlip.train.recipe import recipe_diff
+
+            changed = [d for d in recipe_diff(yaml.safe_load(saved.read_text()), recipe) if "resume" not in d]
+            if changed:
+                D.print0("WARNING: the recipe differs from the checkpoint's: " + "; ".join(changed))
     trainer.train(resume_from_checkpoint=resume)
     if stop_after:
         D.print0(f"stopped after step {stop_after} (GENLIP_STOP_AFTER_STEP)")
@@ -239,8 +253,6 @@ def train(recipe: MllmRecipe) -> Path:
         (final / "log_history.json").write_text(json.dumps(trainer.state.log_history))
         (final / "skipped.json").write_text(json.dumps({"records": dict(dataset.skipped),
                                                         "decode": dict(skipped)}))
-        from genlip.train.recipe import save_recipe
-
         save_recipe(recipe, final / "recipe.yaml")
         D.print0(f"saved {final}")
     D.barrier()

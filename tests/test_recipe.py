@@ -70,3 +70,13 @@ def resolve_mllm(name):
     from mllm.cli import _recipe_path
 
     return _recipe_path(name)
+
+
+def test_recipe_diff_names_changed_keys():
+    from genlip.train.recipe import recipe_diff
+
+    a = load_recipe(resolve_recipe("stage1_tiny_cpu"))
+    b = load_recipe(resolve_recipe("stage1_tiny_cpu"), ["optim.lr=5e-4", "data.sources=[{path: x.tar}]"])
+    diff = recipe_diff(a, b)
+    assert any(d.startswith("optim.lr: 0.002 -> 0.0005") for d in diff)
+    assert any(d.startswith("data.sources") for d in diff) and len(diff) == 2

@@ -98,6 +98,7 @@ def train(recipe: Recipe) -> Path:
     if ckpt is not None:
         state = C.load(ckpt, wrapped, optimizer)
         D.print0(f"resumed from {ckpt} at step {state['step']}")
+        _warn_recipe_changes(ckpt / "recipe.yaml", recipe)
     if ckpt is None:
         torch.manual_seed(recipe.train.seed + 1000 * rank)  # per-rank stream for DropPath; restored on resume
 
@@ -232,3 +233,17 @@ def _count_tokens(m: dict, patch: int) -> int:
     px = m["pixel_values"]
     n_img = (px.shape[-2] // patch) * (px.shape[-1] // patch)
     return int(m["attention_mask"].sum()) + n_img * px.shape[0]
+
+
+def _warn_recipe_changes(saved: Path, recipe: Recipe) -> None:
+    """Resuming under a different recipe is allowed (e.g. more steps) but never silent."""
+    import yaml
+
+    from genlip.train.recipe import recipe_diff
+
+    if saved.exists():
+        changed = [d for d in recipe_diff(yaml.safe_load(saved.read_text()), recipe)
+                   if not d.startswith("checkpoint.resume")]
+        if changed:
+            log.warning("resuming with a recipe that differs from the checkpoint's: %s", "; ".join(changed))
+            D.print0("WARNING: the recipe differs from the checkpoint's: " + "; ".join(changed))

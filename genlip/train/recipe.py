@@ -243,3 +243,16 @@ def _deep_merge(base: dict, new: dict) -> dict:
 
 def save_recipe(recipe: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+
+
+def recipe_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two recipes (dataclasses or dicts), e.g. to warn on resume."""
+    a, b = to_dict(old), to_dict(new)
+    out = []
+    for k in sorted(set(a) | set(b)):
+        path = f"{prefix}{k}"
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            out += recipe_diff(a[k], b[k], path + ".")
+        elif a.get(k) != b.get(k):
+            out.append(f"{path}: {a.get(k)!r} -> {b.get(k)!r}")
+    return out
