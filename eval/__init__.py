@@ -1,0 +1,1 @@
+"""Benchmark suites, lmms-eval integration, sweeps and comparison reports (depends on ``mllm`` and ``genlip``)."""
