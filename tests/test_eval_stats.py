@@ -1,0 +1,39 @@
+"""Paired bootstrap: covers the true difference at the stated rate, and does not call noise a difference."""
+
+import numpy as np
+import pytest
+
+from eval.stats import paired_bootstrap
+
+
+def test_identical_models_are_not_different():
+    a = np.random.default_rng(0).integers(0, 2, 300)
+    r = paired_bootstrap(a, a.copy())
+    assert r.diff == 0 and r.low == 0 and r.high == 0 and not r.significant
+
+
+def test_interval_covers_the_true_difference_about_95_percent_of_the_time():
+    rng = np.random.default_rng(1)
+    covered = 0
+    trials = 200
+    for t in range(trials):
+        a = rng.random(200) < 0.60  # true accuracy 60% vs 55%
+        b = rng.random(200) < 0.55
+        r = paired_bootstrap(a, b, n_resamples=2000, seed=t)
+        covered += r.low <= 0.05 <= r.high
+    assert 0.88 <= covered / trials <= 0.99
+
+
+def test_clear_difference_is_significant_and_noise_is_not():
+    rng = np.random.default_rng(2)
+    base = rng.random(500) < 0.5
+    better = base | (rng.random(500) < 0.3)
+    assert paired_bootstrap(better, base).significant
+    flip = base.copy()
+    flip[:3] = ~flip[:3]  # three samples differ
+    assert not paired_bootstrap(flip, base).significant
+
+
+def test_mismatched_inputs_are_errors():
+    with pytest.raises(ValueError):
+        paired_bootstrap([1, 0], [1])
