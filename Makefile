@@ -3,9 +3,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# A CPU build of PyTorch; on a GPU machine set TORCH_SPEC="torch" (or your CUDA wheel) before `make`.
-TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,mllm
+# PyTorch with the torchvision that lmms-eval needs (on these machines both wheels come from local disk); on a GPU
+# machine set TORCH_SPEC to your CUDA wheels before `make`.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+EXTRAS ?= dev,mllm,eval
 
 .PHONY: test demo lint setup clean
 
@@ -13,7 +14,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --no-build-isolation "deepspeed>=0.15"
 	touch $@

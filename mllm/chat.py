@@ -10,14 +10,17 @@ from mllm.processing import ConversationEncoder, preprocess_images
 
 
 @torch.no_grad()
-def answer(model, tokenizer, spec, image_processor, image: Image.Image | None, prompt: str,
+def answer(model, tokenizer, spec, image_processor, image: Image.Image | list[Image.Image] | None, prompt: str,
            max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0,
            system: str | None = "You are a helpful assistant.") -> str:
+    """Greedy (or sampled) reply to ``prompt`` about one image or several (``<image>`` placeholders are added in
+    front of the prompt for images it does not place itself)."""
     model.eval()
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     enc = ConversationEncoder(tokenizer, spec, image_id, system=system, max_length=10**6)
-    text = ("<image>\n" + prompt) if image is not None and "<image>" not in prompt else prompt
-    images = [image] if image is not None else []
+    images = [] if image is None else ([image] if isinstance(image, Image.Image) else list(image))
+    missing = len(images) - prompt.count("<image>")
+    text = "<image>" * missing + ("\n" if missing > 0 else "") + prompt
     ids, _ = enc.encode([{"from": "human", "value": text}], images, add_generation_prompt=True)
     inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
               **preprocess_images(spec, images, image_processor)}

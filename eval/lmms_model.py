@@ -1,0 +1,80 @@
+"""This project's MLLM checkpoints as an lmms-eval model (``--model genlip_mllm --model_args pretrained=DIR``).
+
+Registered through lmms-eval's ``lmms_eval.models`` entry point (see ``pyproject.toml``). Batch size 1: some tasks'
+scores change with padding. Usable in-process on a live model too: :meth:`GenlipMllm.from_live` keeps the model alive
+after lmms-eval's post-evaluation ``clean()``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from lmms_eval.api.model import lmms
+from lmms_eval.models.registry_v2 import ModelManifest
+
+from mllm.chat import answer
+
+log = logging.getLogger(__name__)
+
+
+class GenlipMllm(lmms):
+    is_simple = True
+
+    def __init__(self, pretrained: str | None = None, batch_size: int | str = 1, max_new_tokens: int = 64,
+                 device: str = "auto", system_prompt: str | None = "You are a helpful assistant.",
+                 keep_alive: bool = False, **kwargs) -> None:
+        super().__init__()
+        if kwargs:
+            log.warning("genlip_mllm ignores unknown model_args %s", sorted(kwargs))
+        if int(batch_size) != 1:
+            raise ValueError("genlip_mllm evaluates with batch_size=1 (scores of some tasks change with padding)")
+        self.max_new_tokens, self.system_prompt, self.keep_alive = int(max_new_tokens), system_prompt, keep_alive
+        self.parts = None
+        if pretrained is not None:
+            from mllm.build import load_mllm
+
+            self.parts = load_mllm(pretrained)
+            dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+            self.parts[0].to(dev).eval()
+
+    @classmethod
+    def from_live(cls, model, tokenizer, spec, image_processor, **kwargs) -> GenlipMllm:
+        """Wrap an in-memory model; lmms-eval's ``clean()`` will not delete it."""
+        obj = cls(pretrained=None, keep_alive=True, **kwargs)
+        obj.parts = (model, tokenizer, spec, image_processor)
+        return obj
+
+    def clean(self) -> None:
+        if not self.keep_alive:
+            self.parts = None
+            super().clean()
+
+    def generate_until(self, requests) -> list[str]:
+        model, tok, spec, ip = self.parts
+        out = []
+        for req in requests:
+            context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
+            doc = self.task_dict[task][split][doc_id]
+            visuals = [v.convert("RGB") for v in (doc_to_visual(doc) or [])]
+            gen_kwargs = dict(gen_kwargs or {})
+            temperature = float(gen_kwargs.get("temperature", 0) or 0)
+            text = answer(model, tok, spec, ip, visuals or None, context,
+                          max_new_tokens=int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)),
+                          do_sample=bool(gen_kwargs.get("do_sample", False)) and temperature > 0,
+                          temperature=temperature or 1.0, system=self.system_prompt)
+            for stop in gen_kwargs.get("until", []) or []:
+                if stop and stop in text:
+                    text = text.split(stop)[0]
+            out.append(text)
+        return out
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError("genlip_mllm answers by generation; loglikelihood tasks are not supported")
+
+    def generate_until_multi_round(self, requests):
+        raise NotImplementedError("genlip_mllm does not support multi-round generation tasks")
+
+
+def manifest() -> ModelManifest:
+    return ModelManifest(model_id="genlip_mllm", simple_class_path="eval.lmms_model.GenlipMllm")

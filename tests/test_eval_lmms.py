@@ -1,0 +1,142 @@
+"""The lmms-eval model answers through the real ``lmms-eval`` CLI on the generated tasks, the scores equal a direct
+computation from its own answers, and the in-process path keeps the live model."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("lmms_eval")
+
+from eval.synth_bench import SYNTH_TASKS, write_synth_benchmarks  # noqa: E402
+from mllm.build import build_mllm, load_mllm, save_mllm  # noqa: E402
+from tests.mllm_fixtures import make_llm, make_towers  # noqa: E402
+
+
+def anls(pred: str, answers: list[str], tau: float = 0.5) -> float:
+    """ANLS written out from its definition (1 - normalised Levenshtein distance, 0 below the threshold)."""
+    def lev(a, b):
+        prev = list(range(len(b) + 1))
+        for i, ca in enumerate(a, 1):
+            cur = [i]
+            for j, cb in enumerate(b, 1):
+                cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+            prev = cur
+        return prev[-1]
+
+    best = 0.0
+    for g in answers:
+        p, t = pred.strip().lower(), g.strip().lower()
+        nl = lev(p, t) / max(len(p), len(t), 1)
+        best = max(best, 1 - nl if nl < tau else 0.0)
+    return best
+
+
+def relaxed(pred: str, target: str) -> float:
+    try:
+        p, t = float(pred.strip().rstrip("%")), float(target)
+        return float(abs(p - t) / abs(t) <= 0.05 if t else p == t)
+    except ValueError:
+        return float(pred.strip().lower() == target.strip().lower())
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ev")
+    towers, llm = make_towers(root), make_llm(root)
+    torch.manual_seed(0)
+    model, tok, spec = build_mllm(str(towers["genlip"]), str(llm), "resize", image_size=32)
+    bench = write_synth_benchmarks(root / "bench", samples=4)
+    _teach(model, tok, spec, bench)  # a few steps on the benchmarks' own questions, so answers are words
+    save_mllm(root / "model", model, tok, spec)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(root / "hf"),
+           "OMP_NUM_THREADS": "1"}
+    return root, bench, env
+
+
+def _teach(model, tok, spec, bench, steps=60):
+    import io
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from mllm.data import Collator
+    from mllm.processing import ConversationEncoder, make_image_processor
+
+    enc = ConversationEncoder(tok, spec, model.config.image_token_id)
+    examples = []
+    for name, post in (("synth_docvqa", "\nAnswer the question using a single word or phrase."),
+                       ("synth_chartqa", "\nAnswer the question with a single word.")):
+        for row in pq.read_table(bench / "data" / f"{name}.parquet").to_pylist():
+            img = Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB")
+            target = row["answers"][0] if "answers" in row else row["answer"]
+            ids, labels = enc.encode([{"from": "human", "value": "<image>\n" + row["question"] + post},
+                                      {"from": "gpt", "value": target}], [img])
+            examples.append({"input_ids": ids, "labels": labels, "images": [img]})
+    batch = Collator(spec, make_image_processor(spec), tok.pad_token_id)(examples)
+    batch.pop("n_skipped")
+    opt = torch.optim.AdamW([p for n, p in model.named_parameters() if "vision_tower" not in n], lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+
+
+def test_real_cli_scores_equal_a_direct_computation(setup):
+    root, bench, env = setup
+    out = root / "out"
+    cmd = [sys.executable, "-m", "lmms_eval", "--model", "genlip_mllm", "--model_args",
+           f"pretrained={root / 'model'},max_new_tokens=8", "--tasks", ",".join(SYNTH_TASKS), "--include_path",
+           str(bench / "tasks"), "--batch_size", "1", "--output_path", str(out), "--log_samples"]
+    work = root / "cwd"  # lmms-eval writes some files into the working directory
+    work.mkdir(exist_ok=True)
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=work)
+    results = sorted(p for p in out.rglob("*_results.json") if p.name[0].isdigit())  # not submissions/
+    assert p.returncode == 0 and results, p.stderr[-4000:]  # lmms-eval exits 0 on failure: check the output
+    res = json.loads(results[-1].read_text())["results"]
+    assert set(SYNTH_TASKS) <= set(res)
+    model, tok, spec, ip = load_mllm(root / "model")
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from mllm.chat import answer
+
+    for task, metric, scorer, data in [("genlip_synth_docvqa", "anls,none", anls, "synth_docvqa"),
+                                       ("genlip_synth_chartqa", "relaxed_overall,none", relaxed, "synth_chartqa")]:
+        logged = [json.loads(x) for x in next(out.rglob(f"*samples_{task}.jsonl")).read_text().splitlines()]
+        rows = pq.read_table(bench / "data" / f"{data}.parquet").to_pylist()
+        assert len(logged) == len(rows) == 4
+        direct = []
+        for rec in sorted(logged, key=lambda r: r["doc_id"]):
+            row = rows[rec["doc_id"]]
+            import io
+
+            img = Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB")
+            pred = answer(model, tok, spec, ip, img, rec["input"], max_new_tokens=8)
+            logged_pred = rec["filtered_resps"]
+            logged_pred = logged_pred[0] if isinstance(logged_pred, list) else logged_pred
+            assert pred == logged_pred and pred, "the adapter answers exactly as the model does"
+            direct.append(scorer(pred, row["answers"] if "answers" in row else row["answer"]))
+        assert res[task][metric] == pytest.approx(sum(direct) / len(direct), abs=1e-9)
+
+
+def test_in_process_evaluation_keeps_the_live_model(setup):
+    root, bench, env = setup
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    from eval.lmms_model import GenlipMllm
+
+    for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME"):
+        os.environ[k] = env[k]
+    model, tok, spec, ip = load_mllm(root / "model")
+    lm = GenlipMllm.from_live(model, tok, spec, ip, max_new_tokens=8)
+    out = simple_evaluate(model=lm, tasks=["genlip_synth_chartqa"], batch_size=1,
+                          task_manager=TaskManager(include_path=str(bench / "tasks")))
+    assert "relaxed_overall,none" in out["results"]["genlip_synth_chartqa"]
+    assert lm.parts[0] is model and next(model.parameters()).numel() > 0, "clean() must not delete a live model"
