@@ -82,7 +82,15 @@ UNFROZEN_12 = (
     Benchmark("MMStar", "mmstar", "average,none", GEN),
 )
 
-SUITES: dict[str, tuple[Benchmark, ...]] = {"paper14": PAPER_14, "cambrian16": CAMBRIAN_16, "unfrozen12": UNFROZEN_12}
+# the generated offline benchmarks (eval/synth_bench.py), same metrics as the tasks they include
+SYNTH_3 = (
+    Benchmark("SynthDoc", "genlip_synth_docvqa", "anls,none", DOC),
+    Benchmark("SynthChart", "genlip_synth_chartqa", "relaxed_overall,none", DOC),
+    Benchmark("SynthCap", "genlip_synth_caption", "coco_CIDEr,none", CAP),
+)
+
+SUITES: dict[str, tuple[Benchmark, ...]] = {"paper14": PAPER_14, "cambrian16": CAMBRIAN_16, "unfrozen12": UNFROZEN_12,
+                                            "synth": SYNTH_3}
 
 
 def averages(suite: tuple[Benchmark, ...], paper_values: dict[str, float]) -> dict[str, float]:

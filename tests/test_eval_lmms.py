@@ -140,3 +140,27 @@ def test_in_process_evaluation_keeps_the_live_model(setup):
                           task_manager=TaskManager(include_path=str(bench / "tasks")))
     assert "relaxed_overall,none" in out["results"]["genlip_synth_chartqa"]
     assert lm.parts[0] is model and next(model.parameters()).numel() > 0, "clean() must not delete a live model"
+
+
+def test_genlip_eval_run_reports_the_suite(setup, tmp_path):
+    root, bench, env = setup
+    out = tmp_path / "res"
+    p = subprocess.run([sys.executable, "-m", "eval.cli", "run", "--model", str(root / "model"), "--suite", "synth",
+                        "--out", str(out), "--max-new-tokens", "8"], env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((out / "scores.json").read_text())
+    raw = res["raw"]
+    assert res["benchmarks"]["SynthDoc"] == pytest.approx(100 * raw["genlip_synth_docvqa"]["anls,none"])
+    assert res["benchmarks"]["SynthCap"] == pytest.approx(100 * raw["genlip_synth_caption"]["coco_CIDEr,none"])
+    vals = list(res["benchmarks"].values())
+    assert res["averages"]["ALL AVG"] == pytest.approx(sum(vals) / 3)
+    assert "ALL AVG" in p.stdout
+
+
+def test_genlip_eval_run_detects_a_failed_evaluation(setup, tmp_path):
+    root, bench, env = setup
+    p = subprocess.run([sys.executable, "-m", "eval.cli", "run", "--model", str(tmp_path / "no-such-model"),
+                        "--suite", "synth", "--out", str(tmp_path / "res")], env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert p.returncode == 1 and "lmms-eval failed" in p.stderr

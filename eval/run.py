@@ -1,0 +1,72 @@
+"""Evaluate one MLLM checkpoint on one suite through the real ``lmms-eval`` CLI, and read back its scores.
+
+lmms-eval exits 0 even when a task fails, so success is decided here: every task of the suite must appear in its
+results file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from eval.suites import SUITES, averages
+
+
+class EvalError(RuntimeError):
+    pass
+
+
+def run_suite(model_dir: str | Path, suite: str, out_dir: str | Path, limit: int | None = None,
+              max_new_tokens: int | None = None, timeout: float | None = None) -> dict:
+    """Run ``suite`` on ``model_dir``; writes ``out_dir/raw`` (lmms-eval output) and ``out_dir/scores.json``.
+    Returns ``{"benchmarks": {name: paper-scale value}, "averages": {...}, "raw": {task: {metric: value}}}``."""
+    if suite not in SUITES:
+        raise KeyError(f"unknown suite {suite!r}; choose one of {sorted(SUITES)}")
+    benches = SUITES[suite]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = sorted({b.task for b in benches})
+    args = [sys.executable, "-m", "lmms_eval", "--model", "genlip_mllm", "--model_args",
+            f"pretrained={Path(model_dir).resolve()}" + (f",max_new_tokens={max_new_tokens}" if max_new_tokens
+                                                         else ""),
+            "--tasks", ",".join(tasks), "--batch_size", "1", "--output_path", str((out / "raw").resolve()),
+            "--log_samples"]
+    if suite == "synth":
+        from eval.synth_bench import write_synth_benchmarks
+
+        bench = out / "synth_bench"
+        if not (bench / "synth_bench.json").exists():
+            write_synth_benchmarks(bench)
+        args += ["--include_path", str((bench / "tasks").resolve())]
+    if limit:
+        args += ["--limit", str(limit)]
+    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+           "HF_DATASETS_OFFLINE": os.environ.get("HF_DATASETS_OFFLINE", "1")}
+    work = out / "cwd"  # lmms-eval writes some files into its working directory
+    work.mkdir(exist_ok=True)
+    started = {p.name for p in (out / "raw").rglob("*_results.json")} if (out / "raw").exists() else set()
+    p = subprocess.run(args, env=env, cwd=work, capture_output=True, text=True, timeout=timeout)
+    (out / "lmms_eval.log").write_text(p.stdout + "\n" + p.stderr)
+    new = sorted(f for f in (out / "raw").rglob("*_results.json") if f.name[0].isdigit() and f.name not in started) \
+        if (out / "raw").exists() else []
+    if p.returncode != 0 or not new:
+        raise EvalError(f"lmms-eval failed for {model_dir} on {suite} (exit {p.returncode}); see "
+                        f"{out / 'lmms_eval.log'}: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ''}")
+    raw = json.loads(new[-1].read_text())["results"]
+    missing = [t for t in tasks if t not in raw]
+    if missing:
+        raise EvalError(f"lmms-eval produced no result for {missing}; see {out / 'lmms_eval.log'}")
+    scores = {}
+    for b in benches:
+        value = raw[b.task].get(b.metric)
+        if not isinstance(value, (int, float)):
+            raise EvalError(f"{b.task} has no numeric {b.metric!r} (got {value!r}); see {out / 'lmms_eval.log'}")
+        scores[b.name] = b.paper_value(float(value))
+    result = {"model": str(model_dir), "suite": suite, "benchmarks": scores, "averages": averages(benches, scores),
+              "raw": {t: {k: v for k, v in raw[t].items() if isinstance(v, (int, float))} for t in tasks},
+              "samples_dir": str(new[-1].parent)}
+    (out / "scores.json").write_text(json.dumps(result, indent=1))
+    return result
