@@ -2,6 +2,7 @@
 
     genlip-eval run --model runs/mllm_finetune_tiny_cpu/final --suite synth
     genlip-eval run --model runs/.../final --suite paper14 --out results/genlip-so16
+    genlip-eval report results/a results/b --out report/ --compare a b
     genlip-eval synth-bench --out bench/              # the generated offline benchmarks as lmms-eval task files
 """
 
@@ -21,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", default=None)
     r.add_argument("--limit", type=int, default=None, help="at most N samples per task (a quick check)")
     r.add_argument("--max-new-tokens", type=int, default=None)
+    rp = sub.add_parser("report", help="tables, charts and pairwise comparisons of evaluated cells")
+    rp.add_argument("results", nargs="+", help="directories written by `genlip-eval run` (or their scores.json)")
+    rp.add_argument("--out", required=True)
+    rp.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two cell names: A - B with bootstrap intervals")
     s = sub.add_parser("synth-bench", help="write the generated offline benchmarks")
     s.add_argument("--out", required=True)
     s.add_argument("--samples", type=int, default=50)
@@ -30,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
 
         out = write_synth_benchmarks(args.out, args.samples)
         print(f"wrote {out}/tasks (use --include_path {out}/tasks with lmms-eval)")
+        return 0
+    if args.cmd == "report":
+        from eval.report import load_cells, write_report
+
+        out = write_report(load_cells(args.results), args.out, tuple(args.compare) if args.compare else None)
+        print((out / "report.md").read_text())
         return 0
     from pathlib import Path
 

@@ -164,3 +164,31 @@ def test_genlip_eval_run_detects_a_failed_evaluation(setup, tmp_path):
                         "--suite", "synth", "--out", str(tmp_path / "res")], env=env, capture_output=True, text=True,
                        timeout=900)
     assert p.returncode == 1 and "lmms-eval failed" in p.stderr
+
+
+def test_report_tables_charts_and_bootstrap_comparison(setup, tmp_path):
+    import pandas as pd
+
+    from eval.report import load_cells, write_report
+    from eval.run import run_suite
+
+    root, bench, env = setup
+    for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME"):
+        os.environ[k] = env[k]
+    torch.manual_seed(1)
+    model, tok, spec = build_mllm(str(root / "genlip"), str(root / "llm"), "resize", image_size=32)
+    save_mllm(root / "untrained", model, tok, spec)  # a second "encoder" cell: nothing learned
+    run_suite(root / "model", "synth", tmp_path / "trained", max_new_tokens=8)
+    run_suite(root / "untrained", "synth", tmp_path / "untrained", max_new_tokens=8)
+    cells = load_cells([tmp_path / "trained", tmp_path / "untrained"])
+    out = write_report(cells, tmp_path / "report", ("trained", "untrained"))
+    df = pd.read_csv(out / "report.csv")
+    assert list(df["cell"]) == ["trained", "untrained"] and "ALL AVG" in df.columns
+    assert (out / "synth.png").stat().st_size > 5000
+    cmp = pd.read_csv(out / "compare.csv").set_index("benchmark")
+    for name in ("SynthDoc", "SynthChart"):
+        a, b = cells[0]["benchmarks"][name], cells[1]["benchmarks"][name]
+        assert cmp.loc[name, "diff"] == pytest.approx(a - b)
+        assert cmp.loc[name, "ci_low"] <= cmp.loc[name, "diff"] <= cmp.loc[name, "ci_high"]
+    assert "corpus-level" in cmp.loc["SynthCap", "note"]
+    assert "trained - untrained" in (out / "report.md").read_text()
