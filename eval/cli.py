@@ -2,6 +2,7 @@
 
     genlip-eval run --model runs/mllm_finetune_tiny_cpu/final --suite synth
     genlip-eval run --model runs/.../final --suite paper14 --out results/genlip-so16
+    genlip-eval sweep --grid grid.yaml                 # encoders x LLMs x protocols x suites, resumable
     genlip-eval report results/a results/b --out report/ --compare a b
     genlip-eval synth-bench --out bench/              # the generated offline benchmarks as lmms-eval task files
 """
@@ -22,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", default=None)
     r.add_argument("--limit", type=int, default=None, help="at most N samples per task (a quick check)")
     r.add_argument("--max-new-tokens", type=int, default=None)
+    sw = sub.add_parser("sweep", help="a grid of encoders x LLMs x protocols x suites (resumable)")
+    sw.add_argument("--grid", required=True)
     rp = sub.add_parser("report", help="tables, charts and pairwise comparisons of evaluated cells")
     rp.add_argument("results", nargs="+", help="directories written by `genlip-eval run` (or their scores.json)")
     rp.add_argument("--out", required=True)
@@ -36,6 +39,13 @@ def main(argv: list[str] | None = None) -> int:
         out = write_synth_benchmarks(args.out, args.samples)
         print(f"wrote {out}/tasks (use --include_path {out}/tasks with lmms-eval)")
         return 0
+    if args.cmd == "sweep":
+        from eval.sweep import sweep
+
+        status = sweep(args.grid)
+        failed = [k for k, v in status.items() if v["status"] != "done"]
+        print(f"{len(status) - len(failed)} cells done, {len(failed)} failed" + (f": {failed}" if failed else ""))
+        return 1 if failed else 0
     if args.cmd == "report":
         from eval.report import load_cells, write_report
 

@@ -1,0 +1,54 @@
+"""A tiny sweep end to end through the CLI: 2 encoders x 1 LLM x 1 protocol x 1 suite, plus one broken encoder that
+fails alone; a re-run reuses every finished cell; the report compares the finished ones."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+
+pytest.importorskip("lmms_eval")
+
+from tests.mllm_fixtures import make_towers  # noqa: E402
+
+
+def test_tiny_sweep_runs_resumes_and_reports(tmp_path):
+    towers = make_towers(tmp_path / "towers")
+    small = ["data.synth.samples=48", "train.max_steps=3", "train.global_batch=8", "train.micro_batch=8"]
+    grid = {
+        "out": str(tmp_path / "sweep"),
+        "encoders": {"genlip": {"path": str(towers["genlip"]), "image_size": 32},
+                     "siglip": {"path": str(towers["siglip"])},
+                     "broken": {"path": str(tmp_path / "no-such-tower")}},
+        "llms": {"tiny": "tiny"},
+        "protocols": {"frozen": {"mode": "resize", "lr_vision": 0.0}},
+        "suites": ["synth"],
+        "overrides": {"pretrain": small, "finetune": small},
+        "eval": {"limit": 4, "max_new_tokens": 8},
+    }
+    gf = tmp_path / "grid.yaml"
+    gf.write_text(yaml.safe_dump(grid))
+    env = {**os.environ, "GENLIP_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "eval.cli", "sweep", "--grid", str(gf)]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500, cwd=tmp_path)
+    assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-3000:]  # one cell failed, and says so
+    status = json.loads((tmp_path / "sweep" / "status.json").read_text())
+    assert status["genlip__tiny__frozen"]["status"] == "done" and status["siglip__tiny__frozen"]["status"] == "done"
+    assert status["broken__tiny__frozen"]["status"] == "failed" and "pretrain failed" in \
+        status["broken__tiny__frozen"]["error"]
+    assert "2 cells done, 1 failed" in p.stdout
+    report = pd.read_csv(tmp_path / "sweep" / "report" / "report.csv")
+    assert sorted(report["cell"]) == ["genlip__tiny__frozen", "siglip__tiny__frozen"]
+    assert report["ALL AVG"].notna().all()
+
+    t = time.time()
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500, cwd=tmp_path)
+    assert again.stdout.count("all reused") == 2, again.stdout
+    assert time.time() - t < 120
+    status2 = json.loads((tmp_path / "sweep" / "status.json").read_text())
+    assert status2["genlip__tiny__frozen"]["ran"] == []
