@@ -37,7 +37,9 @@ def apply_trainable(model, lrs: dict[str, float], lora: bool = False) -> dict[st
         g = group_of(n)
         if lora and g == "language_model":
             p.requires_grad = "lora_" in n and lrs[g] > 0
-        elif not (lora and "modules_to_save" not in n and g == "projector" and "original_module" in n):
+        elif lora and "original_module" in n:
+            p.requires_grad = False  # PEFT's frozen copy of a module it trains in full (modules_to_save)
+        else:
             p.requires_grad = lrs[g] > 0
         counts[g][1] += p.numel()
         counts[g][0] += p.numel() if p.requires_grad else 0
