@@ -5,6 +5,8 @@
     genlip-eval sweep --grid grid.yaml                 # encoders x LLMs x protocols x suites, resumable
     genlip-eval report results/a results/b --out report/ --compare a b
     genlip-eval synth-bench --out bench/              # the generated offline benchmarks as lmms-eval task files
+    genlip-eval local-tasks --exports /data/lmms --suite paper14 --out tasks/   # task files for local exports
+    genlip-eval run --model runs/.../final --suite paper14 --tasks-dir tasks/
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", default=None)
     r.add_argument("--limit", type=int, default=None, help="at most N samples per task (a quick check)")
     r.add_argument("--max-new-tokens", type=int, default=None)
+    r.add_argument("--tasks-dir", default=None, help="task files from `genlip-eval local-tasks` (local exports)")
     sw = sub.add_parser("sweep", help="a grid of encoders x LLMs x protocols x suites (resumable)")
     sw.add_argument("--grid", required=True)
     rp = sub.add_parser("report", help="tables, charts and pairwise comparisons of evaluated cells")
@@ -32,7 +35,33 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("synth-bench", help="write the generated offline benchmarks")
     s.add_argument("--out", required=True)
     s.add_argument("--samples", type=int, default=50)
+    lt = sub.add_parser("local-tasks", help="lmms-eval task files for local exports of the benchmark datasets")
+    lt.add_argument("--exports", required=True, help="directory of exports (see eval/local_tasks.py for layouts)")
+    lt.add_argument("--out", required=True)
+    g = lt.add_mutually_exclusive_group(required=True)
+    g.add_argument("--suite", action="append", help="every task of these suites (repeatable)")
+    g.add_argument("--tasks", help="comma-separated lmms-eval task or group names")
     args = ap.parse_args(argv)
+    if args.cmd == "local-tasks":
+        from eval.local_tasks import write_local_tasks
+        from eval.suites import SUITES
+
+        unknown = [s for s in args.suite or [] if s not in SUITES]
+        if unknown:
+            print(f"genlip-eval: unknown suite {unknown}; choose from {sorted(SUITES)}", file=sys.stderr)
+            return 2
+        tasks = args.tasks.split(",") if args.tasks else [b.task for s in args.suite for b in SUITES[s]]
+        try:
+            m = write_local_tasks(args.exports, args.out, tasks)
+        except FileNotFoundError as e:
+            print(f"genlip-eval: {e}", file=sys.stderr)
+            return 1
+        for t, local in m["tasks"].items():
+            print(f"  {t:24s} -> {local}  ({m['sources'][t]['format'] if t in m['sources'] else 'group'})")
+        for t, why in m["missing"].items():
+            print(f"  {t:24s} MISSING: {why}")
+        print(f"{len(m['tasks'])} local tasks in {args.out}; {len(m['missing'])} missing")
+        return 1 if m["missing"] else 0
     if args.cmd == "synth-bench":
         from eval.synth_bench import write_synth_benchmarks
 
@@ -58,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out or str(Path("results") / Path(args.model).resolve().parent.name / args.suite)
     try:
-        res = run_suite(args.model, args.suite, out, args.limit, args.max_new_tokens)
-    except (EvalError, KeyError) as e:
+        res = run_suite(args.model, args.suite, out, args.limit, args.max_new_tokens, tasks_dir=args.tasks_dir)
+    except (EvalError, KeyError, FileNotFoundError) as e:
         print(f"genlip-eval: {e}", file=sys.stderr)
         return 1
     width = max(len(k) for k in [*res["benchmarks"], *res["averages"]])

@@ -50,6 +50,7 @@ def per_sample_scores(cell: dict, task: str, metric: str) -> dict[int, float]:
     key = PER_SAMPLE.get(metric)
     if key is None:
         raise KeyError(f"{metric} is a corpus-level metric; no per-sample scores to bootstrap")
+    task = cell.get("tasks", {}).get(task, task)  # local exports run under another task name
     files = list(Path(cell["samples_dir"]).glob(f"*samples_{task}.jsonl"))
     if not files:
         raise FileNotFoundError(f"no logged samples for {task} in {cell['samples_dir']}")

@@ -20,27 +20,45 @@ class EvalError(RuntimeError):
 
 
 def run_suite(model_dir: str | Path, suite: str, out_dir: str | Path, limit: int | None = None,
-              max_new_tokens: int | None = None, timeout: float | None = None) -> dict:
+              max_new_tokens: int | None = None, timeout: float | None = None,
+              tasks_dir: str | Path | None = None) -> dict:
     """Run ``suite`` on ``model_dir``; writes ``out_dir/raw`` (lmms-eval output) and ``out_dir/scores.json``.
-    Returns ``{"benchmarks": {name: paper-scale value}, "averages": {...}, "raw": {task: {metric: value}}}``."""
+    Returns ``{"benchmarks": {name: paper-scale value}, "averages": {...}, "raw": {task: {metric: value}}}``.
+
+    ``tasks_dir``: task files written by ``genlip-eval local-tasks`` (local exports of the benchmark datasets); every
+    task of the suite must be there, and runs under its local name."""
     if suite not in SUITES:
         raise KeyError(f"unknown suite {suite!r}; choose one of {sorted(SUITES)}")
     benches = SUITES[suite]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tasks = sorted({b.task for b in benches})
+    run_as = {t: t for t in tasks}  # suite task -> the task lmms-eval runs
+    include = []
+    if tasks_dir is not None:
+        from eval.local_tasks import read_manifest
+
+        manifest = read_manifest(tasks_dir)
+        missing = [t for t in tasks if t not in manifest["tasks"]]
+        if missing:
+            why = "".join(f"\n  {t}: {manifest['missing'][t]}" for t in missing if t in manifest["missing"])
+            raise EvalError(f"{tasks_dir} has no local task for {missing}{why}")
+        run_as = {t: manifest["tasks"][t] for t in tasks}
+        include.append(str(Path(tasks_dir).resolve()))
     args = [sys.executable, "-m", "lmms_eval", "--model", "genlip_mllm", "--model_args",
             f"pretrained={Path(model_dir).resolve()}" + (f",max_new_tokens={max_new_tokens}" if max_new_tokens
                                                          else ""),
-            "--tasks", ",".join(tasks), "--batch_size", "1", "--output_path", str((out / "raw").resolve()),
-            "--log_samples"]
+            "--tasks", ",".join(run_as[t] for t in tasks), "--batch_size", "1",
+            "--output_path", str((out / "raw").resolve()), "--log_samples"]
     if suite == "synth":
         from eval.synth_bench import write_synth_benchmarks
 
         bench = out / "synth_bench"
         if not (bench / "synth_bench.json").exists():
             write_synth_benchmarks(bench)
-        args += ["--include_path", str((bench / "tasks").resolve())]
+        include.append(str((bench / "tasks").resolve()))
+    if include:
+        args += ["--include_path", include[0]]  # lmms-eval takes one include path
     if limit:
         args += ["--limit", str(limit)]
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
@@ -55,8 +73,9 @@ def run_suite(model_dir: str | Path, suite: str, out_dir: str | Path, limit: int
     if p.returncode != 0 or not new:
         raise EvalError(f"lmms-eval failed for {model_dir} on {suite} (exit {p.returncode}); see "
                         f"{out / 'lmms_eval.log'}: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ''}")
-    raw = json.loads(new[-1].read_text())["results"]
-    missing = [t for t in tasks if t not in raw]
+    got = json.loads(new[-1].read_text())["results"]
+    raw = {t: got[run_as[t]] for t in tasks if run_as[t] in got}
+    missing = [run_as[t] for t in tasks if t not in raw]
     if missing:
         raise EvalError(f"lmms-eval produced no result for {missing}; see {out / 'lmms_eval.log'}")
     scores = {}
@@ -67,6 +86,6 @@ def run_suite(model_dir: str | Path, suite: str, out_dir: str | Path, limit: int
         scores[b.name] = b.paper_value(float(value))
     result = {"model": str(model_dir), "suite": suite, "benchmarks": scores, "averages": averages(benches, scores),
               "raw": {t: {k: v for k, v in raw[t].items() if isinstance(v, (int, float))} for t in tasks},
-              "samples_dir": str(new[-1].parent)}
+              "samples_dir": str(new[-1].parent), "tasks": run_as}
     (out / "scores.json").write_text(json.dumps(result, indent=1))
     return result

@@ -12,7 +12,7 @@ Grid file (YAML)::
     pretrain_recipe: pretrain_tiny_cpu
     finetune_recipe: finetune_tiny_cpu
     overrides: {pretrain: [train.max_steps=4], finetune: [train.max_steps=4]}
-    eval: {limit: 8, max_new_tokens: 16}
+    eval: {limit: 8, max_new_tokens: 16}   # tasks_dir: DIR (from `genlip-eval local-tasks`) for local exports
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ def run_cell(cell: dict, grid: dict, root: Path) -> dict:
     for suite in grid["suites"]:
         target = d / "eval" / suite
         if not (target / "scores.json").exists():
-            run_suite(fin, suite, target, grid["eval"].get("limit"), grid["eval"].get("max_new_tokens"))
+            run_suite(fin, suite, target, grid["eval"].get("limit"), grid["eval"].get("max_new_tokens"),
+                      tasks_dir=grid["eval"].get("tasks_dir"))
             steps.append(f"eval:{suite}")
         res = json.loads((target / "scores.json").read_text())
         res["name"] = cell["name"]
