@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # PyTorch with the torchvision that lmms-eval needs (on these machines both wheels come from local disk); on a GPU
 # machine set TORCH_SPEC to your CUDA wheels before `make`.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS ?= dev,mllm,eval
+EXTRAS ?= dev,mllm,eval,tools
 
 .PHONY: test demo lint setup clean
 
