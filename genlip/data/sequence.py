@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 
 from genlip.data.decode import SkipSample
+from genlip.generation import DEFAULT_PROMPT
 from genlip.loss import IGNORE_INDEX
 
-DEFAULT_PROMPT = "Describe the image in detail."
+__all__ = ["DEFAULT_PROMPT", "CaptionEncoder", "collate_fixed"]
 
 
 class CaptionEncoder:

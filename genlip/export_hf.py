@@ -1,0 +1,57 @@
+"""Export the encoder alone as a Hugging Face vision model: ``config.json`` (``GenLIPVisionModel``), the encoder's
+weights in safetensors (no text embedding, no LM head) and a ``preprocessor_config.json`` for transformers'
+``SiglipImageProcessor`` (resize to a square, rescale 1/255, normalise with the model's mean/std: stage 1's
+transform). Load it with ``import genlip`` then ``AutoModel.from_pretrained(dir)`` and
+``AutoImageProcessor.from_pretrained(dir)``; no ``trust_remote_code``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def export_hf(model_dir: str | Path, out_dir: str | Path, image_size: int | None = None,
+              dtype: torch.dtype = torch.float32) -> Path:
+    """``model_dir``: a GenLIP checkpoint or run directory (captioning or vision-only) or a loaded model."""
+    from genlip.modeling import GenLIPVisionModel
+    from genlip.train.checkpoint import resolve_weights_dir
+
+    src = resolve_weights_dir(model_dir)
+    enc = GenLIPVisionModel.from_pretrained(str(src), dtype=dtype)
+    _check_complete(enc, src)
+    size = int(image_size or enc.config.image_size)
+    if size % enc.config.patch_size:
+        raise ValueError(f"image size {size} is not a multiple of the patch size {enc.config.patch_size}")
+    enc.config.image_size = size
+    enc.config.architectures = ["GenLIPVisionModel"]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    enc.save_pretrained(str(out))
+    image_processor(enc.config).save_pretrained(str(out))
+    return out
+
+
+def image_processor(config):
+    from transformers import SiglipImageProcessor
+
+    return SiglipImageProcessor(do_resize=True, size={"height": config.image_size, "width": config.image_size},
+                                resample=2, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+                                image_mean=list(config.image_mean), image_std=list(config.image_std),
+                                do_convert_rgb=True)
+
+
+def _check_complete(enc, src: Path) -> None:
+    """Every encoder tensor must come from the checkpoint (``from_pretrained`` would silently initialise any
+    missing one)."""
+    from safetensors import safe_open
+
+    names = set()
+    for f in sorted(src.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as fh:
+            names |= set(fh.keys())
+    want = {k for k in enc.state_dict() if ".rope." not in k}
+    missing = sorted(want - names)
+    if missing:
+        raise KeyError(f"{src} lacks encoder weights {missing[:5]}{' ...' if len(missing) > 5 else ''}")

@@ -1,0 +1,129 @@
+"""``genlip-analyze``: look inside a GenLIP encoder.
+
+    genlip-analyze sink --model runs/gated --model runs/no_gate --images val/ --out sink/   # JSON + PNG
+    genlip-analyze readout --model runs/stage2_tiny_cpu --image cat.png --top-k 5 --region 2 --out readout/
+    genlip-analyze probe --model runs/stage2_tiny_cpu --data imagenet_small/ --kind both --out probe.json
+
+``sink``: per layer, attention mass from generated text to the first token and to the image, and from the image to
+the first token (genlip/analysis.py), for one or more checkpoints side by side. ``readout``: the LM head's top-k
+tokens for every patch (or region), drawn on the image. ``probe``: linear / attentive probes on frozen features of an
+image-folder dataset (``DATA/train/<class>/``, ``DATA/val/<class>/``), top-1 on val.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _name(path: str, taken: set[str]) -> str:
+    p = Path(path).resolve()
+    name = p.name if p.name not in ("final",) and not p.name.startswith("checkpoint") else p.parent.name
+    while name in taken:
+        name += "'"
+    taken.add(name)
+    return name
+
+
+def cmd_sink(args) -> int:
+    from genlip.analysis import SINK_KEYS, plot_sink, sink_stats
+    from genlip.data.decode import SkipStats
+    from genlip.tools.common import image_input, iter_images, load_captioner, pick_device
+
+    device = pick_device(args.device)
+    stats = SkipStats()
+    pils = [img for _, (_, img) in zip(range(args.max_images), iter_images(args.images, stats))]
+    if not pils:
+        print(f"genlip-analyze: no readable images in {args.images} (skipped: {dict(stats.skipped)})",
+              file=sys.stderr)
+        return 1
+    results, taken = {}, set()
+    for path in args.model:
+        model, tok, src = load_captioner(path, device)
+        xs = [image_input(img, model.config, args.size) for img in pils]
+        res = sink_stats(model, tok, xs, args.prompt, args.max_new_tokens)
+        res["checkpoint"] = str(src)
+        results[_name(path, taken)] = res
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sink.json").write_text(json.dumps({"images": len(pils), "skipped": dict(stats.skipped),
+                                               "models": results}, indent=1))
+    plot_sink(results, out / "sink.png")
+    width = max(len(n) for n in results)
+    print(f"{'model':{width}s}  gate  " + "  ".join(f"{k:>15s}" for k in SINK_KEYS))
+    for n, r in results.items():
+        print(f"{n:{width}s}  {'on ' if r['gated_attention'] else 'off'}   "
+              + "  ".join(f"{100 * r['mean'][k]:14.2f}%" for k in SINK_KEYS))
+    print(f"wrote {out / 'sink.json'} and {out / 'sink.png'} ({len(pils)} images)")
+    return 0
+
+
+def cmd_readout(args) -> int:
+    from genlip.analysis import draw_readout, readout
+    from genlip.data.decode import SkipSample, decode_image
+    from genlip.tools.common import image_input, load_captioner, pick_device
+
+    model, tok, src = load_captioner(args.model, pick_device(args.device))
+    try:
+        pil = decode_image(Path(args.image).read_bytes())
+    except (OSError, SkipSample) as e:
+        print(f"genlip-analyze: cannot read {args.image}: {e}", file=sys.stderr)
+        return 1
+    x = image_input(pil, model.config, args.size)
+    res = readout(model, tok, x, args.top_k, args.region)
+    res |= {"image": str(args.image), "checkpoint": str(src)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = Path(args.image).stem
+    (out / f"{stem}_readout.json").write_text(json.dumps(res, indent=1, ensure_ascii=False))
+    draw_readout(pil, res, out / f"{stem}_readout.png")
+    for c in res["cells"][: args.print]:
+        print(f"({c['row']},{c['col']}): " + ", ".join(f"{t!r} {p:.2f}" for t, p in zip(c["tokens"], c["probs"])))
+    print(f"wrote {out / (stem + '_readout.json')} and .png (grid {res['grid'][0]}x{res['grid'][1]})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="genlip-analyze", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("sink", help="attention-sink analysis, one or more checkpoints side by side")
+    s.add_argument("--model", action="append", required=True, help="checkpoint or run directory (repeatable)")
+    s.add_argument("--images", nargs="+", required=True, help="image files, folders, .tar shards")
+    s.add_argument("--out", required=True)
+    s.add_argument("--max-images", type=int, default=32)
+    s.add_argument("--size", type=int, default=None, help="square size (default: native aspect ratio)")
+    s.add_argument("--max-new-tokens", type=int, default=32)
+    s.add_argument("--prompt", default=None)
+    s.add_argument("--device", default="auto")
+    r = sub.add_parser("readout", help="LM-head top-k tokens per patch, drawn on the image")
+    r.add_argument("--model", required=True)
+    r.add_argument("--image", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--top-k", type=int, default=5)
+    r.add_argument("--region", type=int, default=1, help="average features over REGION x REGION patches")
+    r.add_argument("--size", type=int, default=None)
+    r.add_argument("--print", type=int, default=8, help="print this many cells")
+    r.add_argument("--device", default="auto")
+    p = sub.add_parser("probe", help="linear / attentive probes on frozen features (image-folder dataset)")
+    from genlip.probe import add_probe_args
+
+    add_probe_args(p)
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "sink":
+            return cmd_sink(args)
+        if args.cmd == "readout":
+            return cmd_readout(args)
+        from genlip.probe import probe_from_args
+
+        return probe_from_args(args)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"genlip-analyze: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Encoder tools on a tiny checkpoint that learned three captions: genlip-caption (files, folders, shards, batching,
+sampling, skips), patch readout (against a direct LM-head computation), the attention-sink analysis (recording plan
+equals the real attention; a constructed first-token sink is measured as one), and the Hugging Face export."""
+
+import io
+import json
+import tarfile
+
+import pytest
+import torch
+from PIL import Image
+
+from genlip.analysis import RecordingPlan, readout, sink_stats
+from genlip.data.transforms import fixed_resize
+from genlip.masks import image_only_layout
+from genlip.modeling import GenLIPForCaptioning, GenLIPVisionModel
+from genlip.tools.analyze import main as analyze_main
+from genlip.tools.caption import main as caption_main
+from genlip.tools.common import load_captioner
+from genlip.tools.export import main as export_main
+from tests.tools_fixtures import CAPTIONS, SIZE, make_captioner, tool_images
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tools")
+    d = make_captioner(root / "ckpt")
+    imgs = root / "imgs"
+    (imgs / "sub").mkdir(parents=True)
+    for i, im in enumerate(tool_images()):
+        im.save(imgs / ("sub" if i == 2 else "") / f"img{i}.png")
+    return d, imgs
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_caption_cli_files_folders_shards_and_skips(ckpt, tmp_path, capsys):
+    d, imgs = ckpt
+    (imgs / "broken.png").write_bytes(b"not a png")
+    try:
+        out = tmp_path / "caps.jsonl"
+        assert caption_main(["--model", str(d), str(imgs), "--size", str(SIZE), "--out", str(out),
+                             "--batch-size", "2", "--max-new-tokens", "12"]) == 0
+        recs = {r["image"].split("/")[-1]: r for r in _records(out)}
+        assert [recs[f"img{i}.png"]["caption"] for i in range(3)] == CAPTIONS  # the learned captions come back
+        assert recs["img0.png"]["grid"] == [2, 2] and "broken.png" not in recs
+        assert "corrupt_image: 1" in capsys.readouterr().err
+    finally:
+        (imgs / "broken.png").unlink()
+    # batch size 1 gives the same greedy captions as batches of 2 (mixed batches change nothing)
+    out1 = tmp_path / "one.jsonl"
+    assert caption_main(["--model", str(d), str(imgs), "--size", str(SIZE), "--out", str(out1), "--batch-size", "1",
+                         "--max-new-tokens", "12"]) == 0
+    assert [r["caption"] for r in _records(out1)] == [r["caption"] for r in _records(out)]
+    # a WebDataset shard, native resolution (smart resize: at least 4096 px -> 64x64 -> 8x8 grid)
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tf:
+        for i, im in enumerate(tool_images()):
+            buf = io.BytesIO()
+            im.save(buf, format="PNG")
+            info = tarfile.TarInfo(f"{i:04d}.png")
+            info.size = len(buf.getvalue())
+            tf.addfile(info, io.BytesIO(buf.getvalue()))
+    out2 = tmp_path / "shard.jsonl"
+    assert caption_main(["--model", str(d), str(shard), "--out", str(out2), "--max-new-tokens", "4"]) == 0
+    recs2 = _records(out2)
+    assert len(recs2) == 3 and recs2[0]["image"].endswith("::0000") and recs2[0]["grid"] == [8, 8]
+    assert all(r["num_tokens"] <= 4 for r in recs2)
+    # sampling: same seed -> same text; very hot sampling differs from greedy somewhere
+    outs = []
+    for seed in (0, 0):
+        o = tmp_path / f"s{len(outs)}.jsonl"
+        assert caption_main(["--model", str(d), str(imgs), "--size", str(SIZE), "--out", str(o), "--sample",
+                             "--temperature", "5", "--seed", str(seed), "--max-new-tokens", "8"]) == 0
+        outs.append([r["caption"] for r in _records(o)])
+    assert outs[0] == outs[1] and outs[0] != CAPTIONS
+    # errors: a missing input or a missing model is an error, not an empty file
+    assert caption_main(["--model", str(d), str(tmp_path / "nope.png")]) == 1
+    assert caption_main(["--model", str(tmp_path / "nomodel"), str(imgs)]) == 1
+
+
+def test_readout_matches_direct_lm_head(ckpt, tmp_path):
+    d, imgs = ckpt
+    model, tok, _ = load_captioner(d)
+    img = tool_images()[0]
+    x = fixed_resize(img, 32, model.config.image_mean, model.config.image_std)  # 4x4 patches
+    res = readout(model, tok, x, top_k=3)
+    # independent path: the HF vision model's final features times the LM head weights read from the file
+    from safetensors.torch import load_file
+
+    enc = GenLIPVisionModel.from_pretrained(str(d)).eval()
+    feats = enc(x[None]).last_hidden_state[0]
+    W = load_file(str(d / "model.safetensors"))["lm_head.weight"]
+    top = (feats @ W.T).topk(3).indices
+    assert res["grid"] == [4, 4] and len(res["cells"]) == 16
+    assert [c["token_ids"] for c in res["cells"]] == top.tolist()
+    assert all(c["probs"] == sorted(c["probs"], reverse=True) for c in res["cells"])
+    # regions average the features of 2x2 patches
+    res2 = readout(model, tok, x, top_k=1, region=2)
+    block = feats.view(4, 4, -1)[:2, 2:].reshape(4, -1).mean(0)
+    assert res2["cells_grid"] == [2, 2] and res2["cells"][1]["token_ids"][0] == int((block @ W.T).argmax())
+    # the CLI writes a PNG (image + grid + words) and the JSON
+    assert analyze_main(["readout", "--model", str(d), "--image", str(imgs / "img0.png"), "--size", "32",
+                         "--out", str(tmp_path / "ro"), "--region", "2"]) == 0
+    png = Image.open(tmp_path / "ro" / "img0_readout.png")
+    assert png.size == (64 * 2, 64 * 2)
+    data = json.loads((tmp_path / "ro" / "img0_readout.json").read_text())
+    assert data["cells"][1]["token_ids"][0] == res2["cells"][1]["token_ids"][0]
+
+
+def test_recording_plan_is_the_real_attention(ckpt):
+    d, _ = ckpt
+    model, _, _ = load_captioner(d)
+    x = fixed_resize(tool_images()[1], SIZE, model.config.image_mean, model.config.image_std)[None]
+    h = model.vit.patch_embed(x)
+    layout = image_only_layout(1, 2, 2)
+    seen = []
+    ref, _ = model.vit(h, layout)
+    rec, _ = model.vit(h, layout, RecordingPlan(layout, lambda i, p: seen.append(p)))
+    torch.testing.assert_close(rec, ref, atol=1e-5, rtol=1e-5)
+    assert len(seen) == len(model.vit.blocks)
+    assert torch.allclose(seen[0].sum(-1), torch.ones(1, 4), atol=1e-5)
+
+
+def _plant_sink(model, strength: float) -> None:
+    """Make the first token a sink: white top-left patch -> a big feature on channel 0 -> a key aligned with a
+    constant query in the lowest-frequency RoPE channel of every head (where rotation is negligible)."""
+    cfg = model.config
+    d, hd = cfg.hidden_size, cfg.head_dim
+    j = hd // 2 - 1  # the slowest rotating pair (j, j + hd/2)
+    with torch.no_grad():
+        pe = model.vit.patch_embed.proj
+        pe.weight.zero_()
+        pe.weight[0] = 4.0 / pe.weight[0].numel()  # channel 0 = 4 x mean pixel value (normalised, in [-1, 1])
+        pe.bias.zero_()
+        pe.bias[1:] = torch.randn(d - 1) * 0.05
+        for blk in model.vit.blocks:
+            a = blk.attn
+            for h in range(cfg.num_attention_heads):
+                a.k_proj.weight[h * hd + j].zero_()
+                a.k_proj.weight[h * hd + j, 0] = strength
+                a.q_proj.bias[h * hd + j] = strength
+
+
+def test_sink_analysis_tells_a_sink_from_none(ckpt, tmp_path):
+    d, imgs = ckpt
+    # images whose top-left patch is white and the rest dark
+    im = Image.new("RGB", (32, 32), (0, 0, 0))
+    im.paste((255, 255, 255), (0, 0, 8, 8))
+    folder = tmp_path / "sinkimgs"
+    folder.mkdir()
+    im.save(folder / "a.png")
+    im.transpose(Image.FLIP_TOP_BOTTOM).transpose(Image.FLIP_TOP_BOTTOM).save(folder / "b.png")
+    sink = GenLIPForCaptioning.from_pretrained(str(d)).eval()
+    _plant_sink(sink, 6.0)
+    sink.save_pretrained(str(tmp_path / "sink"))
+    _, tok, _ = load_captioner(d)
+    tok.save_pretrained(str(tmp_path / "sink"))
+    flat = GenLIPForCaptioning.from_pretrained(str(d)).eval()
+    _plant_sink(flat, 0.0)
+    x = fixed_resize(im, 32, flat.config.image_mean, flat.config.image_std)
+    s, f = sink_stats(sink, tok, [x], max_new_tokens=4), sink_stats(flat, tok, [x], max_new_tokens=4)
+    assert s["mean"]["text_to_first"] > 0.5 and f["mean"]["text_to_first"] < 0.2, (s["mean"], f["mean"])
+    assert s["mean"]["image_to_first"] > 0.5 and f["mean"]["image_to_first"] < 0.3
+    for r in (s, f):  # masses are fractions of one softmax row
+        assert all(0 <= v["text_to_first"] <= v["text_to_image"] <= 1 + 1e-6 for v in r["layers"])
+    # the CLI: two checkpoints side by side, JSON + PNG
+    out = tmp_path / "sinkout"
+    assert analyze_main(["sink", "--model", str(tmp_path / "sink"), "--model", str(d), "--images", str(folder),
+                         "--size", "32", "--out", str(out), "--max-new-tokens", "4"]) == 0
+    data = json.loads((out / "sink.json").read_text())
+    assert list(data["models"]) == ["sink", "ckpt"] and data["images"] == 2
+    assert data["models"]["sink"]["mean"]["text_to_first"] > data["models"]["ckpt"]["mean"]["text_to_first"]
+    assert (out / "sink.png").stat().st_size > 5000
+
+
+def test_hf_export_is_standalone_and_identical(ckpt, tmp_path):
+    import genlip  # noqa: F401  (registers the architecture with transformers' Auto classes)
+    from safetensors import safe_open
+    from transformers import AutoImageProcessor, AutoModel
+
+    d, _ = ckpt
+    assert export_main(["hf", "--model", str(d), "--out", str(tmp_path / "hf"), "--image-size", "32"]) == 0
+    with safe_open(str(tmp_path / "hf" / "model.safetensors"), "pt") as fh:
+        keys = list(fh.keys())
+    assert keys and not any(k.startswith(("lm_head", "embed_tokens")) for k in keys)
+    enc = AutoModel.from_pretrained(str(tmp_path / "hf")).eval()
+    assert type(enc).__name__ == "GenLIPVisionModel"
+    proc = AutoImageProcessor.from_pretrained(str(tmp_path / "hf"))
+    img = tool_images()[2]
+    px = proc(images=[img], return_tensors="pt")["pixel_values"]
+    ours = fixed_resize(img, 32, enc.config.image_mean, enc.config.image_std)[None]
+    # the processor is stage 1's transform; resampling implementations differ slightly (stated tolerance 0.05)
+    assert px.shape == ours.shape and (px - ours).abs().max() < 0.05
+    model, _, _ = load_captioner(d)
+    h = model.vit.patch_embed(ours)
+    ref, _ = model.vit(h, image_only_layout(1, 4, 4))
+    torch.testing.assert_close(enc(ours).last_hidden_state, ref, atol=1e-5, rtol=1e-5)
+    # a checkpoint without encoder weights is refused instead of silently initialised
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    sd = {k: v for k, v in load_file(str(d / "model.safetensors")).items() if "blocks.0.attn.k_proj" not in k}
+    save_file(sd, str(broken / "model.safetensors"))
+    (broken / "config.json").write_text((d / "config.json").read_text())
+    assert export_main(["hf", "--model", str(broken), "--out", str(tmp_path / "hf2")]) == 1
