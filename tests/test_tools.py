@@ -177,9 +177,10 @@ def test_sink_analysis_tells_a_sink_from_none(ckpt, tmp_path):
 
 
 def test_hf_export_is_standalone_and_identical(ckpt, tmp_path):
-    import genlip  # noqa: F401  (registers the architecture with transformers' Auto classes)
     from safetensors import safe_open
     from transformers import AutoImageProcessor, AutoModel
+
+    import genlip  # noqa: F401  (registers the architecture with transformers' Auto classes)
 
     d, _ = ckpt
     assert export_main(["hf", "--model", str(d), "--out", str(tmp_path / "hf"), "--image-size", "32"]) == 0
