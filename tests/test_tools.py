@@ -208,3 +208,29 @@ def test_hf_export_is_standalone_and_identical(ckpt, tmp_path):
     save_file(sd, str(broken / "model.safetensors"))
     (broken / "config.json").write_text((d / "config.json").read_text())
     assert export_main(["hf", "--model", str(broken), "--out", str(tmp_path / "hf2")]) == 1
+
+
+def test_probe_and_timm_through_the_clis(ckpt, tmp_path):
+    pytest.importorskip("timm")
+    from genlip.export_timm import load_timm_export
+
+    d, _ = ckpt
+    # probes: a colour-classified folder dataset; both kinds in one JSON
+    for split, n in (("train", 6), ("val", 3)):
+        for name, col in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+            (tmp_path / "ds" / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (20, 20), tuple(min(255, c + 7 * i) for c in col)).save(
+                    tmp_path / "ds" / split / name / f"{i}.png")
+    assert analyze_main(["probe", "--model", str(d), "--data", str(tmp_path / "ds"), "--kind", "both",
+                         "--image-size", "16", "--epochs", "10", "--out", str(tmp_path / "p.json")]) == 0
+    res = json.loads((tmp_path / "p.json").read_text())
+    assert set(res) == {"linear", "attentive"} and res["linear"]["num_val"] == 6 and res["linear"]["top1"] > 50
+    # timm: the exported NaFlexViT gives our features
+    assert export_main(["timm", "--model", str(d), "--out", str(tmp_path / "timm")]) == 0
+    tm = load_timm_export(tmp_path / "timm").eval()
+    model, _, _ = load_captioner(d)
+    x = fixed_resize(tool_images()[0], 32, model.config.image_mean, model.config.image_std)[None]
+    ref, _ = model.vit(model.vit.patch_embed(x), image_only_layout(1, 4, 4))
+    with torch.no_grad():
+        torch.testing.assert_close(tm.forward_features(x), ref, atol=1e-4, rtol=1e-4)
