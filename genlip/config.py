@@ -46,6 +46,8 @@ class GenLIPConfig(PreTrainedConfig):
         mrope_section: channels per (T, H, W) axis of the interleaved MRoPE; as in Qwen3-VL only the H and W entries
             bound the interleaving, T takes the rest. ``None`` chooses an even split.
         attn_backend: ``auto`` (FlexAttention on CUDA, per-sample SDPA elsewhere), ``segments``, ``dense`` or ``flex``.
+        text_tower: only for the SigLIP-style contrastive baseline (:mod:`genlip.contrastive`): the text encoder's
+            ``layers``, ``width``, ``heads``, ``max_len`` and the joint ``embed_dim``. ``None`` for GenLIP itself.
     """
 
     model_type = "genlip"
@@ -72,6 +74,7 @@ class GenLIPConfig(PreTrainedConfig):
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
     tie_word_embeddings: bool = False
+    text_tower: dict | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.text_embed_dim is None:

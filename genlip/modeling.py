@@ -222,7 +222,8 @@ class GenLIPVisionModel(GenLIPPreTrainedModel):
     ``output_hidden_states`` may also be an ``int`` layer index, as transformers' LLaVA classes pass it.
     """
 
-    _keys_to_ignore_on_load_unexpected = [r"^embed_tokens\.", r"^lm_head\.", r"^text_(in|out)_proj\.", r"\.rope\."]
+    _keys_to_ignore_on_load_unexpected = [r"^embed_tokens\.", r"^lm_head\.", r"^text_(in|out)_proj\.", r"\.rope\.",
+                                          r"^contrastive\."]
 
     def __init__(self, config: GenLIPConfig) -> None:
         super().__init__(config)

@@ -31,6 +31,12 @@ def load_captioner(path: str | Path, device: torch.device | str = "cpu", dtype: 
     from genlip.train.checkpoint import resolve_weights_dir
 
     d = resolve_weights_dir(path)
+    from genlip.config import GenLIPConfig
+
+    arch = GenLIPConfig.from_pretrained(str(d)).architectures or []
+    if arch and "GenLIPForCaptioning" not in arch:
+        raise ValueError(f"{d} holds a {arch[0]}, which has no LM head; captions, readout and the sink analysis need "
+                         f"a GenLIP captioning checkpoint (genlip-pretrain with model.objective=generative)")
     model = GenLIPForCaptioning.from_pretrained(str(d), dtype=dtype or torch.float32).to(device).eval()
     if not (d / "tokenizer_config.json").exists() and not (d / "tokenizer.json").exists():
         raise FileNotFoundError(f"{d} has no tokenizer files; GenLIP checkpoints written by genlip-pretrain have them")

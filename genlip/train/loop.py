@@ -38,8 +38,19 @@ class NonFiniteError(RuntimeError):
 
 def build_model(recipe: Recipe, tokenizer) -> GenLIPForCaptioning:
     """From scratch: the preset + overrides. With ``model.init_from`` (stage 2): the architecture and weights of that
-    checkpoint, with the recipe's overrides (e.g. drop path) on top; optimizer and schedule start fresh."""
+    checkpoint, with the recipe's overrides (e.g. drop path) on top; optimizer and schedule start fresh.
+    ``model.objective=sigmoid`` builds the SigLIP-style baseline (:mod:`genlip.contrastive`) instead."""
     from genlip.config import GenLIPConfig
+
+    if recipe.model.objective not in ("generative", "sigmoid"):
+        raise ValueError(f"model.objective must be generative or sigmoid, got {recipe.model.objective!r}")
+    cls = GenLIPForCaptioning
+    if recipe.model.objective == "sigmoid":
+        from genlip.contrastive import GenLIPForContrastive
+
+        if recipe.data.native:
+            raise ValueError("model.objective=sigmoid trains at a fixed resolution (stage 1); set data.native=false")
+        cls = GenLIPForContrastive
 
     vocab = int(math.ceil(len(tokenizer) / 64) * 64)
     overrides = {"attn_backend": recipe.model.attn_backend, **recipe.model.overrides}
@@ -50,11 +61,11 @@ def build_model(recipe: Recipe, tokenizer) -> GenLIPForCaptioning:
             setattr(config, k, v)
         if config.vocab_size < len(tokenizer):
             raise ValueError(f"{src} has a vocabulary of {config.vocab_size} but the tokenizer has {len(tokenizer)}")
-        model = GenLIPForCaptioning(config)
+        model = cls(config)
         C.load_weights(src, model)
         D.print0(f"initialised weights from {src} (fresh optimizer and schedule)")
     else:
-        model = GenLIPForCaptioning(genlip_config(
+        model = cls(genlip_config(
             recipe.model.preset, vocab_size=vocab, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
             pad_token_id=tokenizer.pad_token_id, **overrides))
     if recipe.model.gradient_checkpointing:
@@ -135,7 +146,10 @@ def train(recipe: Recipe) -> Path:
                 consumed += 1
                 stream_states[str(meta["_stream"])] = meta["_state"]
                 micro.append(inputs)
-            n_local = sum(count_supervised(m["labels"], m.get("sample_ids")) for m in micro)
+            if recipe.model.objective == "sigmoid":  # the loss is normalised per sample (row of the pair matrix)
+                n_local = sum(int(m["input_ids"].shape[0]) for m in micro)
+            else:
+                n_local = sum(count_supervised(m["labels"], m.get("sample_ids")) for m in micro)
             n_global = int(D.all_reduce_sum(torch.tensor(n_local, dtype=torch.float64)).item())
             loss_sum = torch.zeros((), dtype=torch.float64)
             poison = float("nan") if step in inject_nan else 1.0

@@ -22,6 +22,7 @@ from genlip.data.sources import SourceSpec
 @dataclass
 class ModelRecipe:
     preset: str = "tiny"  # a genlip.config preset
+    objective: str = "generative"  # generative (GenLIP) | sigmoid (the SigLIP-style baseline, stage 1 only)
     overrides: dict = field(default_factory=dict)  # GenLIPConfig fields on top of the preset
     init_from: str | None = None  # a checkpoint directory to start from (weights only: stage 2)
     attn_backend: str = "auto"
