@@ -7,6 +7,7 @@
     genlip-eval synth-bench --out bench/              # the generated offline benchmarks as lmms-eval task files
     genlip-eval local-tasks --exports /data/lmms --suite paper14 --out tasks/   # task files for local exports
     genlip-eval run --model runs/.../final --suite paper14 --tasks-dir tasks/
+    genlip-eval pipeline                               # corpus -> encoders -> MLLMs -> eval -> report (CPU, ~25 min)
 """
 
 from __future__ import annotations
@@ -41,7 +42,23 @@ def main(argv: list[str] | None = None) -> int:
     g = lt.add_mutually_exclusive_group(required=True)
     g.add_argument("--suite", action="append", help="every task of these suites (repeatable)")
     g.add_argument("--tasks", help="comma-separated lmms-eval task or group names")
+    pp = sub.add_parser("pipeline", help="the whole chain on generated data, GenLIP vs contrastive vs random")
+    pp.add_argument("--config", default=None, help="default: recipes/pipeline/cpu_compare.yaml")
+    pp.add_argument("--out", default=None, help="default: the config's out")
     args = ap.parse_args(argv)
+    if args.cmd == "pipeline":
+        from eval.pipeline import run_pipeline
+        from genlip.train.cli import recipes_dir
+
+        cfg = args.config or str(recipes_dir() / "pipeline" / "cpu_compare.yaml")
+        try:
+            report = run_pipeline(cfg, args.out)
+        except (RuntimeError, ValueError, FileNotFoundError) as e:
+            print(f"genlip-eval: {e}", file=sys.stderr)
+            return 1
+        print((report / "report.md").read_text())
+        print(f"report: {report / 'report.md'} and {report / 'scores.png'}")
+        return 0
     if args.cmd == "local-tasks":
         from eval.local_tasks import write_local_tasks
         from eval.suites import SUITES

@@ -39,3 +39,63 @@ def paired_bootstrap(a, b, n_resamples: int = 10000, confidence: float = 0.95, s
     observed = float(d.mean())
     other_side = float(np.mean(means <= 0)) if observed > 0 else float(np.mean(means >= 0))
     return PairedDiff(observed, float(low), float(high), min(1.0, 2 * other_side), int(d.size))
+
+
+def bootstrap_ci(values, n_resamples: int = 10000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``mean(values)`` (per-sample scores of one model).
+
+    >>> lo, hi = bootstrap_ci([0, 1] * 100)
+    >>> 0.42 < lo < 0.5 < hi < 0.58
+    True
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or v.size == 0:
+        raise ValueError(f"need a non-empty 1-D sequence of scores, got shape {v.shape}")
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(n_resamples, v.size))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def cider_samples(cell: dict, task: str, key: str) -> tuple[dict, dict]:
+    """Tokenised ``(references, prediction)`` per image from a caption task's logged samples (COCO's own PTB
+    tokenizer, as lmms-eval scores them)."""
+    import json
+    from pathlib import Path
+
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    task = cell.get("tasks", {}).get(task, task)
+    files = sorted(Path(cell["samples_dir"]).glob(f"*samples_{task}.jsonl"))
+    if not files:
+        raise FileNotFoundError(f"no logged samples for {task} in {cell['samples_dir']}")
+    gts, res = {}, {}
+    for i, line in enumerate(files[-1].read_text().splitlines()):
+        rec = json.loads(line)[key]
+        gts[i] = [{"caption": a} for a in rec["answer"]]
+        res[i] = [{"caption": rec["pred"]}]
+    tok = PTBTokenizer()
+    return tok.tokenize(gts), tok.tokenize(res)
+
+
+def cider_bootstrap_ci(cell: dict, bench, n_resamples: int = 1000, confidence: float = 0.95,
+                       seed: int = 0) -> tuple[float, float] | None:
+    """Bootstrap interval of a corpus-level CIDEr: resample images, recompute CIDEr (its IDF included) each time.
+    ``None`` for metrics that are not COCO-style CIDEr."""
+    if not bench.metric.endswith("CIDEr,none"):
+        return None
+    from pycocoevalcap.cider.cider import Cider
+
+    gts, res = cider_samples(cell, bench.task, bench.metric.split(",")[0])
+    ids = sorted(gts)
+    rng = np.random.default_rng(seed)
+    scores = []
+    for _ in range(n_resamples):
+        pick = rng.integers(0, len(ids), size=len(ids))
+        g = {j: gts[ids[k]] for j, k in enumerate(pick)}
+        r = {j: res[ids[k]] for j, k in enumerate(pick)}
+        scores.append(Cider().compute_score(g, r)[0])
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(scores, [alpha, 1 - alpha])
+    return float(lo) * bench.scale, float(hi) * bench.scale

@@ -1,0 +1,239 @@
+"""Our GenLIP training step against the systems users would otherwise pick, measured in one run on this machine.
+
+    python benchmarks/bench_peers.py [--config mid] [--batch 8] [--steps 6]        # CPU, fp32
+    python benchmarks/bench_peers.py --gpu                                           # CUDA: bf16, flex, compile
+
+Contenders at the same encoder width/depth, image size and caption length, each with its own optimizer step:
+
+- ``genlip``: this toolkit's model and the trainer's optimizer (fused AdamW when available);
+- ``plain``: ``benchmarks/plain_genlip.py``, the same architecture written plainly (dense mask, full logits,
+  ``torch.optim.AdamW`` defaults); its loss is checked against ours on shared weights first;
+- ``coca``: open_clip's CoCa (ViT of the same width/depth, attentional pooler; unimodal text + multimodal decoder
+  of half the depth each, so a text token passes the same number of layers), contrastive + caption loss;
+- ``siglip``: open_clip's two-tower model of the same vision width/depth and an equally deep text tower, sigmoid
+  loss.
+
+Each figure is samples/s; MFU is our FLOP count of the GenLIP step (``common.genlip_train_flops``) over time,
+against the fp32 GEMM peak measured in the same run (the peers' MFU uses their own matmul FLOPs, counted by
+``torch.utils.flop_counter`` on one step). Prints JSON and Markdown rows for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import genlip_train_flops, matmul_peak_gflops, timeit  # noqa: E402
+from plain_genlip import PlainGenLIP  # noqa: E402
+
+from genlip.config import genlip_config  # noqa: E402
+from genlip.modeling import GenLIPForCaptioning  # noqa: E402
+
+# bf16 dense peaks (TFLOP/s) of common accelerators, for the GPU mode's MFU
+BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0,
+                    "A10": 125.0, "L4": 121.0, "4090": 165.0, "B200": 2250.0, "GH200": 989.0}
+
+
+def counted_flops(step) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        step()
+    return float(fc.get_total_flops())
+
+
+def copy_into_plain(ours: GenLIPForCaptioning, plain: PlainGenLIP) -> None:
+    sd = {"patch.weight": ours.vit.patch_embed.proj.weight, "patch.bias": ours.vit.patch_embed.proj.bias,
+          "embed.weight": ours.embed_tokens.weight, "norm.weight": ours.vit.norm.weight,
+          "norm.bias": ours.vit.norm.bias, "head.weight": ours.lm_head.weight}
+    names = {"n1": "norm1", "n2": "norm2", "q": "attn.q_proj", "k": "attn.k_proj", "v": "attn.v_proj",
+             "o": "attn.out_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+    for i, blk in enumerate(ours.vit.blocks):
+        for short, long in names.items():
+            mod = blk.get_submodule(long)
+            sd[f"blocks.{i}.{short}.weight"], sd[f"blocks.{i}.{short}.bias"] = mod.weight, mod.bias
+        sd[f"blocks.{i}.g1"], sd[f"blocks.{i}.g2"] = blk.ls1.gamma, blk.ls2.gamma
+    plain.load_state_dict({k: v.detach().clone() for k, v in sd.items()}, strict=True)
+
+
+def genlip_steps(cfg, batch, n_text, image, device, dtype_ctx, compile_blocks=False):
+    from genlip.train.optim import build_optimizer
+    from genlip.train.recipe import OptimRecipe
+
+    torch.manual_seed(0)
+    ours = GenLIPForCaptioning(cfg).to(device).train()
+    plain = PlainGenLIP(cfg).to(device).train()
+    copy_into_plain(ours, plain)
+    pix = torch.randn(batch, 3, image, image, device=device)
+    ids = torch.randint(0, cfg.vocab_size, (batch, n_text), device=device)
+    labels = ids.clone()
+    labels[:, :7] = -100
+    with torch.no_grad():  # the plain model is the same function (checked on shared weights)
+        a, b = ours(ids, pix, labels=labels).loss, plain(pix, ids, labels)
+    if abs(float(a) - float(b)) > 1e-3 * max(1.0, abs(float(a))):
+        raise AssertionError(f"plain GenLIP disagrees with ours: {float(b)} vs {float(a)}")
+    if compile_blocks:
+        for blk in ours.vit.blocks:
+            blk.compile(dynamic=False)
+    opt_ours = build_optimizer(ours, OptimRecipe(lr=1e-4))
+    opt_plain = torch.optim.AdamW(plain.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.01)
+
+    def step_ours():
+        with dtype_ctx():
+            loss = ours(ids, pix, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
+        opt_ours.step()
+        opt_ours.zero_grad(set_to_none=True)
+
+    def step_plain():
+        with dtype_ctx():
+            loss = plain(pix, ids, labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(plain.parameters(), 1.0)
+        opt_plain.step()
+        opt_plain.zero_grad(set_to_none=True)
+
+    n_img = (image // cfg.patch_size) ** 2
+    flops = genlip_train_flops(cfg, n_img, n_text, batch, int((labels != -100).sum()))
+    return step_ours, step_plain, flops
+
+
+def open_clip_steps(cfg, batch, n_text, image, device, dtype_ctx):
+    import open_clip
+    from open_clip.loss import CoCaLoss, SigLipLoss
+
+    d, L, H = cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads
+    mlp_ratio = 3 * cfg.intermediate_size / (2 * d)  # SwiGLU 3*d*f params = a GELU MLP of ratio 3f/2d
+    vision = {"image_size": image, "layers": L, "width": d, "head_width": d // H, "patch_size": cfg.patch_size,
+              "mlp_ratio": mlp_ratio}
+    text = {"context_length": n_text, "vocab_size": cfg.vocab_size, "width": d, "heads": H, "mlp_ratio": mlp_ratio}
+    torch.manual_seed(0)
+    coca = open_clip.CoCa(embed_dim=d,
+                          vision_cfg={**vision, "attentional_pool": True, "attn_pooler_heads": H,
+                                      "output_tokens": True},
+                          text_cfg={**text, "layers": L // 2, "embed_cls": True, "output_tokens": True},
+                          multimodal_cfg={"context_length": n_text, "vocab_size": cfg.vocab_size, "width": d,
+                                          "heads": H, "layers": L // 2, "mlp_ratio": mlp_ratio}).to(device).train()
+    siglip = open_clip.CustomTextCLIP(embed_dim=d, vision_cfg={**vision, "pool_type": "avg"},
+                                      text_cfg={**text, "layers": L, "pool_type": "last"},
+                                      init_logit_bias=-10.0, output_dict=True).to(device).train()
+    pix = torch.randn(batch, 3, image, image, device=device)
+    txt = torch.randint(1, cfg.vocab_size, (batch, n_text), device=device)
+    coca_loss, sig_loss = CoCaLoss(caption_loss_weight=2.0, clip_loss_weight=1.0), SigLipLoss()
+    opt_c = torch.optim.AdamW(coca.parameters(), lr=1e-4)
+    opt_s = torch.optim.AdamW(siglip.parameters(), lr=1e-4)
+
+    def step_coca():
+        with dtype_ctx():
+            out = coca(pix, txt)
+            losses = coca_loss(out["image_features"], out["text_features"], out["logits"], out["labels"],
+                               out["logit_scale"])
+        sum(losses).backward()
+        torch.nn.utils.clip_grad_norm_(coca.parameters(), 1.0)
+        opt_c.step()
+        opt_c.zero_grad(set_to_none=True)
+
+    def step_siglip():
+        with dtype_ctx():
+            out = siglip(pix, txt)
+            loss = sig_loss(out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(siglip.parameters(), 1.0)
+        opt_s.step()
+        opt_s.zero_grad(set_to_none=True)
+
+    return step_coca, step_siglip
+
+
+def device_peak_gflops(device) -> tuple[float, str]:
+    if device.type != "cuda":
+        return matmul_peak_gflops(), "fp32 GEMM measured in this run"
+    name = torch.cuda.get_device_name(device)
+    for key, tf in BF16_PEAK_TFLOPS.items():
+        if key in name:
+            return tf * 1000, f"{name} bf16 dense spec"
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    best = 0.0
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ a
+        end.record()
+        torch.cuda.synchronize()
+        best = max(best, 2 * n**3 / (start.elapsed_time(end) / 1000) / 1e9)
+    return best, f"{name} bf16 GEMM measured"
+
+
+def main() -> None:
+    import contextlib
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="mid")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--text", type=int, default=64)
+    ap.add_argument("--image", type=int, default=224)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--gpu", action="store_true", help="CUDA: bf16 autocast, FlexAttention, torch.compile")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["plain", "coca", "siglip"])
+    args = ap.parse_args()
+    if args.gpu and not torch.cuda.is_available():
+        raise SystemExit("--gpu needs a CUDA device; this machine has none (run without --gpu for the CPU figures)")
+    device = torch.device("cuda" if args.gpu else "cpu")
+    torch.set_num_threads(os.cpu_count() or 1)
+    cfg = genlip_config(args.config, attn_backend="flex" if args.gpu else "segments")
+    if args.gpu:
+        def dtype_ctx():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+
+        def sync():
+            torch.cuda.synchronize()
+    else:
+        dtype_ctx, sync = contextlib.nullcontext, (lambda: None)
+    peak, peak_src = device_peak_gflops(device)
+    step_ours, step_plain, flops = genlip_steps(cfg, args.batch, args.text, args.image, device, dtype_ctx,
+                                                compile_blocks=args.gpu)
+    runs = {"genlip": step_ours}
+    if "plain" not in args.skip:
+        runs["plain"] = step_plain
+    if not {"coca", "siglip"} <= set(args.skip):
+        step_coca, step_siglip = open_clip_steps(cfg, args.batch, args.text, args.image, device, dtype_ctx)
+        if "coca" not in args.skip:
+            runs["coca"] = step_coca
+        if "siglip" not in args.skip:
+            runs["siglip"] = step_siglip
+    res = {}
+    for name, fn in runs.items():
+        f = flops if name in ("genlip", "plain") else counted_flops(fn)
+
+        def timed(fn=fn):
+            fn()
+            sync()
+
+        sec = timeit(timed, warmup=2, iters=args.steps)
+        res[name] = {"sec_per_step": sec, "samples_per_s": args.batch / sec, "gflops_per_step": f / 1e9,
+                     "mfu": f / sec / 1e9 / peak}
+    peak2 = device_peak_gflops(device)[0] if device.type == "cpu" else peak
+    peak = max(peak, peak2)
+    for r in res.values():
+        r["mfu"] = r["gflops_per_step"] / r["sec_per_step"] / peak
+    n_img = (args.image // cfg.patch_size) ** 2
+    tok = args.batch * (n_img + args.text)
+    ratios = {f"genlip_vs_{k}": res["genlip"]["samples_per_s"] / res[k]["samples_per_s"] for k in res if k != "genlip"}
+    out = {"config": args.config, "device": str(device), "batch": args.batch, "image": args.image,
+           "text": args.text, "peak_gflops": peak, "peak_source": peak_src, "results": res, "ratios": ratios,
+           "genlip_tokens_per_s": tok / res["genlip"]["sec_per_step"]}
+    print(json.dumps(out))
+    for k, r in res.items():
+        print(f"| {k} | {r['samples_per_s']:.2f} | {r['gflops_per_step']:.0f} | {r['mfu']:.0%} | "
+              f"{res['genlip']['samples_per_s'] / r['samples_per_s']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""The whole chain on one machine, and whether GenLIP's claim holds at small scale.
+
+corpus -> GenLIP stage 1 -> stage 2 -> (same data, same number of image-text samples) a SigLIP-style sigmoid
+contrastive encoder of the same size -> a randomly initialised encoder of the same size -> for each encoder: MLLM
+alignment, instruction tuning with the encoder frozen, evaluation on the generated benchmarks -> one report with
+confidence intervals and a verdict on the paper's ordering (generative > contrastive, largest gap on reading tasks).
+
+Every step is skipped when its output exists, so an interrupted pipeline continues where it stopped. Steps run as
+subprocesses through the project's own CLIs (``genlip-pretrain``, ``genlip-mllm``, lmms-eval).
+
+Config (YAML, every key optional; ``recipes/pipeline/cpu_compare.yaml`` is the default)::
+
+    out: runs/pipeline
+    stage1: {recipe: stage1_tiny_cpu, overrides: []}
+    stage2: {recipe: stage2_tiny_cpu, overrides: []}
+    contrastive: {overrides: ["model.overrides.text_tower={layers: 2}"]}
+    mllm: {llm: tiny, image_size: 64, pretrain_recipe: pretrain_tiny_cpu, finetune_recipe: finetune_tiny_cpu,
+           overrides: {pretrain: [], finetune: []}}
+    eval: {suite: synth, limit: null, max_new_tokens: 16, resamples: 2000}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+KEYS = {"out", "stage1", "stage2", "contrastive", "mllm", "eval", "seed"}
+READING_GROUP = "Doc&OCR"
+
+
+def load_config(path: str | Path | None) -> dict:
+    cfg = yaml.safe_load(Path(path).read_text()) if path else {}
+    cfg = cfg or {}
+    unknown = set(cfg) - KEYS
+    if unknown:
+        raise ValueError(f"unknown pipeline keys {sorted(unknown)}; known: {sorted(KEYS)}")
+    cfg.setdefault("out", "runs/pipeline")
+    cfg.setdefault("seed", 0)
+    for k in ("stage1", "stage2", "contrastive", "mllm", "eval"):
+        cfg[k] = dict(cfg.get(k) or {})
+    cfg["stage1"].setdefault("recipe", "stage1_tiny_cpu")
+    cfg["stage2"].setdefault("recipe", "stage2_tiny_cpu")
+    m = cfg["mllm"]
+    m.setdefault("llm", "tiny")
+    m.setdefault("image_size", 64)
+    m.setdefault("pretrain_recipe", "pretrain_tiny_cpu")
+    m.setdefault("finetune_recipe", "finetune_tiny_cpu")
+    m.setdefault("overrides", {})
+    e = cfg["eval"]
+    e.setdefault("suite", "synth")
+    e.setdefault("max_new_tokens", 16)
+    e.setdefault("resamples", 2000)
+    return cfg
+
+
+def _run(cmd: list[str], log: Path, what: str) -> float:
+    """Run a step, its output into ``log``; returns seconds. A failure names the log and its last line."""
+    t0 = time.time()
+    with open(log, "w") as fh:
+        p = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, text=True)
+    if p.returncode != 0:
+        tail = (log.read_text().strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"{what} failed (exit {p.returncode}); see {log}: {tail}")
+    return time.time() - t0
+
+
+def _samples_seen(run: Path) -> int:
+    from genlip.train.checkpoint import resolve_weights_dir
+
+    return int(json.loads((resolve_weights_dir(run) / "trainer_state.json").read_text())["samples"])
+
+
+def _done(run: Path) -> bool:
+    from genlip.train.checkpoint import list_checkpoints
+
+    if not list_checkpoints(run):
+        return False
+    from genlip.train.checkpoint import resolve_weights_dir
+
+    recipe = yaml.safe_load((resolve_weights_dir(run) / "recipe.yaml").read_text())
+    state = json.loads((resolve_weights_dir(run) / "trainer_state.json").read_text())
+    return state["step"] >= recipe["train"]["steps"]
+
+
+def pretrain_encoders(cfg: dict, root: Path, timings: dict) -> dict[str, Path]:
+    """GenLIP (stage 1 + 2), the sigmoid baseline at the same number of samples, and a random encoder."""
+    enc = root / "encoders"
+    logs = root / "logs"
+    enc.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(exist_ok=True)
+    py = sys.executable
+    s1, s2, g = enc / "genlip_stage1", enc / "genlip", enc / "contrastive"
+    if not _done(s1):
+        print("[pipeline] GenLIP stage 1 ...", flush=True)
+        timings["genlip stage 1"] = _run([py, "-m", "genlip.train.cli", "--recipe", cfg["stage1"]["recipe"],
+                                          f"train.output_dir={s1}", f"train.seed={cfg['seed']}",
+                                          *cfg["stage1"].get("overrides", [])], logs / "genlip_stage1.log",
+                                         "GenLIP stage 1")
+    if not _done(s2):
+        print("[pipeline] GenLIP stage 2 ...", flush=True)
+        timings["genlip stage 2"] = _run([py, "-m", "genlip.train.cli", "--recipe", cfg["stage2"]["recipe"],
+                                          f"model.init_from={s1}", f"train.output_dir={s2}",
+                                          f"train.seed={cfg['seed']}", *cfg["stage2"].get("overrides", [])],
+                                         logs / "genlip_stage2.log", "GenLIP stage 2")
+    budget = _samples_seen(s1) + _samples_seen(s2)
+    from genlip.train.cli import resolve_recipe
+    from genlip.train.recipe import load_recipe
+
+    r1 = load_recipe(resolve_recipe(cfg["stage1"]["recipe"], "genlip"), cfg["stage1"].get("overrides", []))
+    steps = math.ceil(budget / r1.train.global_batch)
+    if not _done(g):
+        print(f"[pipeline] sigmoid contrastive baseline: {steps} steps = {budget} samples, as GenLIP saw ...",
+              flush=True)
+        timings["contrastive"] = _run([py, "-m", "genlip.train.cli", "--recipe", cfg["stage1"]["recipe"],
+                                       "model.objective=sigmoid", f"train.steps={steps}", f"train.output_dir={g}",
+                                       f"train.seed={cfg['seed']}", f"checkpoint.every={steps}",
+                                       *cfg["stage1"].get("overrides", []), *cfg["contrastive"].get("overrides", [])],
+                                      logs / "contrastive.log", "contrastive baseline")
+    rnd = enc / "random"
+    if not (rnd / "model.safetensors").exists():
+        import torch
+
+        from genlip.config import GenLIPConfig
+        from genlip.modeling import GenLIPVisionModel
+        from genlip.train.checkpoint import resolve_weights_dir
+
+        config = GenLIPConfig.from_pretrained(str(resolve_weights_dir(s1)))
+        torch.manual_seed(cfg["seed"])
+        GenLIPVisionModel(config).save_pretrained(str(rnd))
+    (root / "budget.json").write_text(json.dumps({"genlip_samples": budget, "contrastive_steps": steps,
+                                                  "contrastive_samples": _samples_seen(g)}, indent=1))
+    return {"genlip": s2, "contrastive": g, "random": rnd}
+
+
+def run_pipeline(config: str | Path | None = None, out: str | None = None) -> Path:
+    from eval.sweep import sweep
+
+    cfg = load_config(config)
+    root = Path(out or cfg["out"])
+    root.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    timings: dict[str, float] = {}
+    encoders = pretrain_encoders(cfg, root, timings)
+    m, e = cfg["mllm"], cfg["eval"]
+    grid = {"out": str(root / "sweep"),
+            "encoders": {k: {"path": str(v), "image_size": m["image_size"]} for k, v in encoders.items()},
+            "llms": {m["llm"]: m["llm"]}, "protocols": {"frozen": {"mode": "resize", "lr_vision": 0.0}},
+            "suites": [e["suite"]], "pretrain_recipe": m["pretrain_recipe"], "finetune_recipe": m["finetune_recipe"],
+            "overrides": m["overrides"], "eval": {k: e[k] for k in ("limit", "max_new_tokens") if e.get(k)}}
+    (root / "grid.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
+    ts = time.time()
+    status = sweep(root / "grid.yaml")
+    timings["MLLMs + evaluation"] = time.time() - ts
+    failed = {k: v["error"] for k, v in status.items() if v["status"] != "done"}
+    if failed:
+        raise RuntimeError(f"sweep cells failed: {failed}")
+    from eval.report import load_cells
+
+    cells = load_cells([Path(p) for s in status.values() for p in s["scores"].values()])
+    names = {c["name"]: c["name"].split("__")[0] for c in cells}
+    for c in cells:
+        c["name"] = names[c["name"]]
+    timings["total (this invocation)"] = time.time() - t0
+    write_pipeline_report(cells, root / "report", json.loads((root / "budget.json").read_text()), timings,
+                          e["resamples"])
+    return root / "report"
+
+
+def cell_intervals(cell: dict, resamples: int) -> dict[str, tuple[float, float] | None]:
+    """95% bootstrap interval of every benchmark's score (paper scale), resampling the evaluated samples."""
+    from eval.report import per_sample_scores
+    from eval.stats import bootstrap_ci
+    from eval.suites import SUITES
+
+    out = {}
+    for b in SUITES[cell["suite"]]:
+        try:
+            scores = per_sample_scores(cell, b.task, b.metric)
+        except (KeyError, FileNotFoundError):
+            scores = None
+        if scores is None:
+            from eval.stats import cider_bootstrap_ci
+
+            out[b.name] = cider_bootstrap_ci(cell, b, resamples)
+        else:
+            lo, hi = bootstrap_ci(list(scores.values()), resamples)
+            out[b.name] = (lo * b.scale, hi * b.scale)
+    return out
+
+
+def verdict(cells: dict[str, dict], cmp: dict[str, list[dict]]) -> list[str]:
+    """Did the paper's ordering reproduce? Generative > contrastive (ALL AVG, per benchmark with its interval) and
+    the largest GenLIP - contrastive gap on the reading (Doc&OCR) benchmarks."""
+    from eval.suites import SUITES
+
+    g, c = cells["genlip"], cells["contrastive"]
+    suite = SUITES[g["suite"]]
+    lines = []
+    ga, ca, ra = g["averages"]["ALL AVG"], c["averages"]["ALL AVG"], cells["random"]["averages"]["ALL AVG"]
+    lines.append(f"- ALL AVG: GenLIP {ga:.1f}, contrastive {ca:.1f}, random {ra:.1f}. "
+                 f"Generative > contrastive: **{'yes' if ga > ca else 'no'}**; "
+                 f"both above random: **{'yes' if min(ga, ca) > ra else 'no'}**.")
+    sig = [r for r in cmp["contrastive"] if r.get("significant")]
+    lines.append(f"- Per benchmark (95% paired bootstrap), GenLIP - contrastive is significant on "
+                 f"{len(sig)} of {len(cmp['contrastive'])}: " + (", ".join(
+                     f"{r['benchmark']} {r['diff']:+.1f} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]" for r in sig)
+                     or "none") + ".")
+    gaps = {b.name: g["benchmarks"][b.name] - c["benchmarks"][b.name] for b in suite}
+    reading = [b.name for b in suite if b.group == READING_GROUP]
+    other = [b.name for b in suite if b.group != READING_GROUP]
+    if reading and other:
+        top = max(gaps, key=gaps.get)
+        lines.append(f"- Largest GenLIP - contrastive gap: {top} ({gaps[top]:+.1f}); reading tasks "
+                     f"({', '.join(reading)}) mean gap {sum(gaps[n] for n in reading) / len(reading):+.1f} vs "
+                     f"{sum(gaps[n] for n in other) / len(other):+.1f} on the rest. Largest gap on a reading task: "
+                     f"**{'yes' if top in reading else 'no'}**.")
+    return lines
+
+
+def write_pipeline_report(cells: list[dict], out: Path, budget: dict, timings: dict, resamples: int = 2000) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from eval.report import compare, write_report
+    from eval.suites import SUITES
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(cells, out / "table")
+    by = {c["name"]: c for c in cells}
+    suite = SUITES[cells[0]["suite"]]
+    cis = {n: cell_intervals(c, resamples) for n, c in by.items()}
+    cmp = {other: compare(by["genlip"], by[other], resamples) for other in ("contrastive", "random")}
+    md = ["# GenLIP vs a sigmoid contrastive encoder vs a random encoder (CPU, generated data)", "",
+          f"Same corpus; the contrastive encoder saw {budget['contrastive_samples']} image-text samples, GenLIP "
+          f"{budget['genlip_samples']} (stage 1 + stage 2). Same architecture and size; MLLM: 2-layer MLP projector "
+          f"into the same tiny LLM, alignment then instruction tuning with the encoder frozen.", "",
+          "## Verdict", "", *verdict(by, cmp), "", "## Scores (95% bootstrap interval over the evaluated samples)", "",
+          "| encoder | " + " | ".join(b.name for b in suite) + " | ALL AVG |",
+          "|---|" + "---|" * (len(suite) + 1)]
+    for n, c in by.items():
+        cells_txt = []
+        for b in suite:
+            ci = cis[n][b.name]
+            v = c["benchmarks"][b.name]
+            cells_txt.append(f"{v:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else f"{v:.1f}")
+        md.append(f"| {n} | " + " | ".join(cells_txt) + f" | {c['averages']['ALL AVG']:.1f} |")
+    for other, rows in cmp.items():
+        md += ["", f"## GenLIP - {other} (95% paired bootstrap)", "", "| benchmark | diff | interval | p | n |",
+               "|---|---|---|---|---|"]
+        for r in rows:
+            if "ci_low" in r:
+                md.append(f"| {r['benchmark']} | {r['diff']:+.2f} | [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] | "
+                          f"{r['p']:.3f} | {r['n']} |")
+            else:
+                md.append(f"| {r['benchmark']} | {r['diff']:+.2f} | {r.get('note', '')} | | |")
+    md += ["", "## Time", "", *[f"- {k}: {v / 60:.1f} min" for k, v in timings.items()], "",
+           "Charts: `scores.png` (bars with intervals); the plain table and per-suite chart are in `table/`."]
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(suite)), 3.8))
+    width = 0.8 / len(by)
+    for i, (n, c) in enumerate(by.items()):
+        xs = [j + i * width for j in range(len(suite))]
+        vals = [c["benchmarks"][b.name] for b in suite]
+        err = [[v - (cis[n][b.name] or (v, v))[0] for v, b in zip(vals, suite)],
+               [(cis[n][b.name] or (v, v))[1] - v for v, b in zip(vals, suite)]]
+        ax.bar(xs, vals, width, yerr=err, capsize=3, label=n)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(suite))], [b.name for b in suite])
+    ax.set_ylabel("score (95% CI)")
+    ax.set_title("frozen-encoder MLLM on the generated benchmarks")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "scores.png", dpi=120)
+    plt.close(fig)
+    (out / "summary.json").write_text(json.dumps({"cells": {n: {"benchmarks": c["benchmarks"],
+                                                                "averages": c["averages"],
+                                                                "intervals": cis[n]} for n, c in by.items()},
+                                                  "compare": cmp, "budget": budget, "timings": timings,
+                                                  "verdict": verdict(by, cmp)}, indent=1, default=float))
+    return out
