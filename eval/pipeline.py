@@ -138,6 +138,84 @@ def pretrain_encoders(cfg: dict, root: Path, timings: dict) -> dict[str, Path]:
     return {"genlip": s2, "contrastive": g, "random": rnd}
 
 
+# Probe tasks on generated images the encoders never saw (another seed): reading vs perception.
+PROBE_WORDS = ("apple", "river", "candle", "garden", "rocket", "winter")
+PROBE_TASKS = {  # name -> (group, generator kind, class of a sample's metadata or None to skip the sample)
+    "Word": ("reading", "word", lambda m: m["text"] if m["text"] in PROBE_WORDS else None),
+    "Tallest bar": ("reading", "chart", lambda m: m["labels"][m["values"].index(max(m["values"]))]
+                    if m["values"].count(max(m["values"])) == 1 else None),
+    "Letter colour": ("perception", "word", lambda m: m["color"]),
+    "Shape": ("perception", "shapes", lambda m: m["groups"][0][1] if len(m["groups"]) == 1 else None),
+    "Count": ("perception", "shapes", lambda m: str(m["groups"][0][2]) if len(m["groups"]) == 1 else None),
+}
+
+
+def write_probe_tasks(out: Path, per_class: tuple[int, int] = (40, 20), seed: int = 4242) -> Path:
+    """``out/<task>/{train,val}/<class>/*.png`` for every probe task (made once; a marker file says it is done)."""
+    from genlip.data.synth import WORDS, synth_sample
+
+    if (out / "done.json").exists():
+        return out
+    missing = [w for w in PROBE_WORDS if w not in WORDS]
+    if missing:
+        raise ValueError(f"probe words {missing} are not in the generator's vocabulary")
+    import shutil
+
+    need = sum(per_class)
+    for name, (_, kind, label) in PROBE_TASKS.items():
+        counts: dict[str, int] = {}
+        for i in range(30_000):
+            img, _, meta = synth_sample(i, seed, kinds=(kind,))
+            c = label(meta)
+            if c is None or counts.get(c, 0) >= need:
+                continue
+            split = "train" if counts.get(c, 0) < per_class[0] else "val"
+            d = out / name.replace(" ", "_") / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            img.save(d / f"{i:06d}.png")
+            counts[c] = counts.get(c, 0) + 1
+            if i > 3000 and all(v >= need for v in counts.values()):
+                break
+        for c, v in counts.items():  # rare classes that did not fill up are dropped, so every task is balanced
+            if v < need:
+                for split in ("train", "val"):
+                    shutil.rmtree(out / name.replace(" ", "_") / split / c, ignore_errors=True)
+    (out / "done.json").write_text(json.dumps({"seed": seed, "per_class": per_class}))
+    return out
+
+
+def run_probe_suite(encoders: dict[str, Path], root: Path, image_size: int, resamples: int) -> dict:
+    """Attentive and linear probes of every encoder on every probe task; top-1 with intervals."""
+    from eval.stats import bootstrap_ci, paired_bootstrap
+    from genlip.probe import run_probes
+
+    data = write_probe_tasks(root / "probe_data")
+    out_file = root / "probes.json"
+    res = json.loads(out_file.read_text()) if out_file.exists() else {}
+    for enc, path in encoders.items():
+        for task in PROBE_TASKS:
+            key = f"{enc}/{task}"
+            if key in res:
+                continue
+            r = run_probes(str(path), data / task.replace(" ", "_"), ("attentive", "linear"), image_size=image_size,
+                           seed=0)
+            res[key] = {k: {"top1": v["top1"], "correct": v["val_correct"], "chance": v["chance_top1"],
+                            "ci": [100 * x for x in bootstrap_ci(v["val_correct"], resamples)]}
+                        for k, v in r.items()}
+            out_file.write_text(json.dumps(res))
+    cmp = {}
+    for other in encoders:
+        if other == "genlip":
+            continue
+        for task in PROBE_TASKS:
+            for kind in ("attentive", "linear"):
+                d = paired_bootstrap(res[f"genlip/{task}"][kind]["correct"], res[f"{other}/{task}"][kind]["correct"],
+                                     resamples)
+                cmp[f"{other}/{task}/{kind}"] = {"diff": 100 * d.diff, "low": 100 * d.low, "high": 100 * d.high,
+                                                 "significant": d.significant}
+    return {"results": res, "compare": cmp}
+
+
 def run_pipeline(config: str | Path | None = None, out: str | None = None) -> Path:
     from eval.sweep import sweep
 
@@ -156,7 +234,8 @@ def run_pipeline(config: str | Path | None = None, out: str | None = None) -> Pa
     (root / "grid.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
     ts = time.time()
     status = sweep(root / "grid.yaml")
-    timings["MLLMs + evaluation"] = time.time() - ts
+    if any(v.get("ran") for v in status.values()):
+        timings["MLLMs + evaluation"] = time.time() - ts
     failed = {k: v["error"] for k, v in status.items() if v["status"] != "done"}
     if failed:
         raise RuntimeError(f"sweep cells failed: {failed}")
@@ -166,9 +245,15 @@ def run_pipeline(config: str | Path | None = None, out: str | None = None) -> Pa
     names = {c["name"]: c["name"].split("__")[0] for c in cells}
     for c in cells:
         c["name"] = names[c["name"]]
-    timings["total (this invocation)"] = time.time() - t0
+    tp = time.time()
+    probes = run_probe_suite(encoders, root, int(m["image_size"]), e["resamples"]) if e.get("probes", True) else None
+    timings["probes"] = time.time() - tp
+    timings["this invocation"] = time.time() - t0
+    tf = root / "timings.json"  # steps skipped on a re-run keep the time they took when they ran
+    timings = {**(json.loads(tf.read_text()) if tf.exists() else {}), **timings}
+    tf.write_text(json.dumps(timings, indent=1))
     write_pipeline_report(cells, root / "report", json.loads((root / "budget.json").read_text()), timings,
-                          e["resamples"])
+                          e["resamples"], probes)
     return root / "report"
 
 
@@ -206,6 +291,10 @@ def verdict(cells: dict[str, dict], cmp: dict[str, list[dict]]) -> list[str]:
     lines.append(f"- ALL AVG: GenLIP {ga:.1f}, contrastive {ca:.1f}, random {ra:.1f}. "
                  f"Generative > contrastive: **{'yes' if ga > ca else 'no'}**; "
                  f"both above random: **{'yes' if min(ga, ca) > ra else 'no'}**.")
+    flat = [b.name for b in suite if len({round(x["benchmarks"][b.name], 6) for x in cells.values()}) == 1]
+    if flat:
+        lines.append(f"- {', '.join(flat)}: every encoder scores the same ({g['benchmarks'][flat[0]]:.1f}); the MLLM "
+                     f"does not separate the encoders there at this scale (its answers do not depend on the image).")
     sig = [r for r in cmp["contrastive"] if r.get("significant")]
     lines.append(f"- Per benchmark (95% paired bootstrap), GenLIP - contrastive is significant on "
                  f"{len(sig)} of {len(cmp['contrastive'])}: " + (", ".join(
@@ -223,7 +312,48 @@ def verdict(cells: dict[str, dict], cmp: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def write_pipeline_report(cells: list[dict], out: Path, budget: dict, timings: dict, resamples: int = 2000) -> Path:
+def probe_lines(probes: dict) -> list[str]:
+    """Markdown: per task and encoder, attentive / linear top-1 with intervals; GenLIP - other, paired."""
+    res, cmp = probes["results"], probes["compare"]
+    encs = list(dict.fromkeys(k.split("/")[0] for k in res))
+    lines = ["| task | group | " + " | ".join(encs) + " |", "|---|---|" + "---|" * len(encs)]
+    for task, (group, _, _) in PROBE_TASKS.items():
+        row = []
+        for enc in encs:
+            a, li = res[f"{enc}/{task}"]["attentive"], res[f"{enc}/{task}"]["linear"]
+            row.append(f"{a['top1']:.0f} [{a['ci'][0]:.0f}, {a['ci'][1]:.0f}] / {li['top1']:.0f}")
+        lines.append(f"| {task} | {group} | " + " | ".join(row) + " |")
+    lines += ["", "Attentive top-1 [95% interval] / linear top-1, in percent, on held-out generated images.", "",
+              "| GenLIP - | task | attentive (95% paired) | linear (95% paired) |", "|---|---|---|---|"]
+    for key in [k for k in cmp if k.endswith("/attentive")]:
+        other, task, _ = key.split("/")
+        a, li = cmp[key], cmp[f"{other}/{task}/linear"]
+        lines.append(f"| {other} | {task} | {a['diff']:+.1f} [{a['low']:+.1f}, {a['high']:+.1f}] | "
+                     f"{li['diff']:+.1f} [{li['low']:+.1f}, {li['high']:+.1f}] |")
+    return lines
+
+
+def probe_verdict(probes: dict) -> list[str]:
+    res = probes["results"]
+    out = []
+    means = {}
+    for enc in dict.fromkeys(k.split("/")[0] for k in res):
+        for group in ("reading", "perception"):
+            tasks = [t for t, (g, _, _) in PROBE_TASKS.items() if g == group]
+            means[enc, group] = sum(res[f"{enc}/{t}"]["attentive"]["top1"] for t in tasks) / len(tasks)
+    gr = means["genlip", "reading"] - means["contrastive", "reading"]
+    gp = means["genlip", "perception"] - means["contrastive", "perception"]
+    out.append(f"- Attentive probes, mean top-1 on reading tasks: GenLIP {means['genlip', 'reading']:.1f}, "
+               f"contrastive {means['contrastive', 'reading']:.1f}, random {means['random', 'reading']:.1f}; on "
+               f"perception tasks: {means['genlip', 'perception']:.1f}, {means['contrastive', 'perception']:.1f}, "
+               f"{means['random', 'perception']:.1f}. Generative > contrastive on reading: "
+               f"**{'yes' if gr > 0 else 'no'}**; gap larger on reading than on perception: "
+               f"**{'yes' if gr > gp else 'no'}** ({gr:+.1f} vs {gp:+.1f}).")
+    return out
+
+
+def write_pipeline_report(cells: list[dict], out: Path, budget: dict, timings: dict, resamples: int = 2000,
+                          probes: dict | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -242,7 +372,8 @@ def write_pipeline_report(cells: list[dict], out: Path, budget: dict, timings: d
           f"Same corpus; the contrastive encoder saw {budget['contrastive_samples']} image-text samples, GenLIP "
           f"{budget['genlip_samples']} (stage 1 + stage 2). Same architecture and size; MLLM: 2-layer MLP projector "
           f"into the same tiny LLM, alignment then instruction tuning with the encoder frozen.", "",
-          "## Verdict", "", *verdict(by, cmp), "", "## Scores (95% bootstrap interval over the evaluated samples)", "",
+          "## Verdict", "", *verdict(by, cmp), *(probe_verdict(probes) if probes else []), "",
+          "## MLLM scores (95% bootstrap interval over the evaluated samples)", "",
           "| encoder | " + " | ".join(b.name for b in suite) + " | ALL AVG |",
           "|---|" + "---|" * (len(suite) + 1)]
     for n, c in by.items():
@@ -261,6 +392,8 @@ def write_pipeline_report(cells: list[dict], out: Path, budget: dict, timings: d
                           f"{r['p']:.3f} | {r['n']} |")
             else:
                 md.append(f"| {r['benchmark']} | {r['diff']:+.2f} | {r.get('note', '')} | | |")
+    if probes:
+        md += ["", "## Probes on frozen features", "", *probe_lines(probes)]
     md += ["", "## Time", "", *[f"- {k}: {v / 60:.1f} min" for k, v in timings.items()], "",
            "Charts: `scores.png` (bars with intervals); the plain table and per-suite chart are in `table/`."]
     (out / "report.md").write_text("\n".join(md) + "\n")
@@ -283,5 +416,6 @@ def write_pipeline_report(cells: list[dict], out: Path, budget: dict, timings: d
                                                                 "averages": c["averages"],
                                                                 "intervals": cis[n]} for n, c in by.items()},
                                                   "compare": cmp, "budget": budget, "timings": timings,
-                                                  "verdict": verdict(by, cmp)}, indent=1, default=float))
+                                                  "verdict": verdict(by, cmp),
+                                                  "probes": probes}, indent=1, default=float))
     return out

@@ -509,9 +509,11 @@ def run_probes(model: str | Path | nn.Module, data_root: str | Path, kinds: Sequ
         xva = feats["val"].pooled if kind == "linear" else feats["val"].tokens
         probe, best_lr, sweep = fit_probe(kind, xtr, train_y, len(data.classes), ep, lrs, batch_size, wd, seed,
                                           device, holdout_fraction, heads, standardize)
+        correct = (predict(probe, xva, device=device) == val_y).long()
         results[kind] = {
             "kind": kind,
-            "top1": accuracy(probe, xva, val_y, device),
+            "top1": 100.0 * float(correct.float().mean()),
+            "val_correct": correct.tolist(),  # per val image, in file order: for intervals and paired comparisons
             "train_top1": accuracy(probe, xtr, train_y, device),
             "num_train": int(train_y.numel()),
             "num_val": int(val_y.numel()),
