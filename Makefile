@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= dev,mllm,eval,tools
 
-.PHONY: test demo lint setup clean
+.PHONY: test demo pipeline lint setup clean
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,10 @@ demo: setup
 	$(BIN)/genlip-mllm finetune
 	$(BIN)/genlip-mllm chat --model runs/mllm_finetune_tiny_cpu/final \
 	  --image "$${GENLIP_HOME:-$$HOME/.cache/genlip}/sft-n512-s0/images/000003.png" --prompt "Which bar is the tallest?"
+
+# the whole chain on generated data: GenLIP vs a same-budget contrastive encoder vs a random one (~10 min, CPU)
+pipeline: setup
+	$(BIN)/genlip-eval pipeline
 
 lint: setup
 	$(BIN)/ruff check .

@@ -16,7 +16,7 @@ Config (YAML, every key optional; ``recipes/pipeline/cpu_compare.yaml`` is the d
     contrastive: {overrides: ["model.overrides.text_tower={layers: 2}"]}
     mllm: {llm: tiny, image_size: 64, pretrain_recipe: pretrain_tiny_cpu, finetune_recipe: finetune_tiny_cpu,
            overrides: {pretrain: [], finetune: []}}
-    eval: {suite: synth, limit: null, max_new_tokens: 16, resamples: 2000}
+    eval: {suite: synth, limit: null, max_new_tokens: 16, resamples: 2000, probes: true, probe_per_class: [40, 20]}
 """
 
 from __future__ import annotations
@@ -99,14 +99,13 @@ def pretrain_encoders(cfg: dict, root: Path, timings: dict) -> dict[str, Path]:
     if not _done(s1):
         print("[pipeline] GenLIP stage 1 ...", flush=True)
         timings["genlip stage 1"] = _run([py, "-m", "genlip.train.cli", "--recipe", cfg["stage1"]["recipe"],
-                                          f"train.output_dir={s1}", f"train.seed={cfg['seed']}",
-                                          *cfg["stage1"].get("overrides", [])], logs / "genlip_stage1.log",
-                                         "GenLIP stage 1")
+                                          *cfg["stage1"].get("overrides", []), f"train.output_dir={s1}",
+                                          f"train.seed={cfg['seed']}"], logs / "genlip_stage1.log", "GenLIP stage 1")
     if not _done(s2):
         print("[pipeline] GenLIP stage 2 ...", flush=True)
         timings["genlip stage 2"] = _run([py, "-m", "genlip.train.cli", "--recipe", cfg["stage2"]["recipe"],
-                                          f"model.init_from={s1}", f"train.output_dir={s2}",
-                                          f"train.seed={cfg['seed']}", *cfg["stage2"].get("overrides", [])],
+                                          *cfg["stage2"].get("overrides", []), f"model.init_from={s1}",
+                                          f"train.output_dir={s2}", f"train.seed={cfg['seed']}"],
                                          logs / "genlip_stage2.log", "GenLIP stage 2")
     budget = _samples_seen(s1) + _samples_seen(s2)
     from genlip.train.cli import resolve_recipe
@@ -117,10 +116,11 @@ def pretrain_encoders(cfg: dict, root: Path, timings: dict) -> dict[str, Path]:
     if not _done(g):
         print(f"[pipeline] sigmoid contrastive baseline: {steps} steps = {budget} samples, as GenLIP saw ...",
               flush=True)
+        # the budget comes last so that stage 1's own overrides (e.g. train.steps) cannot change it
         timings["contrastive"] = _run([py, "-m", "genlip.train.cli", "--recipe", cfg["stage1"]["recipe"],
+                                       *cfg["stage1"].get("overrides", []), *cfg["contrastive"].get("overrides", []),
                                        "model.objective=sigmoid", f"train.steps={steps}", f"train.output_dir={g}",
-                                       f"train.seed={cfg['seed']}", f"checkpoint.every={steps}",
-                                       *cfg["stage1"].get("overrides", []), *cfg["contrastive"].get("overrides", [])],
+                                       f"train.seed={cfg['seed']}", f"checkpoint.every={steps}"],
                                       logs / "contrastive.log", "contrastive baseline")
     rnd = enc / "random"
     if not (rnd / "model.safetensors").exists():
@@ -140,6 +140,7 @@ def pretrain_encoders(cfg: dict, root: Path, timings: dict) -> dict[str, Path]:
 
 # Probe tasks on generated images the encoders never saw (another seed): reading vs perception.
 PROBE_WORDS = ("apple", "river", "candle", "garden", "rocket", "winter")
+PROBE_CLASSES = {"Word": len(PROBE_WORDS), "Tallest bar": 5, "Letter colour": 7, "Shape": 3, "Count": 3}
 PROBE_TASKS = {  # name -> (group, generator kind, class of a sample's metadata or None to skip the sample)
     "Word": ("reading", "word", lambda m: m["text"] if m["text"] in PROBE_WORDS else None),
     "Tallest bar": ("reading", "chart", lambda m: m["labels"][m["values"].index(max(m["values"]))]
@@ -174,7 +175,7 @@ def write_probe_tasks(out: Path, per_class: tuple[int, int] = (40, 20), seed: in
             d.mkdir(parents=True, exist_ok=True)
             img.save(d / f"{i:06d}.png")
             counts[c] = counts.get(c, 0) + 1
-            if i > 3000 and all(v >= need for v in counts.values()):
+            if len(counts) >= PROBE_CLASSES[name] and all(v >= need for v in counts.values()):
                 break
         for c, v in counts.items():  # rare classes that did not fill up are dropped, so every task is balanced
             if v < need:
@@ -184,12 +185,13 @@ def write_probe_tasks(out: Path, per_class: tuple[int, int] = (40, 20), seed: in
     return out
 
 
-def run_probe_suite(encoders: dict[str, Path], root: Path, image_size: int, resamples: int) -> dict:
+def run_probe_suite(encoders: dict[str, Path], root: Path, image_size: int, resamples: int,
+                    per_class: tuple[int, int] = (40, 20)) -> dict:
     """Attentive and linear probes of every encoder on every probe task; top-1 with intervals."""
     from eval.stats import bootstrap_ci, paired_bootstrap
     from genlip.probe import run_probes
 
-    data = write_probe_tasks(root / "probe_data")
+    data = write_probe_tasks(root / "probe_data", tuple(per_class))
     out_file = root / "probes.json"
     res = json.loads(out_file.read_text()) if out_file.exists() else {}
     for enc, path in encoders.items():
@@ -246,7 +248,8 @@ def run_pipeline(config: str | Path | None = None, out: str | None = None) -> Pa
     for c in cells:
         c["name"] = names[c["name"]]
     tp = time.time()
-    probes = run_probe_suite(encoders, root, int(m["image_size"]), e["resamples"]) if e.get("probes", True) else None
+    probes = (run_probe_suite(encoders, root, int(m["image_size"]), e["resamples"], e.get("probe_per_class", (40, 20)))
+              if e.get("probes", True) else None)
     timings["probes"] = time.time() - tp
     timings["this invocation"] = time.time() - t0
     tf = root / "timings.json"  # steps skipped on a re-run keep the time they took when they ran
