@@ -282,6 +282,15 @@ def cell_intervals(cell: dict, resamples: int) -> dict[str, tuple[float, float] 
     return out
 
 
+def distinct_answers(cell: dict, task: str) -> int:
+    """How many different answers a cell gave on a task (from lmms-eval's logged samples)."""
+    task = cell.get("tasks", {}).get(task, task)
+    files = sorted(Path(cell["samples_dir"]).glob(f"*samples_{task}.jsonl"))
+    if not files:
+        return -1
+    return len({json.dumps(json.loads(line).get("filtered_resps")) for line in files[-1].read_text().splitlines()})
+
+
 def verdict(cells: dict[str, dict], cmp: dict[str, list[dict]]) -> list[str]:
     """Did the paper's ordering reproduce? Generative > contrastive (ALL AVG, per benchmark with its interval) and
     the largest GenLIP - contrastive gap on the reading (Doc&OCR) benchmarks."""
@@ -294,10 +303,11 @@ def verdict(cells: dict[str, dict], cmp: dict[str, list[dict]]) -> list[str]:
     lines.append(f"- ALL AVG: GenLIP {ga:.1f}, contrastive {ca:.1f}, random {ra:.1f}. "
                  f"Generative > contrastive: **{'yes' if ga > ca else 'no'}**; "
                  f"both above random: **{'yes' if min(ga, ca) > ra else 'no'}**.")
-    flat = [b.name for b in suite if len({round(x["benchmarks"][b.name], 6) for x in cells.values()}) == 1]
-    if flat:
-        lines.append(f"- {', '.join(flat)}: every encoder scores the same ({g['benchmarks'][flat[0]]:.1f}); the MLLM "
-                     f"does not separate the encoders there at this scale (its answers do not depend on the image).")
+    const = {n: [b.name for b in suite if distinct_answers(x, b.task) == 1] for n, x in cells.items()}
+    if any(const.values()):
+        lines.append("- Answers that do not depend on the image (one and the same answer to every question of a "
+                     "benchmark), so those scores say nothing about the encoder: " + "; ".join(
+                         f"{n}: {', '.join(v)}" for n, v in const.items() if v) + ".")
     sig = [r for r in cmp["contrastive"] if r.get("significant")]
     lines.append(f"- Per benchmark (95% paired bootstrap), GenLIP - contrastive is significant on "
                  f"{len(sig)} of {len(cmp['contrastive'])}: " + (", ".join(
