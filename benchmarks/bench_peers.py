@@ -228,7 +228,8 @@ def main() -> None:
     n_img = (args.image // cfg.patch_size) ** 2
     tok = args.batch * (n_img + args.text)
     ratios = {f"genlip_vs_{k}": res["genlip"]["samples_per_s"] / res[k]["samples_per_s"] for k in res if k != "genlip"}
-    out = {"config": args.config, "device": str(device), "compiled": bool(args.gpu or args.compile), "batch": args.batch, "image": args.image,
+    out = {"config": args.config, "device": str(device), "compiled": bool(args.gpu or args.compile),
+           "batch": args.batch, "image": args.image,
            "text": args.text, "peak_gflops": peak, "peak_source": peak_src, "results": res, "ratios": ratios,
            "genlip_tokens_per_s": tok / res["genlip"]["sec_per_step"]}
     print(json.dumps(out))
