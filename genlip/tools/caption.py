@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"genlip-caption: {e}", file=sys.stderr)
         return 1
     stats = SkipStats()
+    if args.out != "-":
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     out = sys.stdout if args.out == "-" else open(Path(args.out), "w")  # noqa: SIM115 (closed below)
     n, t0 = 0, time.perf_counter()
     try:
