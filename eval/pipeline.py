@@ -30,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from genlip.train.checkpoint import list_checkpoints, resolve_weights_dir
+
 KEYS = {"out", "stage1", "stage2", "contrastive", "mllm", "eval", "seed"}
 READING_GROUP = "Doc&OCR"
 
@@ -71,18 +73,13 @@ def _run(cmd: list[str], log: Path, what: str) -> float:
 
 
 def _samples_seen(run: Path) -> int:
-    from genlip.train.checkpoint import resolve_weights_dir
-
     return int(json.loads((resolve_weights_dir(run) / "trainer_state.json").read_text())["samples"])
 
 
 def _done(run: Path) -> bool:
-    from genlip.train.checkpoint import list_checkpoints
-
+    """A training run that reached its recipe's last step (an interrupted one resumes when run again)."""
     if not list_checkpoints(run):
         return False
-    from genlip.train.checkpoint import resolve_weights_dir
-
     recipe = yaml.safe_load((resolve_weights_dir(run) / "recipe.yaml").read_text())
     state = json.loads((resolve_weights_dir(run) / "trainer_state.json").read_text())
     return state["step"] >= recipe["train"]["steps"]
@@ -128,7 +125,6 @@ def pretrain_encoders(cfg: dict, root: Path, timings: dict) -> dict[str, Path]:
 
         from genlip.config import GenLIPConfig
         from genlip.modeling import GenLIPVisionModel
-        from genlip.train.checkpoint import resolve_weights_dir
 
         config = GenLIPConfig.from_pretrained(str(resolve_weights_dir(s1)))
         torch.manual_seed(cfg["seed"])
