@@ -377,6 +377,15 @@ def write_pipeline_report(cells: list[dict], out: Path, budget: dict, timings: d
     suite = SUITES[cells[0]["suite"]]
     cis = {n: cell_intervals(c, resamples) for n, c in by.items()}
     cmp = {other: compare(by["genlip"], by[other], resamples) for other in ("contrastive", "random")}
+    from eval.stats import cider_paired_bootstrap
+
+    for other, rows in cmp.items():  # corpus-level CIDEr: paired bootstrap over images, recomputing CIDEr
+        for i, r in enumerate(rows):
+            bench = next(b for b in suite if b.name == r["benchmark"])
+            if "ci_low" not in r and bench.metric.endswith("CIDEr,none"):
+                d = cider_paired_bootstrap(by["genlip"], by[other], bench, min(resamples, 1000))
+                rows[i] = {**r, "diff": d.diff, "ci_low": d.low, "ci_high": d.high, "p": d.p_two_sided, "n": d.n,
+                           "significant": d.significant, "note": "CIDEr recomputed per resample"}
     md = ["# GenLIP vs a sigmoid contrastive encoder vs a random encoder (CPU, generated data)", "",
           f"Same corpus; the contrastive encoder saw {budget['contrastive_samples']} image-text samples, GenLIP "
           f"{budget['genlip_samples']} (stage 1 + stage 2). Same architecture and size; MLLM: 2-layer MLP projector "

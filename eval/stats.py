@@ -79,6 +79,37 @@ def cider_samples(cell: dict, task: str, key: str) -> tuple[dict, dict]:
     return tok.tokenize(gts), tok.tokenize(res)
 
 
+def cider_paired_bootstrap(a: dict, b: dict, bench, n_resamples: int = 1000, confidence: float = 0.95,
+                           seed: int = 0) -> PairedDiff:
+    """``CIDEr(a) - CIDEr(b)`` on the paper's scale with a paired bootstrap over images: each resample draws the same
+    images for both cells and recomputes both corpus-level scores."""
+    from pycocoevalcap.cider.cider import Cider
+
+    key = bench.metric.split(",")[0]
+    (ga, ra), (gb, rb) = cider_samples(a, bench.task, key), cider_samples(b, bench.task, key)
+    ids = sorted(set(ga) & set(gb))
+    if not ids:
+        raise ValueError(f"no common samples for {bench.task}")
+
+    def score(g, r, pick):
+        return Cider().compute_score({j: g[ids[k]] for j, k in enumerate(pick)},
+                                     {j: r[ids[k]] for j, k in enumerate(pick)})[0]
+
+    full = np.arange(len(ids))
+    observed = score(ga, ra, full) - score(gb, rb, full)
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n_resamples):
+        pick = rng.integers(0, len(ids), size=len(ids))
+        diffs.append(score(ga, ra, pick) - score(gb, rb, pick))
+    diffs = np.asarray(diffs)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(diffs, [alpha, 1 - alpha])
+    other_side = float(np.mean(diffs <= 0)) if observed > 0 else float(np.mean(diffs >= 0))
+    s = bench.scale
+    return PairedDiff(observed * s, float(low) * s, float(high) * s, min(1.0, 2 * other_side), len(ids))
+
+
 def cider_bootstrap_ci(cell: dict, bench, n_resamples: int = 1000, confidence: float = 0.95,
                        seed: int = 0) -> tuple[float, float] | None:
     """Bootstrap interval of a corpus-level CIDEr: resample images, recompute CIDEr (its IDF included) each time.

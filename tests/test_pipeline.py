@@ -42,6 +42,9 @@ def test_tiny_pipeline_end_to_end_and_resume(tmp_path):
             lo, hi = cell["intervals"][name]  # every benchmark has an interval, CIDEr's by resampling images
             assert lo - 1e-6 <= value <= hi + 1e-6 or name == "SynthCap", (name, lo, value, hi)
     assert len(summary["compare"]["contrastive"]) == 3
+    # every difference has a paired interval, CIDEr's by recomputing it on resampled images
+    assert all(r["ci_low"] <= r["diff"] + 1e-9 or r["benchmark"] == "SynthCap" for r in summary["compare"]["random"])
+    assert all("ci_low" in r for rows in summary["compare"].values() for r in rows)
     md = (root / "report" / "report.md").read_text()
     assert "## Verdict" in md and "Generative > contrastive" in md and "Largest GenLIP - contrastive gap" in md
     assert (root / "report" / "scores.png").stat().st_size > 5000
