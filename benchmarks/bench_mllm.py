@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import timeit  # noqa: E402
+from common import add_allocator_arg, apply_allocator, timeit  # noqa: E402
 
 
 def main() -> None:
@@ -35,7 +35,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--answers", type=int, default=12)
     ap.add_argument("--max-new-tokens", type=int, default=16)
+    add_allocator_arg(ap)
     args = ap.parse_args()
+    allocator = apply_allocator(args.cpu_allocator)
     torch.set_num_threads(os.cpu_count() or 1)
 
     from genlip.config import genlip_config
@@ -93,6 +95,7 @@ def main() -> None:
             answer(model, tok, spec, ip, img, q, max_new_tokens=args.max_new_tokens)
         res["eval_answers_per_s"] = len(qs) / (time.perf_counter() - t)
         res["max_new_tokens"] = args.max_new_tokens
+    res["cpu_allocator"] = allocator
     print(json.dumps(res))
     print(f"| {args.encoder} @{args.image} + {res['llm']} | b{args.batch} | "
           f"{res['train_frozen_tokens_per_s']:.0f} | {res['train_unfrozen_tokens_per_s']:.0f} | "

@@ -9,11 +9,17 @@ Contenders at the same encoder width/depth, image size and caption length, each 
 - ``plain``: ``benchmarks/plain_genlip.py``, the same architecture written plainly (dense mask, full logits,
   ``torch.optim.AdamW`` defaults); its loss is checked against ours on shared weights first;
 - ``coca``: open_clip's CoCa (ViT of the same width/depth, attentional pooler; unimodal text + multimodal decoder
-  of half the depth each, so a text token passes the same number of layers), contrastive + caption loss;
+  of half the depth each, so a text token passes the same number of layers as in GenLIP: CoCa-Large's proportions),
+  contrastive + caption loss;
+- ``coca_base``: the same with unimodal and multimodal decoders each as deep as the ViT (CoCa-Base's proportions,
+  open_clip's ``coca_ViT-B-32``);
 - ``siglip``: open_clip's two-tower model of the same vision width/depth and an equally deep text tower, sigmoid
   loss.
 
-Each figure is samples/s; MFU is our FLOP count of the GenLIP step (``common.genlip_train_flops``) over time,
+Steps are timed round-robin (one step of every contender per round, the fp32 peak re-measured after each round), so
+a slow spell of the machine hits all contenders alike; each figure is the median over rounds, in samples/s. The whole
+process runs with one ``--cpu-allocator`` setting (default ``retain``, what the trainers do), so every contender
+gets the same allocator. MFU is our FLOP count of the GenLIP step (``common.genlip_train_flops``) over time,
 against the fp32 GEMM peak measured in the same run (the peers' MFU uses their own matmul FLOPs, counted by
 ``torch.utils.flop_counter`` on one step). Prints JSON and Markdown rows for BENCHMARKS.md.
 """
@@ -28,7 +34,15 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import genlip_train_flops, matmul_peak_gflops, timeit  # noqa: E402
+from common import (  # noqa: E402
+    add_allocator_arg,
+    apply_allocator,
+    genlip_train_flops,
+    interleaved_times,
+    matmul_peak_gflops,
+    median,
+    mfu_summary,
+)
 from plain_genlip import PlainGenLIP  # noqa: E402
 
 from genlip.config import genlip_config  # noqa: E402
@@ -113,31 +127,40 @@ def open_clip_steps(cfg, batch, n_text, image, device, dtype_ctx):
     vision = {"image_size": image, "layers": L, "width": d, "head_width": d // H, "patch_size": cfg.patch_size,
               "mlp_ratio": mlp_ratio}
     text = {"context_length": n_text, "vocab_size": cfg.vocab_size, "width": d, "heads": H, "mlp_ratio": mlp_ratio}
-    torch.manual_seed(0)
-    coca = open_clip.CoCa(embed_dim=d,
-                          vision_cfg={**vision, "attentional_pool": True, "attn_pooler_heads": H,
-                                      "output_tokens": True},
-                          text_cfg={**text, "layers": L // 2, "embed_cls": True, "output_tokens": True},
-                          multimodal_cfg={"context_length": n_text, "vocab_size": cfg.vocab_size, "width": d,
-                                          "heads": H, "layers": L // 2, "mlp_ratio": mlp_ratio}).to(device).train()
+
+    def coca_model(text_layers: int):
+        torch.manual_seed(0)
+        return open_clip.CoCa(embed_dim=d,
+                              vision_cfg={**vision, "attentional_pool": True, "attn_pooler_heads": H,
+                                          "output_tokens": True},
+                              text_cfg={**text, "layers": text_layers, "embed_cls": True, "output_tokens": True},
+                              multimodal_cfg={"context_length": n_text, "vocab_size": cfg.vocab_size, "width": d,
+                                              "heads": H, "layers": text_layers, "mlp_ratio": mlp_ratio},
+                              ).to(device).train()
+
     siglip = open_clip.CustomTextCLIP(embed_dim=d, vision_cfg={**vision, "pool_type": "avg"},
                                       text_cfg={**text, "layers": L, "pool_type": "last"},
                                       init_logit_bias=-10.0, output_dict=True).to(device).train()
     pix = torch.randn(batch, 3, image, image, device=device)
     txt = torch.randint(1, cfg.vocab_size, (batch, n_text), device=device)
     coca_loss, sig_loss = CoCaLoss(caption_loss_weight=2.0, clip_loss_weight=1.0), SigLipLoss()
-    opt_c = torch.optim.AdamW(coca.parameters(), lr=1e-4)
     opt_s = torch.optim.AdamW(siglip.parameters(), lr=1e-4)
 
-    def step_coca():
-        with dtype_ctx():
-            out = coca(pix, txt)
-            losses = coca_loss(out["image_features"], out["text_features"], out["logits"], out["labels"],
-                               out["logit_scale"])
-        sum(losses).backward()
-        torch.nn.utils.clip_grad_norm_(coca.parameters(), 1.0)
-        opt_c.step()
-        opt_c.zero_grad(set_to_none=True)
+    def coca_step(text_layers: int):
+        coca = coca_model(text_layers)
+        opt_c = torch.optim.AdamW(coca.parameters(), lr=1e-4)
+
+        def step():
+            with dtype_ctx():
+                out = coca(pix, txt)
+                losses = coca_loss(out["image_features"], out["text_features"], out["logits"], out["labels"],
+                                   out["logit_scale"])
+            sum(losses).backward()
+            torch.nn.utils.clip_grad_norm_(coca.parameters(), 1.0)
+            opt_c.step()
+            opt_c.zero_grad(set_to_none=True)
+
+        return step
 
     def step_siglip():
         with dtype_ctx():
@@ -148,7 +171,7 @@ def open_clip_steps(cfg, batch, n_text, image, device, dtype_ctx):
         opt_s.step()
         opt_s.zero_grad(set_to_none=True)
 
-    return step_coca, step_siglip
+    return coca_step, step_siglip
 
 
 def device_peak_gflops(device) -> tuple[float, str]:
@@ -179,15 +202,17 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--text", type=int, default=64)
     ap.add_argument("--image", type=int, default=224)
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=6, help="timed rounds (one step of every contender per round)")
     ap.add_argument("--gpu", action="store_true", help="CUDA: bf16 autocast, FlexAttention, torch.compile")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["plain", "coca", "siglip"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["plain", "coca", "coca_base", "siglip"])
     ap.add_argument("--compile", action="store_true", help="torch.compile our blocks on the CPU too (the GPU mode "
                     "always compiles)")
+    add_allocator_arg(ap)
     args = ap.parse_args()
     if args.gpu and not torch.cuda.is_available():
         raise SystemExit("--gpu needs a CUDA device; this machine has none (run without --gpu for the CPU figures)")
     device = torch.device("cuda" if args.gpu else "cpu")
+    allocator = apply_allocator(args.cpu_allocator) if device.type == "cpu" else "cuda caching"
     torch.set_num_threads(os.cpu_count() or 1)
     cfg = genlip_config(args.config, attn_backend="flex" if args.gpu else "segments")
     if args.gpu:
@@ -204,38 +229,53 @@ def main() -> None:
     runs = {"genlip": step_ours}
     if "plain" not in args.skip:
         runs["plain"] = step_plain
-    if not {"coca", "siglip"} <= set(args.skip):
-        step_coca, step_siglip = open_clip_steps(cfg, args.batch, args.text, args.image, device, dtype_ctx)
-        if "coca" not in args.skip:
-            runs["coca"] = step_coca
+    if not {"coca", "coca_base", "siglip"} <= set(args.skip):
+        coca_step, step_siglip = open_clip_steps(cfg, args.batch, args.text, args.image, device, dtype_ctx)
+        L = cfg.num_hidden_layers
+        if "coca" not in args.skip:  # a caption token passes L layers, as in GenLIP (CoCa-Large proportions)
+            runs["coca"] = coca_step(L // 2)
+        if "coca_base" not in args.skip:  # L unimodal + L multimodal layers (CoCa-Base proportions)
+            runs["coca_base"] = coca_step(L)
         if "siglip" not in args.skip:
             runs["siglip"] = step_siglip
-    res = {}
-    for name, fn in runs.items():
-        f = flops if name in ("genlip", "plain") else counted_flops(fn)
+    step_flops = {name: flops if name in ("genlip", "plain") else counted_flops(fn) for name, fn in runs.items()}
 
-        def timed(fn=fn):
+    def synced(fn):
+        def call():
             fn()
             sync()
+        return call
 
-        sec = timeit(timed, warmup=3 if name == "genlip" and (args.gpu or args.compile) else 2, iters=args.steps)
-        res[name] = {"sec_per_step": sec, "samples_per_s": args.batch / sec, "gflops_per_step": f / 1e9,
-                     "mfu": f / sec / 1e9 / peak}
-    peak2 = device_peak_gflops(device)[0] if device.type == "cpu" else peak
-    peak = max(peak, peak2)
-    for r in res.values():
-        r["mfu"] = r["gflops_per_step"] / r["sec_per_step"] / peak
+    def peak_now():  # the fp32 peak right after each step, so every step has a peak of the same moment
+        return matmul_peak_gflops(reps=3) if device.type == "cpu" else peak
+
+    times, peaks = interleaved_times({k: synced(fn) for k, fn in runs.items()}, rounds=args.steps,
+                                     warmup=3 if args.gpu or args.compile else 2, after=peak_now)
+    res = {}
+    for name, ts in times.items():
+        sec = median(ts)
+        f = step_flops[name] / 1e9
+        res[name] = {"sec_per_step": sec, "samples_per_s": args.batch / sec, "gflops_per_step": f,
+                     **mfu_summary(f, ts, peaks[name]), "step_times": [round(t, 4) for t in ts],
+                     "peaks": [round(p) for p in peaks[name]]}
     n_img = (args.image // cfg.patch_size) ** 2
     tok = args.batch * (n_img + args.text)
     ratios = {f"genlip_vs_{k}": res["genlip"]["samples_per_s"] / res[k]["samples_per_s"] for k in res if k != "genlip"}
+    # per-round ratios: each round's steps ran back to back, so their ratio is the least disturbed figure
+    round_ratios = {f"genlip_vs_{k}": sorted(b / a for a, b in zip(times["genlip"], times[k]))
+                    for k in times if k != "genlip"}
     out = {"config": args.config, "device": str(device), "compiled": bool(args.gpu or args.compile),
-           "batch": args.batch, "image": args.image,
-           "text": args.text, "peak_gflops": peak, "peak_source": peak_src, "results": res, "ratios": ratios,
+           "cpu_allocator": allocator, "batch": args.batch, "image": args.image,
+           "text": args.text, "peak_source": peak_src,
+           "results": res, "ratios": ratios, "per_round_ratios": round_ratios,
            "genlip_tokens_per_s": tok / res["genlip"]["sec_per_step"]}
     print(json.dumps(out))
     for k, r in res.items():
-        print(f"| {k} | {r['samples_per_s']:.2f} | {r['gflops_per_step']:.0f} | {r['mfu']:.0%} | "
-              f"{res['genlip']['samples_per_s'] / r['samples_per_s']:.2f}x |")
+        rr = round_ratios.get(f"genlip_vs_{k}")
+        spread = f" (rounds {rr[0]:.2f}-{rr[-1]:.2f})" if rr else ""
+        print(f"| {k} | {r['samples_per_s']:.2f} | {r['gflops_per_step']:.0f} | {r['mfu']:.0%} "
+              f"({r['mfu_conservative']:.0%}) | "
+              f"{res['genlip']['samples_per_s'] / r['samples_per_s']:.2f}x{spread} |")
 
 
 if __name__ == "__main__":

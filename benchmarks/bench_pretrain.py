@@ -19,7 +19,15 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import genlip_train_flops, matmul_peak_gflops, timeit  # noqa: E402
+from common import (  # noqa: E402
+    add_allocator_arg,
+    apply_allocator,
+    genlip_train_flops,
+    interleaved_times,
+    matmul_peak_gflops,
+    median,
+    mfu_summary,
+)
 
 from genlip.config import genlip_config  # noqa: E402
 from genlip.modeling import GenLIPForCaptioning  # noqa: E402
@@ -44,11 +52,14 @@ def train_step_bench(cfg, batch: int, n_text: int, image: int, steps: int, loss_
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    sec = timeit(step, warmup=2, iters=steps)
+    # the fp32 peak is re-measured right after every step, so each step is compared with the machine of its moment
+    times, peaks = interleaved_times({"step": step}, rounds=steps, warmup=2, after=lambda: matmul_peak_gflops(reps=3))
+    sec = median(times["step"])
     n_img = (image // cfg.patch_size) ** 2
-    flops = genlip_train_flops(cfg, n_img, n_text, batch, int((labels != -100).sum()))
+    gflops = genlip_train_flops(cfg, n_img, n_text, batch, int((labels != -100).sum())) / 1e9
     return {"sec_per_step": sec, "samples_per_s": batch / sec, "tokens_per_s": batch * (n_img + n_text) / sec,
-            "gflops_per_step": flops / 1e9, "achieved_gflops": flops / sec / 1e9}
+            "gflops_per_step": gflops, "achieved_gflops": gflops / sec,
+            **mfu_summary(gflops, times["step"], peaks["step"]), "step_times": [round(t, 3) for t in times["step"]]}
 
 
 def loader_bench(image: int, samples: int = 512) -> float:
@@ -83,20 +94,20 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--loss-impl", default="plain")
     ap.add_argument("--no-loader", action="store_true")
+    add_allocator_arg(ap)
     args = ap.parse_args()
+    allocator = apply_allocator(args.cpu_allocator)
     torch.set_num_threads(os.cpu_count() or 1)
     cfg = genlip_config(args.config, attn_backend="segments")
-    peak_before = matmul_peak_gflops()
     res = train_step_bench(cfg, args.batch, args.text, args.image, args.steps, args.loss_impl)
-    peak_after = matmul_peak_gflops()
-    peak = max(peak_before, peak_after)
-    res.update({"config": args.config, "batch": args.batch, "threads": torch.get_num_threads(),
-                "matmul_peak_gflops": peak, "mfu": res["achieved_gflops"] / peak})
+    peak = res["peak_gflops_best"]
+    res.update({"config": args.config, "cpu_allocator": allocator, "batch": args.batch,
+                "threads": torch.get_num_threads()})
     if not args.no_loader:
         res["loader_samples_per_s_1_worker"] = loader_bench(args.image)
     print(json.dumps(res))
     print(f"| {args.config} b{args.batch} | {res['samples_per_s']:.1f} | {res['tokens_per_s']:.0f} | "
-          f"{res['achieved_gflops']:.0f} | {peak:.0f} | {res['mfu']:.0%} | "
+          f"{res['achieved_gflops']:.0f} | {peak:.0f} | {res['mfu']:.0%} ({res['mfu_conservative']:.0%}) | "
           f"{res.get('loader_samples_per_s_1_worker', float('nan')):.0f} |")
 
 

@@ -13,7 +13,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import matmul_peak_gflops, timeit  # noqa: E402
+from common import add_allocator_arg, apply_allocator, matmul_peak_gflops, timeit  # noqa: E402
 
 from genlip.attention import build_plan  # noqa: E402
 from genlip.config import genlip_config  # noqa: E402
@@ -97,8 +97,14 @@ def train_throughput(row_len: int = 4096, rows: int = 1, steps: int = 5) -> dict
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_allocator_arg(ap)
+    args = ap.parse_args()
+    allocator = apply_allocator(args.cpu_allocator)
     torch.set_num_threads(os.cpu_count() or 1)
-    res = {"packing": packing_fill(), "attention_4096": attention()}
+    res = {"cpu_allocator": allocator, "packing": packing_fill(), "attention_4096": attention()}
     peak0 = matmul_peak_gflops()
     res["train"] = train_throughput()
     peak = max(peak0, matmul_peak_gflops())

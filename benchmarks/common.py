@@ -20,6 +20,53 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 8) -> float:
     return best
 
 
+def add_allocator_arg(ap) -> None:
+    ap.add_argument("--cpu-allocator", default="retain", choices=["retain", "system"],
+                    help="glibc malloc setting for the whole process, as the trainers' train.cpu_allocator "
+                         "(default: retain, what the trainers do)")
+
+
+def apply_allocator(mode: str) -> str:
+    from genlip.runtime import configure_cpu_allocator
+
+    return configure_cpu_allocator(mode)
+
+
+def interleaved_times(fns: dict, rounds: int, warmup: int = 2, after=None) -> tuple[dict, dict]:
+    """Seconds per call of each function, measured round-robin (one call of each per round) so that a slow spell
+    of the machine hits every contender alike. ``after()`` runs right after every timed call and its value is kept
+    beside that call's time (e.g. the matmul peak at that moment). Returns ``(times, afters)`` keyed like ``fns``."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    afters: dict[str, list] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+            if after is not None:
+                afters[k].append(after())
+    return times, afters
+
+
+def mfu_summary(gflops: float, times: list[float], peaks: list[float]) -> dict:
+    """MFU three ways: ``mfu`` pairs each step with the peak measured right after it (the same moment of the
+    machine) and takes the median; ``mfu_conservative`` is the median step against the best peak of the run;
+    ``mfu_best`` the fastest step against the best peak."""
+    per_step = [gflops / t / p for t, p in zip(times, peaks)]
+    best_peak = max(peaks)
+    return {"mfu": median(per_step), "mfu_conservative": gflops / median(times) / best_peak,
+            "mfu_best": gflops / min(times) / best_peak, "peak_gflops_best": best_peak}
+
+
+def median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+
 def timeit(fn, warmup: int = 3, iters: int = 10) -> float:
     """Median seconds per call."""
     for _ in range(warmup):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from genlip.runtime import ALLOCATOR_MODES
+
 
 @dataclass
 class MllmModelRecipe:
@@ -62,12 +64,17 @@ class MllmTrainRecipe:
     max_grad_norm: float = 1.0
     seed: int = 0
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    cpu_allocator: str = "retain"  # retain (keep freed memory in the process; see genlip.runtime) | system
     deepspeed: str | None = None  # a DeepSpeed JSON config (recipes/mllm/deepspeed/zero{2,3}.json)
     gradient_checkpointing: bool = False
     save_steps: int = 500
     save_total_limit: int = 2
     logging_steps: int = 10
     resume: str = "auto"  # auto | none | a checkpoint directory
+
+    def __post_init__(self) -> None:
+        if self.cpu_allocator not in ALLOCATOR_MODES:
+            raise ValueError(f"train.cpu_allocator must be one of {ALLOCATOR_MODES}, not {self.cpu_allocator!r}")
 
 
 @dataclass

@@ -128,6 +128,10 @@ def train(recipe: MllmRecipe) -> Path:
     t = recipe.train
     rank, _, ws = D.world()
     cuda = torch.cuda.is_available()
+    if not cuda:
+        from genlip.runtime import configure_cpu_allocator
+
+        configure_cpu_allocator(t.cpu_allocator)
     if t.deepspeed and not cuda:
         _cpu_deepspeed_state()
     elif ws > 1 and not cuda:

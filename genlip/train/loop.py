@@ -22,6 +22,7 @@ from genlip.data.dataset import PretrainStream, make_loader, split_meta
 from genlip.data.decode import SkipStats
 from genlip.loss import count_supervised
 from genlip.modeling import GenLIPForCaptioning
+from genlip.runtime import configure_cpu_allocator
 from genlip.train import checkpoint as C
 from genlip.train import dist as D
 from genlip.train.data_setup import build_stream_parts
@@ -88,6 +89,7 @@ class _Preempt:
 
 def train(recipe: Recipe) -> Path:
     device = D.init()
+    allocator = configure_cpu_allocator(recipe.train.cpu_allocator) if device.type == "cpu" else "cuda caching"
     rank, _, ws = D.world()
     run_dir = Path(recipe.train.output_dir)
     torch.manual_seed(recipe.train.seed)  # identical initial weights on every rank
@@ -126,7 +128,8 @@ def train(recipe: Recipe) -> Path:
     n_params = sum(p.numel() for p in model.parameters())
     D.print0(f"GenLIP stage {recipe.stage} | {recipe.model.preset} {n_params / 1e6:.1f}M params | world {ws} x "
              f"micro {t.micro_batch} x accum {accum} = {t.global_batch} per step | {t.steps} steps | "
-             f"{ws * dataset.streams_per_rank} data streams | device {device.type} | run dir {run_dir}")
+             f"{ws * dataset.streams_per_rank} data streams | device {device.type} (allocator: {allocator}) | "
+             f"run dir {run_dir}")
     logger = RunLogger(run_dir, recipe, t.steps, state["step"])
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and t.precision != "fp32"
                 else contextlib.nullcontext())

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from genlip.data.sources import SourceSpec
+from genlip.runtime import ALLOCATOR_MODES
 
 
 @dataclass
@@ -74,6 +75,11 @@ class TrainRecipe:
     parallel: str = "ddp"  # ddp | fsdp (used when WORLD_SIZE > 1)
     skip_nonfinite: bool = False  # skip (and count) a step with a NaN/inf loss or gradient instead of stopping
     max_nonfinite_skips: int = 10
+    cpu_allocator: str = "retain"  # retain (keep freed memory in the process; see genlip.runtime) | system
+
+    def __post_init__(self) -> None:
+        if self.cpu_allocator not in ALLOCATOR_MODES:
+            raise ValueError(f"train.cpu_allocator must be one of {ALLOCATOR_MODES}, not {self.cpu_allocator!r}")
 
 
 @dataclass
