@@ -69,4 +69,7 @@ def configure_cpu_allocator(mode: str) -> str:
     """Apply a recipe's ``train.cpu_allocator`` (``retain`` or ``system``); returns what was done."""
     if mode not in ALLOCATOR_MODES:
         raise ValueError(f"cpu_allocator must be one of {ALLOCATOR_MODES}, not {mode!r}")
-    return retain_freed_memory() if mode == "retain" else "system"
+    if mode == "retain":
+        return retain_freed_memory()
+    # mallopt settings cannot be taken back to glibc's adaptive defaults; say so instead of claiming "system"
+    return "retain (set earlier in this process)" if _applied == "retain" else "system"
