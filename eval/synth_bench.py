@@ -55,7 +55,7 @@ def write_synth_benchmarks(out: str | Path, samples: int = 50, seed: int = 1000)
     import yaml
     from datasets import Dataset, Features, Image, Sequence, Value
 
-    out = Path(out)
+    out = Path(out).resolve()  # the task files name their data by absolute path: lmms-eval runs elsewhere
     (out / "data").mkdir(parents=True, exist_ok=True)
     (out / "tasks").mkdir(parents=True, exist_ok=True)
     feats = {

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,3 +193,21 @@ def test_report_tables_charts_and_bootstrap_comparison(setup, tmp_path):
         assert cmp.loc[name, "ci_low"] <= cmp.loc[name, "diff"] <= cmp.loc[name, "ci_high"]
     assert "corpus-level" in cmp.loc["SynthCap", "note"]
     assert "trained - untrained" in (out / "report.md").read_text()
+
+
+def test_synth_task_files_name_their_data_by_absolute_path(tmp_path, monkeypatch):
+    # lmms-eval runs in another working directory, so a relative output dir must not leak into the task files
+    import yaml
+
+    class Loader(yaml.SafeLoader):  # lmms-eval's `!function` tags are not ours to resolve here
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    monkeypatch.chdir(tmp_path)
+    bench = write_synth_benchmarks("runs/bench", samples=2)
+    files = sorted((bench / "tasks").glob("*.yaml"))
+    assert files
+    for f in files:
+        cfg = yaml.load(f.read_text(), Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
+        for path in cfg["dataset_kwargs"]["data_files"].values():
+            assert Path(path).is_absolute() and Path(path).exists(), (f.name, path)
