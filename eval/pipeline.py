@@ -314,10 +314,17 @@ def verdict(cells: dict[str, dict], cmp: dict[str, list[dict]]) -> list[str]:
     other = [b.name for b in suite if b.group != READING_GROUP]
     if reading and other:
         top = max(gaps, key=gaps.get)
+        both_blind = set(const.get("genlip", [])) & set(const.get("contrastive", []))
+        if gaps[top] <= 0:
+            answer = "no** (GenLIP is ahead on no benchmark)"
+        elif top in both_blind:
+            answer = "not shown** (both encoders' MLLMs answer it without looking at the image)"
+        else:
+            answer = f"{'yes' if top in reading else 'no'}**"
         lines.append(f"- Largest GenLIP - contrastive gap: {top} ({gaps[top]:+.1f}); reading tasks "
                      f"({', '.join(reading)}) mean gap {sum(gaps[n] for n in reading) / len(reading):+.1f} vs "
                      f"{sum(gaps[n] for n in other) / len(other):+.1f} on the rest. Largest gap on a reading task: "
-                     f"**{'yes' if top in reading else 'no'}**.")
+                     f"**{answer}.")
     return lines
 
 

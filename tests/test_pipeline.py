@@ -68,3 +68,38 @@ def test_tiny_pipeline_end_to_end_and_resume(tmp_path):
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert again.returncode == 0 and again.stdout.count("all reused") == 3, again.stdout[-2000:]
     assert "GenLIP stage 1 ..." not in again.stdout and time.time() - t < 240
+
+
+def _cell(tmp_path, name, scores, answers):
+    """A sweep cell as the verdict reads it: per-benchmark scores and lmms-eval sample logs with these answers."""
+    from eval.suites import SUITES
+
+    d = tmp_path / name
+    d.mkdir()
+    for b in SUITES["synth"]:
+        lines = [json.dumps({"filtered_resps": [a]}) for a in answers[b.name]]
+        (d / f"x_samples_{b.task}.jsonl").write_text("\n".join(lines))
+    return {"suite": "synth", "samples_dir": str(d), "benchmarks": scores,
+            "averages": {"ALL AVG": sum(scores.values()) / len(scores)}}
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("all_equal", "no** (GenLIP is ahead on no benchmark)"),
+    ("gap_on_blind_answers", "not shown**"),
+    ("gap_on_reading", "**yes**"),
+    ("gap_on_caption", "**no**"),
+])
+def test_reading_gap_verdict_needs_image_dependent_answers(tmp_path, case, expect):
+    from eval.pipeline import verdict
+
+    varied, const = ["a", "b", "c"], ["a", "a", "a"]
+    zero = {"SynthDoc": 0.0, "SynthChart": 0.0, "SynthCap": 0.0}
+    g_scores = {"all_equal": zero, "gap_on_blind_answers": {**zero, "SynthDoc": 5.0},
+                "gap_on_reading": {**zero, "SynthDoc": 5.0}, "gap_on_caption": {**zero, "SynthCap": 5.0}}[case]
+    answers = {n: (const if case == "gap_on_blind_answers" else varied) for n in zero}
+    cells = {"genlip": _cell(tmp_path, "g", g_scores, answers),
+             "contrastive": _cell(tmp_path, "c", zero, answers),
+             "random": _cell(tmp_path, "r", zero, answers)}
+    lines = verdict(cells, {"contrastive": []})
+    gap_line = next(line for line in lines if "Largest gap on a reading task" in line)
+    assert expect in gap_line, gap_line
