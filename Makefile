@@ -1,25 +1,42 @@
 # Two commands for a fresh machine with only Python: `make test` and `make demo`.
-# Each creates .venv and installs the project into it first (once; re-run after pyproject.toml changes).
+# Each creates .venv and installs the project into it first, with the exact versions of the lock
+# (requirements/lock.txt + requirements/torch.txt; re-run after either or pyproject.toml changes).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# PyTorch with the torchvision that lmms-eval needs (on these machines both wheels come from local disk); on a GPU
-# machine set TORCH_SPEC to your CUDA wheels before `make`.
-TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# The PyTorch wheels. Default: the locked stack the suite passed with (PyPI's torch 2.14.1 + torchvision 0.29.1,
+# which run on the CPU and on CUDA 12 GPUs). For other CUDA wheels name them, e.g.
+#   make setup TORCH_SPEC="torch==2.11.0 torchvision==0.26.0 --index-url https://download.pytorch.org/whl/cu126"
+ifeq ($(origin TORCH_SPEC),undefined)
+TORCH_SPEC := -r requirements/torch.txt
+LOCK_CHECK :=
+else
+LOCK_CHECK := --torch-unlocked
+endif
 EXTRAS ?= dev,mllm,eval,tools
+PIP := $(BIN)/python -m pip install --quiet -c requirements/lock.txt
+# `make lock`: the versions to lock are resolved afresh from pyproject.toml's ranges, with this PyTorch
+LOCK_TORCH ?= torch==2.14.1 torchvision==0.29.1
+LOCK_VENV := .lock-venv
 
-.PHONY: test demo pipeline lint setup clean
+.PHONY: test demo pipeline lint setup check-env lock clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements/lock.txt requirements/torch.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
-	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --no-build-isolation "deepspeed>=0.15"
+	$(PIP) setuptools
+	$(PIP) $(TORCH_SPEC)
+	$(PIP) -e ".[$(EXTRAS)]"
+	DS_BUILD_OPS=0 $(PIP) --no-build-isolation deepspeed
 	touch $@
 
-test: setup
+# the environment is the locked one and consistent
+check-env: setup
+	$(BIN)/python -m pip check
+	$(BIN)/python requirements/lock.py check $(LOCK_CHECK)
+
+test: check-env
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
@@ -31,12 +48,25 @@ demo: setup
 	$(BIN)/genlip-mllm chat --model runs/mllm_finetune_tiny_cpu/final \
 	  --image "$${GENLIP_HOME:-$$HOME/.cache/genlip}/sft-n512-s0/images/000003.png" --prompt "Which bar is the tallest?"
 
-# the whole chain on generated data: GenLIP vs a same-budget contrastive encoder vs a random one (~10 min, CPU)
+# the whole chain on generated data: GenLIP vs a same-budget contrastive encoder vs a random one (CPU; BENCHMARKS.md)
 pipeline: setup
 	$(BIN)/genlip-eval pipeline
 
 lint: setup
 	$(BIN)/ruff check .
 
+# Re-resolve the newest versions that pyproject.toml allows in a scratch environment and freeze them into
+# requirements/*.txt; then run `make clean test` and commit the lock with the change that needed it.
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade setuptools
+	$(LOCK_VENV)/bin/python -m pip install --quiet $(LOCK_TORCH)
+	$(LOCK_VENV)/bin/python -m pip install --quiet ".[$(EXTRAS),bench]"
+	DS_BUILD_OPS=0 $(LOCK_VENV)/bin/python -m pip install --quiet --no-build-isolation "deepspeed>=0.15"
+	$(LOCK_VENV)/bin/python -m pip check
+	$(PYTHON) requirements/lock.py write $(LOCK_VENV)/bin/python
+	rm -rf $(LOCK_VENV)
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(LOCK_VENV) build *.egg-info

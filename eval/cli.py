@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--limit", type=int, default=None, help="at most N samples per task (a quick check)")
     r.add_argument("--max-new-tokens", type=int, default=None)
     r.add_argument("--tasks-dir", default=None, help="task files from `genlip-eval local-tasks` (local exports)")
+    r.add_argument("--force", action="store_true", help="run lmms-eval again even if --out already holds these scores")
     sw = sub.add_parser("sweep", help="a grid of encoders x LLMs x protocols x suites (resumable)")
     sw.add_argument("--grid", required=True)
     rp = sub.add_parser("report", help="tables, charts and pairwise comparisons of evaluated cells")
@@ -43,16 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--suite", action="append", help="every task of these suites (repeatable)")
     g.add_argument("--tasks", help="comma-separated lmms-eval task or group names")
     pp = sub.add_parser("pipeline", help="the whole chain on generated data, GenLIP vs contrastive vs random")
-    pp.add_argument("--config", default=None, help="default: recipes/pipeline/cpu_compare.yaml")
+    pp.add_argument("--config", default=None, help="a config file, or a bundled one (default: cpu_compare)")
     pp.add_argument("--out", default=None, help="default: the config's out")
     args = ap.parse_args(argv)
     if args.cmd == "pipeline":
         from eval.pipeline import run_pipeline
-        from genlip.train.cli import recipes_dir
+        from genlip.resources import resolve
 
-        cfg = args.config or str(recipes_dir() / "pipeline" / "cpu_compare.yaml")
         try:
-            report = run_pipeline(cfg, args.out)
+            report = run_pipeline(resolve(args.config or "cpu_compare", "pipeline"), args.out)
         except (RuntimeError, ValueError, FileNotFoundError) as e:
             print(f"genlip-eval: {e}", file=sys.stderr)
             return 1
@@ -104,10 +104,13 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out or str(Path("results") / Path(args.model).resolve().parent.name / args.suite)
     try:
-        res = run_suite(args.model, args.suite, out, args.limit, args.max_new_tokens, tasks_dir=args.tasks_dir)
+        res = run_suite(args.model, args.suite, out, args.limit, args.max_new_tokens, tasks_dir=args.tasks_dir,
+                        reuse=not args.force)
     except (EvalError, KeyError, FileNotFoundError) as e:
         print(f"genlip-eval: {e}", file=sys.stderr)
         return 1
+    if res.get("reused"):
+        print(f"already evaluated: {Path(out) / 'scores.json'} holds these scores (--force runs lmms-eval again)")
     width = max(len(k) for k in [*res["benchmarks"], *res["averages"]])
     for k, v in [*res["benchmarks"].items(), *res["averages"].items()]:
         print(f"{k:{width}s}  {v:8.2f}")

@@ -105,7 +105,7 @@ def pretrain_encoders(cfg: dict, root: Path, timings: dict) -> dict[str, Path]:
                                           f"train.output_dir={s2}", f"train.seed={cfg['seed']}"],
                                          logs / "genlip_stage2.log", "GenLIP stage 2")
     budget = _samples_seen(s1) + _samples_seen(s2)
-    from genlip.train.cli import resolve_recipe
+    from genlip.resources import resolve_recipe
     from genlip.train.recipe import load_recipe
 
     r1 = load_recipe(resolve_recipe(cfg["stage1"]["recipe"], "genlip"), cfg["stage1"].get("overrides", []))

@@ -21,16 +21,26 @@ class EvalError(RuntimeError):
 
 def run_suite(model_dir: str | Path, suite: str, out_dir: str | Path, limit: int | None = None,
               max_new_tokens: int | None = None, timeout: float | None = None,
-              tasks_dir: str | Path | None = None) -> dict:
+              tasks_dir: str | Path | None = None, reuse: bool = True) -> dict:
     """Run ``suite`` on ``model_dir``; writes ``out_dir/raw`` (lmms-eval output) and ``out_dir/scores.json``.
     Returns ``{"benchmarks": {name: paper-scale value}, "averages": {...}, "raw": {task: {metric: value}}}``.
 
     ``tasks_dir``: task files written by ``genlip-eval local-tasks`` (local exports of the benchmark datasets); every
-    task of the suite must be there, and runs under its local name."""
+    task of the suite must be there, and runs under its local name.
+
+    ``reuse``: when ``out_dir/scores.json`` already holds this model's scores on this suite with the same limit and
+    generation length, return them (``"reused": True``) instead of running lmms-eval again."""
     if suite not in SUITES:
         raise KeyError(f"unknown suite {suite!r}; choose one of {sorted(SUITES)}")
     benches = SUITES[suite]
     out = Path(out_dir)
+    settings = {"model_path": str(Path(model_dir).resolve()), "suite": suite, "limit": limit,
+                "max_new_tokens": max_new_tokens,
+                "tasks_dir": str(Path(tasks_dir).resolve()) if tasks_dir is not None else None}
+    if reuse and (out / "scores.json").exists():
+        prev = json.loads((out / "scores.json").read_text())
+        if all(prev.get(k) == v for k, v in settings.items()):
+            return {**prev, "reused": True}
     out.mkdir(parents=True, exist_ok=True)
     tasks = sorted({b.task for b in benches})
     run_as = {t: t for t in tasks}  # suite task -> the task lmms-eval runs
@@ -84,7 +94,7 @@ def run_suite(model_dir: str | Path, suite: str, out_dir: str | Path, limit: int
         if not isinstance(value, (int, float)):
             raise EvalError(f"{b.task} has no numeric {b.metric!r} (got {value!r}); see {out / 'lmms_eval.log'}")
         scores[b.name] = b.paper_value(float(value))
-    result = {"model": str(model_dir), "suite": suite, "benchmarks": scores, "averages": averages(benches, scores),
+    result = {"model": str(model_dir), **settings, "benchmarks": scores, "averages": averages(benches, scores),
               "raw": {t: {k: v for k, v in raw[t].items() if isinstance(v, (int, float))} for t in tasks},
               "samples_dir": str(new[-1].parent), "tasks": run_as}
     (out / "scores.json").write_text(json.dumps(result, indent=1))

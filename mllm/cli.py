@@ -2,8 +2,8 @@
 
     genlip-mllm pretrain                    # alignment (projector only), tiny CPU recipe on generated data
     genlip-mllm finetune                    # instruction tuning from the aligned model
-    genlip-mllm pretrain --recipe recipes/mllm/pretrain_qwen2.5-1.5b.yaml model.vision=/ckpt/genlip-so16 ...
-    torchrun --nproc_per_node 8 -m mllm.cli finetune --recipe ... train.deepspeed=recipes/mllm/deepspeed/zero3.json
+    genlip-mllm pretrain --recipe pretrain_qwen2.5-1.5b model.vision=/ckpt/genlip-so16 model.llm=/models/qwen2.5
+    torchrun --nproc_per_node 8 -m mllm.cli finetune --recipe ... train.deepspeed=zero3   # or a JSON path
     genlip-mllm chat --model runs/mllm_finetune_tiny_cpu/final --image x.png --prompt "What does the text say?"
 """
 
@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shlex
 import sys
-from pathlib import Path
+
+from genlip.resources import ResourceNotFound, bundled_names, resolve_recipe
 
 DEFAULTS = {"pretrain": "pretrain_tiny_cpu", "finetune": "finetune_tiny_cpu"}
-
-
-def _recipe_path(name: str) -> Path:
-    from genlip.train.cli import resolve_recipe
-
-    return resolve_recipe(name, "mllm")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     for stage in ("pretrain", "finetune"):
         s = sub.add_parser(stage, help=f"{stage} an MLLM from a recipe")
-        s.add_argument("--recipe", default=DEFAULTS[stage])
+        s.add_argument("--recipe", default=DEFAULTS[stage],
+                       help="a recipe YAML path, or a bundled recipe: " + ", ".join(bundled_names("mllm"))
+                       + " (default: %(default)s)")
         s.add_argument("--print-recipe", action="store_true")
         s.add_argument("overrides", nargs="*")
     c = sub.add_parser("chat", help="answer one question about one image")
@@ -56,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     from mllm.recipe import MllmRecipe
 
     try:
-        recipe = load_recipe(_recipe_path(args.recipe), args.overrides, cls=MllmRecipe)
-    except RecipeError as e:
+        recipe = load_recipe(resolve_recipe(args.recipe, "mllm"), args.overrides, cls=MllmRecipe)
+    except (RecipeError, ResourceNotFound) as e:
         print(f"genlip-mllm: bad recipe: {e}", file=sys.stderr)
         return 2
     if recipe.stage != args.cmd:
@@ -68,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(yaml.safe_dump(to_dict(recipe), sort_keys=False))
         return 0
+    if recipe.train.deepspeed and "WORLD_SIZE" not in os.environ:
+        again = shlex.join([args.cmd, "--recipe", args.recipe, *args.overrides])
+        print(f"genlip-mllm: train.deepspeed needs a distributed launcher; run "
+              f"`torchrun --nproc_per_node <GPUs> -m mllm.cli {again}`", file=sys.stderr)
+        return 2
     from mllm.train import train
 
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from genlip.resources import resolve_deepspeed
 from genlip.runtime import ALLOCATOR_MODES
 
 
@@ -65,7 +66,7 @@ class MllmTrainRecipe:
     seed: int = 0
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     cpu_allocator: str = "retain"  # retain (keep freed memory in the process; see genlip.runtime) | system
-    deepspeed: str | None = None  # a DeepSpeed JSON config (recipes/mllm/deepspeed/zero{2,3}.json)
+    deepspeed: str | None = None  # zero2 | zero3 (bundled) | a DeepSpeed JSON path; resolved to a full path at load
     gradient_checkpointing: bool = False
     save_steps: int = 500
     save_total_limit: int = 2
@@ -75,6 +76,8 @@ class MllmTrainRecipe:
     def __post_init__(self) -> None:
         if self.cpu_allocator not in ALLOCATOR_MODES:
             raise ValueError(f"train.cpu_allocator must be one of {ALLOCATOR_MODES}, not {self.cpu_allocator!r}")
+        if self.deepspeed:  # checked here, before any model is loaded
+            self.deepspeed = str(resolve_deepspeed(self.deepspeed))
 
 
 @dataclass

@@ -126,6 +126,10 @@ def train(recipe: MllmRecipe) -> Path:
     from mllm.processing import ConversationEncoder
 
     t = recipe.train
+    final = Path(t.output_dir) / "final"
+    if t.resume != "none" and (final / "recipe.yaml").exists():  # recipe.yaml is the last file a finished run writes
+        D.print0(f"already finished: {final} holds the trained model (train.resume=none trains it again)")
+        return final
     rank, _, ws = D.world()
     cuda = torch.cuda.is_available()
     if not cuda:

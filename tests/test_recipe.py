@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from genlip.train.cli import resolve_recipe
+from genlip.resources import resolve_recipe
 from genlip.train.recipe import RecipeError, load_recipe
 
 

@@ -1,7 +1,8 @@
 """``genlip-pretrain``: train a GenLIP encoder from a recipe (both stages; stage 2 is just another recipe).
 
     genlip-pretrain                                   # the tiny CPU recipe on the embedded generated corpus
-    genlip-pretrain --recipe recipes/genlip/stage1_So16.yaml data.sources.0.path='/data/shards/{00000..09999}.tar'
+    genlip-pretrain --recipe stage1_So16 data.sources.0.path='/data/shards/{00000..09999}.tar'
+    genlip-pretrain --recipe my_recipe.yaml           # a file of one's own
     torchrun --nproc_per_node 8 -m genlip.train.cli --recipe ... train.parallel=fsdp
 """
 
@@ -10,31 +11,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
+
+from genlip.resources import ResourceNotFound, bundled_names, resolve_recipe
 
 DEFAULT_RECIPE = "stage1_tiny_cpu"
-
-
-def recipes_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "recipes"
-
-
-def resolve_recipe(name: str, kind: str = "genlip") -> Path:
-    """A path, or a recipe name under ``recipes/<kind>`` (``stage1_tiny_cpu``, ``finetune_tiny_cpu``)."""
-    p = Path(name)
-    if p.exists():
-        return p
-    for cand in (recipes_dir() / kind / name, recipes_dir() / kind / f"{name}.yaml"):
-        if cand.exists():
-            return cand
-    known = sorted(q.stem for q in (recipes_dir() / kind).glob("*.yaml"))
-    raise SystemExit(f"recipe {name!r} not found (a path, or one of {known})")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="genlip-pretrain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", default=DEFAULT_RECIPE, help="recipe YAML path or name (default: %(default)s)")
+    parser.add_argument("--recipe", default=DEFAULT_RECIPE,
+                        help="a recipe YAML path, or a bundled recipe: " + ", ".join(bundled_names("genlip"))
+                        + " (default: %(default)s)")
     parser.add_argument("--resume", default=None, help="auto (default in recipes) | none | a checkpoint directory")
     parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=2e-4 train.steps=100")
@@ -51,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
     try:
         recipe = load_recipe(resolve_recipe(args.recipe), overrides)
-    except RecipeError as e:
+    except (RecipeError, ResourceNotFound) as e:
         print(f"genlip-pretrain: bad recipe: {e}", file=sys.stderr)
         return 2
     if args.print_recipe:

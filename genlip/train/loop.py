@@ -8,6 +8,7 @@ same update as one big batch.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -89,6 +90,11 @@ class _Preempt:
 
 def train(recipe: Recipe) -> Path:
     device = D.init()
+    done = _finished(recipe)
+    if done is not None:
+        D.print0(f"already finished: {recipe.train.output_dir} reached step {recipe.train.steps}; final weights: "
+                 f"{done} (raise train.steps to train on, or --resume none to start again)")
+        return Path(recipe.train.output_dir)
     allocator = configure_cpu_allocator(recipe.train.cpu_allocator) if device.type == "cpu" else "cuda caching"
     rank, _, ws = D.world()
     run_dir = Path(recipe.train.output_dir)
@@ -139,6 +145,7 @@ def train(recipe: Recipe) -> Path:
     # fault injection for tests: make these steps' loss (and so every gradient) NaN
     inject_nan = {int(x) for x in os.environ.get("GENLIP_INJECT_NAN_STEPS", "").split(",") if x.strip()}
     step, last_saved = state["step"], state["step"]
+    loss = float("nan")
     tic = time.time()
     wrapped.train()
     try:
@@ -218,6 +225,15 @@ def train(recipe: Recipe) -> Path:
         D.print0(f"done: {t.steps} steps, final loss {loss:.4f}; skipped records: {stats.n_skipped} "
                  f"{dict(stats.skipped)}; final weights: {run_dir / 'checkpoints' / f'{C.STEP_PREFIX}{step:08d}'}")
     return run_dir
+
+
+def _finished(recipe: Recipe) -> Path | None:
+    """The checkpoint of a run that already reached ``train.steps`` (what a second run of the same command finds)."""
+    ckpt = C.find_resume(Path(recipe.train.output_dir), recipe.checkpoint.resume)
+    if ckpt is None:
+        return None
+    step = json.loads((ckpt / "trainer_state.json").read_text()).get("step", 0)
+    return ckpt if step >= recipe.train.steps else None
 
 
 def _gather_data_state(stream_states: dict, consumed: int) -> dict:

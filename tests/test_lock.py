@@ -1,0 +1,59 @@
+"""The lock (requirements/lock.txt + requirements/torch.txt) and pyproject.toml agree: every dependency of the
+project and of each extra is pinned, once, to a version that its range in pyproject.toml admits. (That the running
+environment is the locked one is checked by ``make check-env`` before the suite runs.)"""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import tomllib
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("lock", ROOT / "requirements" / "lock.py")
+lock = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(lock)
+
+
+def _requirements() -> list[tuple[str, Requirement]]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    out = [("dependencies", Requirement(r)) for r in project["dependencies"]]
+    for extra, reqs in project["optional-dependencies"].items():
+        out += [(extra, Requirement(r)) for r in reqs]
+    return out
+
+
+def test_every_requirement_is_pinned_within_its_range():
+    pins = lock.parse(lock.LOCK) | lock.parse(lock.TORCH_LOCK)
+    problems = []
+    for where, req in _requirements():
+        name = lock.norm(req.name)
+        if name not in pins:
+            problems.append(f"{where}: {req} is not in the lock")
+        elif not req.specifier.contains(pins[name], prereleases=True):
+            problems.append(f"{where}: {req} does not admit the locked {name}=={pins[name]}")
+    assert not problems, "run `make lock`: " + "; ".join(problems)
+
+
+def test_the_two_lock_files_split_the_torch_stack_and_pin_each_package_once():
+    main, torch = lock.parse(lock.LOCK), lock.parse(lock.TORCH_LOCK)
+    assert {"torch", "torchvision"} <= set(torch)
+    assert not set(main) & set(torch)
+    assert all(lock.TORCH_STACK.match(k) for k in torch) and not any(lock.TORCH_STACK.match(k) for k in main)
+    for f in (lock.LOCK, lock.TORCH_LOCK):
+        names = [lock.norm(line.split("==")[0]) for line in f.read_text().splitlines()
+                 if line.strip() and not line.startswith("#")]
+        assert len(names) == len(set(names)), f"{f.name} pins a package twice"
+
+
+def test_known_breaks_are_excluded_by_the_ranges():
+    reqs = {lock.norm(r.name): r for _, r in _requirements()}
+    # lmms-eval 0.7.3 imports filelock._api, which filelock 4.3 removed (every evaluation failed)
+    assert not reqs["filelock"].specifier.contains("4.3.1") and reqs["filelock"].specifier.contains("4.2.12")
+
+
+def test_a_bad_pin_line_is_refused(tmp_path):
+    f = tmp_path / "lock.txt"
+    f.write_text("torch>=2\n")
+    with pytest.raises(ValueError, match="not a `name==version` pin"):
+        lock.parse(f)
