@@ -15,6 +15,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from genlip.resources import ResourceNotFound
+from genlip.train.recipe import RecipeError
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="genlip-eval", description=__doc__,
@@ -47,12 +50,22 @@ def main(argv: list[str] | None = None) -> int:
     pp.add_argument("--config", default=None, help="a config file, or a bundled one (default: cpu_compare)")
     pp.add_argument("--out", default=None, help="default: the config's out")
     args = ap.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (RecipeError, ResourceNotFound) as e:  # a config file or value a user wrote: one line, before anything runs
+        print(f"genlip-eval: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "pipeline":
         from eval.pipeline import run_pipeline
         from genlip.resources import resolve
 
         try:
             report = run_pipeline(resolve(args.config or "cpu_compare", "pipeline"), args.out)
+        except (RecipeError, ResourceNotFound):
+            raise
         except (RuntimeError, ValueError, FileNotFoundError) as e:
             print(f"genlip-eval: {e}", file=sys.stderr)
             return 1

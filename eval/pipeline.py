@@ -26,39 +26,78 @@ import math
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from eval.suites import SUITES
+from eval.sweep import StageOverrides
 from genlip.train.checkpoint import list_checkpoints, resolve_weights_dir
+from genlip.train.recipe import build, to_dict
+from genlip.train.recipe import load_config as load_strict
 
-KEYS = {"out", "stage1", "stage2", "contrastive", "mllm", "eval", "seed"}
 READING_GROUP = "Doc&OCR"
 
 
+@dataclass
+class Stage1Entry:
+    recipe: str = "stage1_tiny_cpu"
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Stage2Entry:
+    recipe: str = "stage2_tiny_cpu"
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ContrastiveEntry:
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MllmEntry:
+    llm: str = "tiny"  # a local LLM directory, or the generated tiny Qwen2
+    image_size: int = 64
+    pretrain_recipe: str = "pretrain_tiny_cpu"
+    finetune_recipe: str = "finetune_tiny_cpu"
+    overrides: StageOverrides = field(default_factory=StageOverrides)
+
+
+@dataclass
+class PipelineEval:
+    suite: str = "synth"
+    limit: int | None = None
+    max_new_tokens: int = 16
+    resamples: int = 2000  # bootstrap resamples for every interval
+    probes: bool = True
+    probe_per_class: list[int] = field(default_factory=lambda: [40, 20])  # train, val images per class
+
+    def __post_init__(self) -> None:
+        if self.suite not in SUITES:
+            raise ValueError(f"eval.suite {self.suite!r} is not one of {sorted(SUITES)}")
+        if len(self.probe_per_class) != 2 or min(self.probe_per_class) < 1:
+            raise ValueError(f"eval.probe_per_class must be two positive counts, got {self.probe_per_class}")
+
+
+@dataclass
+class PipelineConfig:
+    """The schema of a pipeline config: unknown keys and bad values are errors at load."""
+
+    out: str = "runs/pipeline"
+    seed: int = 0
+    stage1: Stage1Entry = field(default_factory=Stage1Entry)
+    stage2: Stage2Entry = field(default_factory=Stage2Entry)
+    contrastive: ContrastiveEntry = field(default_factory=ContrastiveEntry)
+    mllm: MllmEntry = field(default_factory=MllmEntry)
+    eval: PipelineEval = field(default_factory=PipelineEval)
+
+
 def load_config(path: str | Path | None) -> dict:
-    cfg = yaml.safe_load(Path(path).read_text()) if path else {}
-    cfg = cfg or {}
-    unknown = set(cfg) - KEYS
-    if unknown:
-        raise ValueError(f"unknown pipeline keys {sorted(unknown)}; known: {sorted(KEYS)}")
-    cfg.setdefault("out", "runs/pipeline")
-    cfg.setdefault("seed", 0)
-    for k in ("stage1", "stage2", "contrastive", "mllm", "eval"):
-        cfg[k] = dict(cfg.get(k) or {})
-    cfg["stage1"].setdefault("recipe", "stage1_tiny_cpu")
-    cfg["stage2"].setdefault("recipe", "stage2_tiny_cpu")
-    m = cfg["mllm"]
-    m.setdefault("llm", "tiny")
-    m.setdefault("image_size", 64)
-    m.setdefault("pretrain_recipe", "pretrain_tiny_cpu")
-    m.setdefault("finetune_recipe", "finetune_tiny_cpu")
-    m.setdefault("overrides", {})
-    e = cfg["eval"]
-    e.setdefault("suite", "synth")
-    e.setdefault("max_new_tokens", 16)
-    e.setdefault("resamples", 2000)
-    return cfg
+    """The config, validated (:class:`PipelineConfig`), as a plain dict with every default filled in."""
+    return to_dict(load_strict(path, PipelineConfig) if path else build(PipelineConfig, {}))
 
 
 def _run(cmd: list[str], log: Path, what: str) -> float:
@@ -220,6 +259,7 @@ def run_pipeline(config: str | Path | None = None, out: str | None = None) -> Pa
     cfg = load_config(config)
     root = Path(out or cfg["out"])
     root.mkdir(parents=True, exist_ok=True)
+    (root / "config.resolved.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     t0 = time.time()
     timings: dict[str, float] = {}
     encoders = pretrain_encoders(cfg, root, timings)

@@ -22,28 +22,67 @@ import json
 import subprocess
 import sys
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
-GRID_KEYS = {"out", "encoders", "llms", "protocols", "suites", "pretrain_recipe", "finetune_recipe", "overrides",
-             "eval"}
+from eval.suites import SUITES
+from genlip.train.recipe import load_config, to_dict
+
+
+@dataclass
+class EncoderEntry:
+    path: str
+    image_size: int | None = None  # default: the tower's own resolution
+
+
+@dataclass
+class ProtocolEntry:
+    mode: Literal["resize", "anyres", "native"] = "resize"
+    lr_vision: float = 0.0  # 0 = the encoder frozen
+
+
+@dataclass
+class StageOverrides:
+    pretrain: list[str] = field(default_factory=list)
+    finetune: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvalEntry:
+    limit: int | None = None
+    max_new_tokens: int | None = None
+    tasks_dir: str | None = None
+
+
+@dataclass
+class Grid:
+    """The schema of a grid file: unknown keys (a typo such as ``lr_visoin``) and bad values are errors at load."""
+
+    encoders: dict[str, EncoderEntry | str]  # a name -> {path, image_size} or just the path
+    llms: dict[str, str]
+    protocols: dict[str, ProtocolEntry]
+    suites: list[str]
+    out: str = "runs/sweep"
+    pretrain_recipe: str = "pretrain_tiny_cpu"
+    finetune_recipe: str = "finetune_tiny_cpu"
+    overrides: StageOverrides = field(default_factory=StageOverrides)
+    eval: EvalEntry = field(default_factory=EvalEntry)
+
+    def __post_init__(self) -> None:
+        for key in ("encoders", "llms", "protocols", "suites"):
+            if not getattr(self, key):
+                raise ValueError(f"the grid needs at least one entry in {key!r}")
+        unknown = [s for s in self.suites if s not in SUITES]
+        if unknown:
+            raise ValueError(f"unknown suites {unknown}; choose from {sorted(SUITES)}")
 
 
 def load_grid(path: str | Path) -> dict:
-    grid = yaml.safe_load(Path(path).read_text()) or {}
-    unknown = set(grid) - GRID_KEYS
-    if unknown:
-        raise ValueError(f"unknown grid keys {sorted(unknown)}; known: {sorted(GRID_KEYS)}")
-    for key in ("encoders", "llms", "protocols", "suites"):
-        if not grid.get(key):
-            raise ValueError(f"the grid needs at least one entry in {key!r}")
-    grid.setdefault("out", "runs/sweep")
-    grid.setdefault("pretrain_recipe", "pretrain_tiny_cpu")
-    grid.setdefault("finetune_recipe", "finetune_tiny_cpu")
-    grid.setdefault("overrides", {})
-    grid.setdefault("eval", {})
-    return grid
+    """The grid, validated (:class:`Grid`), as a plain dict with every default filled in."""
+    return to_dict(load_config(path, Grid))
 
 
 def cells(grid: dict) -> list[dict]:
@@ -103,6 +142,7 @@ def sweep(grid_path: str | Path) -> dict:
     grid = load_grid(grid_path)
     root = Path(grid["out"])
     root.mkdir(parents=True, exist_ok=True)
+    (root / "grid.resolved.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
     status = {}
     for cell in cells(grid):
         print(f"[sweep] {cell['name']} ...", flush=True)

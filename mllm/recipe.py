@@ -6,9 +6,14 @@ Which parameters train is declared here as a learning rate per module group; 0 m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from genlip.resources import resolve_deepspeed
 from genlip.runtime import ALLOCATOR_MODES
+
+# the Hugging Face Trainer's lr_scheduler_type values that take no extra arguments
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
 
 
 @dataclass
@@ -16,7 +21,7 @@ class MllmModelRecipe:
     vision: str = ""  # a local vision checkpoint (GenLIP run/checkpoint dir, SigLIP, SigLIP2, AIMv2, CLIP)
     llm: str = ""  # a local causal LM directory (Qwen2.5-*-Instruct); "tiny" = a small random Qwen2 (CPU)
     init_from: str | None = None  # a previous stage's output (finetune starts from the aligned model)
-    mode: str = "resize"  # resize | anyres | native
+    mode: Literal["resize", "anyres", "native"] = "resize"
     image_size: int | None = None  # resize: the square side; anyres: the tile side (default: the tower's)
     feature_layer: int = -1
     min_image_tokens: int = 16  # native mode budget
@@ -61,11 +66,11 @@ class MllmTrainRecipe:
     micro_batch: int = 8
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
-    scheduler: str = "cosine"
+    scheduler: Literal[SCHEDULERS] = "cosine"
     max_grad_norm: float = 1.0
     seed: int = 0
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    cpu_allocator: str = "retain"  # retain (keep freed memory in the process; see genlip.runtime) | system
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    cpu_allocator: Literal["retain", "system"] = "retain"  # retain: keep freed memory (genlip.runtime)
     deepspeed: str | None = None  # zero2 | zero3 (bundled) | a DeepSpeed JSON path; resolved to a full path at load
     gradient_checkpointing: bool = False
     save_steps: int = 500
@@ -82,8 +87,9 @@ class MllmTrainRecipe:
 
 @dataclass
 class MllmRecipe:
+    recipe_kind = "mllm"  # where bundled recipes of this schema live (not a field)
     name: str = "mllm"
-    stage: str = "pretrain"  # pretrain (alignment) | finetune (instruction tuning)
+    stage: Literal["pretrain", "finetune"] = "pretrain"  # alignment | instruction tuning
     model: MllmModelRecipe = field(default_factory=MllmModelRecipe)
     data: MllmDataRecipe = field(default_factory=MllmDataRecipe)
     lr: LearningRates = field(default_factory=LearningRates)

@@ -174,4 +174,4 @@ def test_nan_step_is_skipped_and_counted_when_asked(home, tmp_path):
 
 def test_bad_recipe_key_is_reported(home, tmp_path):
     p = _run(home, tmp_path / "x", "optim.learning_rate=1", check=False)
-    assert p.returncode == 2 and "unknown recipe key" in p.stderr
+    assert p.returncode == 2 and "unknown key 'optim.learning_rate'" in p.stderr

@@ -17,7 +17,7 @@ def test_unknown_keys_and_bad_types_are_errors(tmp_path):
         load_recipe(p)
     with pytest.raises(RecipeError, match="optim.lr: expected float"):
         load_recipe(None, ["optim.lr=fast"])
-    with pytest.raises(RecipeError, match="source type"):
+    with pytest.raises(RecipeError, match=r"data.sources.0.type: .zip. is not one of .wds., .parquet., .jsonl."):
         load_recipe(None, ["data.sources=[{path: x, type: zip}]"])
 
 
@@ -39,17 +39,17 @@ def test_paper_stage1_recipes(name, batch, warmup):
     assert r.data.sources[0].caption_fields[0] == "json.re_caption"
 
 
-def test_every_shipped_recipe_parses():
-    from pathlib import Path
-
+def test_every_shipped_recipe_parses_and_writes_where_its_name_says():
+    """A copied recipe that kept its source's output_dir would resume (or say finished) in another run's directory."""
+    from genlip.resources import bundled_dir
     from mllm.recipe import MllmRecipe
 
-    root = Path(__file__).parents[1] / "recipes"
-    for p in sorted((root / "genlip").glob("*.yaml")):
-        assert load_recipe(p).name
-    for p in sorted((root / "mllm").glob("*.yaml")):
+    for p in sorted(bundled_dir("genlip").glob("*.yaml")):
+        r = load_recipe(p)
+        assert r.train.output_dir == f"runs/{p.stem}" and r.stage == int(p.stem[len("stage")]), p.name
+    for p in sorted(bundled_dir("mllm").glob("*.yaml")):
         r = load_recipe(p, cls=MllmRecipe)
-        assert r.stage in ("pretrain", "finetune")
+        assert r.train.output_dir == f"runs/mllm_{p.stem}" and p.stem.startswith(r.stage), p.name
         if r.stage == "pretrain":
             assert r.lr.language_model == 0 and r.lr.vision_tower == 0, "alignment trains the projector only"
 
@@ -67,9 +67,7 @@ def test_mllm_paper_recipes_use_llava_next_defaults():
 
 
 def resolve_mllm(name):
-    from mllm.cli import _recipe_path
-
-    return _recipe_path(name)
+    return resolve_recipe(name, "mllm")
 
 
 def test_recipe_diff_names_changed_keys():

@@ -21,6 +21,7 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from braceexpand import braceexpand
 
@@ -52,19 +53,15 @@ class SourceSpec:
     """One data source of a recipe (see ``recipes/genlip/*.yaml``)."""
 
     path: str | list[str]
-    type: str = "wds"  # wds | parquet | jsonl
+    type: Literal["wds", "parquet", "jsonl"] = "wds"
     weight: float = 1.0
     name: str = ""
     caption_fields: list[str] | None = None  # first non-empty wins; default: txt, json.caption, caption, text
     image_field: str = "image"  # parquet/JSONL column: bytes, {"bytes"|"path"} struct, or a path
     image_root: str | None = None  # for relative image paths in parquet/JSONL
-    split: str = "auto"  # auto | shard | sample
+    split: Literal["auto", "shard", "sample"] = "auto"
 
     def __post_init__(self) -> None:
-        if self.type not in ("wds", "parquet", "jsonl"):
-            raise ValueError(f"source type must be wds, parquet or jsonl, got {self.type!r}")
-        if self.split not in ("auto", "shard", "sample"):
-            raise ValueError(f"source split must be auto, shard or sample, got {self.split!r}")
         if self.weight <= 0:
             raise ValueError(f"source weight must be positive, got {self.weight}")
         if self.caption_fields is None:

@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         train(recipe)
+    except RecipeError as e:
+        print(f"genlip-pretrain: bad recipe: {e}", file=sys.stderr)
+        return 2
     except (DataError, NonFiniteError) as e:
         msg = str(e).strip().splitlines()[-1] if "Original Traceback" in str(e) else str(e)  # from a data worker
         print(f"genlip-pretrain: {type(e).__name__}: {msg}", file=sys.stderr)

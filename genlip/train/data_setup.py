@@ -67,6 +67,8 @@ def recipe_patch_size(recipe: Recipe) -> int:
 
     if recipe.model.init_from:
         return GenLIPConfig.from_pretrained(resolve_weights_dir(recipe.model.init_from)).patch_size
+    if recipe.model.preset is None:
+        raise ValueError("model.preset is needed to train from scratch (or model.init_from to continue a run)")
     return int(recipe.model.overrides.get("patch_size", PRESETS[recipe.model.preset].get("patch_size", 16)))
 
 

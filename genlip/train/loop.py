@@ -29,7 +29,7 @@ from genlip.train import dist as D
 from genlip.train.data_setup import build_stream_parts
 from genlip.train.metrics import RunLogger
 from genlip.train.optim import build_optimizer, lr_at
-from genlip.train.recipe import Recipe
+from genlip.train.recipe import Recipe, RecipeError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ def build_model(recipe: Recipe, tokenizer) -> GenLIPForCaptioning:
             setattr(config, k, v)
         if config.vocab_size < len(tokenizer):
             raise ValueError(f"{src} has a vocabulary of {config.vocab_size} but the tokenizer has {len(tokenizer)}")
+        _check_preset(recipe, config, src)
         model = cls(config)
         C.load_weights(src, model)
         D.print0(f"initialised weights from {src} (fresh optimizer and schedule)")
@@ -73,6 +74,21 @@ def build_model(recipe: Recipe, tokenizer) -> GenLIPForCaptioning:
     if recipe.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model
+
+
+ARCH_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "patch_size")
+
+
+def _check_preset(recipe: Recipe, config, src: Path) -> None:
+    """A stage-2 recipe that names a preset continues a checkpoint of that architecture, never another one."""
+    if recipe.model.preset is None:
+        return
+    want = genlip_config(recipe.model.preset, **{k: v for k, v in recipe.model.overrides.items() if k in ARCH_KEYS})
+    diff = [f"{k} {getattr(config, k)} (preset: {getattr(want, k)})" for k in ARCH_KEYS
+            if getattr(config, k) != getattr(want, k)]
+    if diff:
+        raise RecipeError(f"model.preset={recipe.model.preset} does not match the init_from checkpoint {src}: "
+                         f"{', '.join(diff)}; set model.preset to the checkpoint's or null")
 
 
 class _Preempt:
@@ -132,7 +148,9 @@ def train(recipe: Recipe) -> Path:
     stream_states = dict(state["data"]["streams"])
 
     n_params = sum(p.numel() for p in model.parameters())
-    D.print0(f"GenLIP stage {recipe.stage} | {recipe.model.preset} {n_params / 1e6:.1f}M params | world {ws} x "
+    c = model.config
+    arch = f"{recipe.model.preset or 'init_from'} ({c.num_hidden_layers} x {c.hidden_size})"
+    D.print0(f"GenLIP stage {recipe.stage} | {arch} {n_params / 1e6:.1f}M params | world {ws} x "
              f"micro {t.micro_batch} x accum {accum} = {t.global_batch} per step | {t.steps} steps | "
              f"{ws * dataset.streams_per_rank} data streams | device {device.type} (allocator: {allocator}) | "
              f"run dir {run_dir}")

@@ -12,24 +12,33 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from genlip.config import PRESETS
 from genlip.data.sources import SourceSpec
+from genlip.resources import ResourceNotFound, resolve
 from genlip.runtime import ALLOCATOR_MODES
 
 
 @dataclass
 class ModelRecipe:
-    preset: str = "tiny"  # a genlip.config preset
-    objective: str = "generative"  # generative (GenLIP) | sigmoid (the SigLIP-style baseline, stage 1 only)
+    # a genlip.config preset; with init_from the architecture is the checkpoint's: null, or a preset it must match
+    preset: str | None = "tiny"
+    objective: Literal["generative", "sigmoid"] = "generative"  # sigmoid: the SigLIP-style baseline (stage 1)
     overrides: dict = field(default_factory=dict)  # GenLIPConfig fields on top of the preset
     init_from: str | None = None  # a checkpoint directory to start from (weights only: stage 2)
-    attn_backend: str = "auto"
-    loss_impl: str = "plain"  # plain | chunked
+    attn_backend: Literal["auto", "segments", "dense", "flex"] = "auto"
+    loss_impl: Literal["plain", "chunked"] = "plain"
     gradient_checkpointing: bool = False
     compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.preset is not None and self.preset not in PRESETS:
+            close = difflib.get_close_matches(self.preset, list(PRESETS), n=1)
+            raise ValueError(f"model.preset {self.preset!r} is not one of {', '.join(PRESETS)}"
+                             + (f"; did you mean {close[0]!r}?" if close else ""))
 
 
 @dataclass
@@ -71,11 +80,11 @@ class TrainRecipe:
     global_batch: int = 8  # samples per optimizer step (stage 2: rows)
     micro_batch: int = 8  # samples per forward on one rank
     seed: int = 0
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    parallel: str = "ddp"  # ddp | fsdp (used when WORLD_SIZE > 1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # used when WORLD_SIZE > 1
     skip_nonfinite: bool = False  # skip (and count) a step with a NaN/inf loss or gradient instead of stopping
     max_nonfinite_skips: int = 10
-    cpu_allocator: str = "retain"  # retain (keep freed memory in the process; see genlip.runtime) | system
+    cpu_allocator: Literal["retain", "system"] = "retain"  # retain: keep freed memory (genlip.runtime)
 
     def __post_init__(self) -> None:
         if self.cpu_allocator not in ALLOCATOR_MODES:
@@ -99,8 +108,9 @@ class LogRecipe:
 
 @dataclass
 class Recipe:
+    recipe_kind = "genlip"  # where bundled recipes of this schema live (not a field)
     name: str = "genlip"
-    stage: int = 1
+    stage: Literal[1, 2] = 1
     model: ModelRecipe = field(default_factory=ModelRecipe)
     data: DataRecipe = field(default_factory=DataRecipe)
     optim: OptimRecipe = field(default_factory=OptimRecipe)
@@ -115,6 +125,13 @@ class RecipeError(ValueError):
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value in allowed and type(value) in {type(a) for a in allowed}:
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+        raise RecipeError(f"{where}: {value!r} is not one of {', '.join(repr(a) for a in allowed)}"
+                          + (f"; did you mean {close[0]!r}?" if close else ""))
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -140,6 +157,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise RecipeError(f"{where}: expected a mapping, got {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2:  # dict[str, X]: every value is an X
+            return {k: _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
         return dict(value)
     if tp is Any:
         return value
@@ -165,7 +185,7 @@ def build(cls: type, values: dict, where: str = "") -> Any:
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f"; did you mean {where + '.' if where else ''}{close[0]}?" if close else ""
-            raise RecipeError(f"unknown recipe key {path!r}{hint} (known: {sorted(names)})")
+            raise RecipeError(f"unknown key {path!r}{hint} (known: {sorted(names)})")
         kwargs[key] = _coerce(value, hints[key], path)
     try:
         return cls(**kwargs)
@@ -188,7 +208,10 @@ def apply_override(d: dict, dotted: str) -> None:
     if "=" not in dotted:
         raise RecipeError(f"override {dotted!r} must look like key.sub=value")
     key, raw = dotted.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise RecipeError(f"override {dotted!r}: the value is not valid YAML ({_yaml_problem(e)})") from None
     parts = key.split(".")
     cur: Any = d
     for i, p in enumerate(parts[:-1]):
@@ -209,15 +232,58 @@ def apply_override(d: dict, dotted: str) -> None:
         cur[last] = value
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + str(getattr(e, "problem", None) or e).splitlines()[0]
+
+
+def read_values(path: str | Path, kind: str = "genlip", _depth: int = 0) -> dict:
+    """The values of a recipe file with its ``base:`` merged under them (one level). ``base`` names a file beside
+    this one or a bundled recipe of the same ``kind``; the file's own values win, mappings merge key by key (except
+    ``model.overrides`` and ``data.synth``, which are replaced whole, like lists)."""
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
+    except OSError as e:
+        raise RecipeError(f"{path}: {e.strerror}") from None
+    if not isinstance(values, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping at the top level")
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if _depth:
+        raise RecipeError(f"{path}: a base recipe cannot have a base of its own (one level only)")
+    beside = Path(path).parent / (base if str(base).endswith(".yaml") else f"{base}.yaml")
+    try:
+        base_path = beside if beside.is_file() else resolve(str(base), kind)
+    except ResourceNotFound as e:
+        raise RecipeError(f"{path}: base: {e}") from None
+    return _deep_merge(read_values(base_path, kind, _depth + 1), values)
+
+
+def load_config(path: str | Path, cls: type) -> Any:
+    """A user's YAML file (a sweep grid, a pipeline config) through the same strict loader as recipes: unknown keys
+    with a suggestion, types and choices checked, every default filled in."""
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
+    except OSError as e:
+        raise RecipeError(f"{path}: {e.strerror}") from None
+    if not isinstance(values, dict):
+        raise RecipeError(f"{path}: expected a mapping at the top level")
+    try:
+        return build(cls, values)
+    except RecipeError as e:
+        raise RecipeError(f"{path}: {e}") from None
+
+
 def load_recipe(path: str | Path | None, overrides: list[str] = (), cls: type = Recipe) -> Any:
-    """Read a YAML recipe (``yaml.safe_load``), apply dotted overrides, validate into ``cls`` (a :class:`Recipe`
-    by default; the MLLM harness passes its own schema)."""
-    values: dict = {}
-    if path is not None:
-        text = Path(path).read_text()
-        values = yaml.safe_load(text) or {}
-        if not isinstance(values, dict):
-            raise RecipeError(f"{path}: a recipe must be a mapping at the top level")
+    """Read a YAML recipe (``yaml.safe_load``; its ``base:`` first), apply dotted overrides, validate into ``cls``
+    (a :class:`Recipe` by default; the MLLM harness passes its own schema)."""
+    values = read_values(path, getattr(cls, "recipe_kind", "genlip")) if path is not None else {}
     base = to_dict(cls())
     merged = _deep_merge(base, values)
     if "data" in merged and isinstance(merged["data"], dict) and "sources" in merged["data"]:

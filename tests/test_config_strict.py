@@ -1,0 +1,168 @@
+"""One strict config system for every file a user writes (recipes of all stages, sweep grids, pipeline configs):
+every choice field refuses a value outside its choices with the allowed values in one line, unknown keys are errors
+with a suggestion, and a recipe can be its differences from a ``base:``."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+import typing
+from pathlib import Path
+from typing import Literal
+
+import pytest
+import yaml
+
+from eval.pipeline import PipelineConfig
+from eval.pipeline import load_config as load_pipeline_config
+from eval.sweep import Grid, load_grid
+from genlip.resources import bundled_names, resolve_recipe
+from genlip.train.recipe import Recipe, RecipeError, build, load_recipe, read_values
+from mllm.recipe import SCHEDULERS, MllmRecipe
+
+BIN = Path(sys.executable).parent
+GRID = {"encoders": {"genlip": {"path": "runs/x"}}, "llms": {"tiny": "tiny"},
+        "protocols": {"frozen": {"mode": "resize", "lr_vision": 0.0}}, "suites": ["synth"]}
+
+
+def choice_fields(cls, prefix=""):
+    """(dotted path, allowed values) of every Literal field of a schema, through nested dataclasses, lists and
+    dicts of them (a list item as ``.0``, a dict entry under the first key of the example)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin is Literal:
+            yield prefix + f.name, args
+        elif dataclasses.is_dataclass(tp):
+            yield from choice_fields(tp, f"{prefix}{f.name}.")
+        elif origin is list and args and dataclasses.is_dataclass(args[0]):
+            yield from choice_fields(args[0], f"{prefix}{f.name}.0.")
+        elif origin is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]):
+            yield from choice_fields(args[1], f"{prefix}{f.name}.*.")
+
+
+def _set(d: dict, dotted: str, value) -> None:
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        d = d[int(p)] if isinstance(d, list) else d[next(iter(d))] if p == "*" else d[p]
+    d[parts[-1]] = value
+
+
+@pytest.mark.parametrize("cls,load", [
+    (Recipe, lambda ov: load_recipe(resolve_recipe("stage1_So16"), ov)),
+    (MllmRecipe, lambda ov: load_recipe(resolve_recipe("finetune_tiny_cpu", "mllm"), ov, cls=MllmRecipe)),
+])
+def test_every_recipe_choice_field_refuses_an_unknown_value(cls, load):
+    fields = dict(choice_fields(cls))
+    expected = {Recipe: {"stage", "model.objective", "model.attn_backend", "model.loss_impl", "train.precision",
+                         "train.parallel", "train.cpu_allocator", "data.sources.0.type", "data.sources.0.split"},
+                MllmRecipe: {"stage", "model.mode", "train.scheduler", "train.precision", "train.cpu_allocator"}}[cls]
+    assert expected <= set(fields)
+    for path, allowed in fields.items():
+        with pytest.raises(RecipeError) as e:
+            load([f"{path}=bogus_choice"])
+        msg = str(e.value)
+        assert path in msg and all(repr(a) in msg for a in allowed) and "\n" not in msg, msg
+        assert load([f"{path}={allowed[-1]}"]) is not None  # every listed value loads
+
+
+def test_a_near_miss_gets_a_suggestion():
+    with pytest.raises(RecipeError, match=r"train.precision: 'bf61' is not one of .*did you mean 'bf16'"):
+        load_recipe(resolve_recipe("stage1_tiny_cpu"), ["train.precision=bf61"])
+    with pytest.raises(RecipeError, match=r"train.parallel: 'fdsp' .*did you mean 'fsdp'"):
+        load_recipe(resolve_recipe("stage1_tiny_cpu"), ["train.parallel=fdsp"])
+    with pytest.raises(RecipeError, match="model.preset 'So61' .*did you mean 'So16'"):
+        load_recipe(resolve_recipe("stage1_tiny_cpu"), ["model.preset=So61"])
+
+
+def test_the_mllm_schedulers_are_the_trainers_own():
+    from transformers.trainer_utils import SchedulerType
+
+    assert set(SCHEDULERS) <= {s.value for s in SchedulerType}
+
+
+@pytest.mark.parametrize("cls,example", [(Grid, GRID), (PipelineConfig, {"mllm": {}, "eval": {}})])
+def test_every_grid_and_pipeline_choice_field_refuses_an_unknown_value(cls, example):
+    fields = dict(choice_fields(cls))
+    if cls is Grid:
+        assert "protocols.*.mode" in fields
+    for path in fields:
+        values = yaml.safe_load(yaml.safe_dump(example))
+        _set(values, path, "bogus_choice")
+        with pytest.raises(RecipeError, match="is not one of"):
+            build(cls, values)
+
+
+def test_a_typo_in_a_sweep_grid_is_an_error_not_a_frozen_encoder(tmp_path):
+    grid = yaml.safe_load(yaml.safe_dump(GRID))
+    grid["protocols"]["unfrozen"] = {"mode": "anyres", "lr_visoin": 2.0e-6}
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
+    with pytest.raises(RecipeError, match=r"unknown key 'protocols.unfrozen.lr_visoin'; did you mean "
+                                          r"protocols.unfrozen.lr_vision\?"):
+        load_grid(tmp_path / "grid.yaml")
+    # through the command: one line, exit 2, and nothing created
+    grid["out"] = str(tmp_path / "sweep_out")
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
+    p = subprocess.run([str(BIN / "genlip-eval"), "sweep", "--grid", str(tmp_path / "grid.yaml")], cwd=tmp_path,
+                       capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "lr_visoin" in p.stderr, p.stderr
+    assert not (tmp_path / "sweep_out").exists()
+
+
+def test_grid_and_pipeline_defaults_are_filled_and_bad_values_refused(tmp_path):
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(GRID))
+    g = load_grid(tmp_path / "g.yaml")
+    assert g["protocols"]["frozen"]["lr_vision"] == 0.0 and g["eval"]["limit"] is None and g["out"] == "runs/sweep"
+    for bad, match in [({**GRID, "suites": ["nope"]}, "unknown suites"), ({**GRID, "llms": {}}, "at least one"),
+                       ({**GRID, "protocols": {"f": {"lr_vision": "fast"}}}, "expected float")]:
+        (tmp_path / "g.yaml").write_text(yaml.safe_dump(bad))
+        with pytest.raises(RecipeError, match=match):
+            load_grid(tmp_path / "g.yaml")
+    cfg = load_pipeline_config(None)
+    assert cfg["stage1"]["recipe"] == "stage1_tiny_cpu" and cfg["eval"]["probe_per_class"] == [40, 20]
+    (tmp_path / "p.yaml").write_text("eval: {resampels: 100}\n")
+    with pytest.raises(RecipeError, match="did you mean eval.resamples"):
+        load_pipeline_config(tmp_path / "p.yaml")
+    (tmp_path / "p.yaml").write_text("eval: {suite: [unclosed\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_pipeline_config(tmp_path / "p.yaml")
+
+
+def test_paper_recipes_are_short_diffs_from_their_bases():
+    for kind, names in (("genlip", ["stage1_So16", "stage1_g16", "stage2_So16", "stage2_g16"]),
+                        ("mllm", ["finetune_qwen2.5-1.5b_unfrozen"])):
+        for name in names:
+            text = resolve_recipe(name, kind).read_text()
+            lines = [x for x in text.splitlines() if x.strip() and not x.lstrip().startswith("#")]
+            assert lines[0].startswith("base: ") and len(lines) <= 16, (name, len(lines))
+    s2 = load_recipe(resolve_recipe("stage2_So16"))
+    assert s2.model.preset == "So16" and s2.train.global_batch == 264 and s2.data.max_seq_len == 16384
+    assert s2.model.init_from == "runs/stage1_So16" and s2.train.output_dir == "runs/stage2_So16"
+    g = load_recipe(resolve_recipe("stage1_g16"))
+    assert (g.model.preset, g.train.global_batch, g.train.steps, g.optim.warmup_ratio) == ("g16", 49152, 162760, 0.02)
+    assert g.model.loss_impl == "chunked" and g.data.image_size == 224  # from the base
+    assert set(bundled_names("genlip")) >= {"stage1_L16", "stage1_So16", "stage1_g16", "stage2_L16"}
+
+
+def test_a_users_recipe_on_a_bundled_base_and_the_one_level_rule(tmp_path):
+    (tmp_path / "mine.yaml").write_text("base: stage1_tiny_cpu\ntrain: {steps: 7}\n")
+    r = load_recipe(tmp_path / "mine.yaml")
+    assert r.train.steps == 7 and r.train.global_batch == 32 and r.name == "genlip-stage1-tiny"
+    (tmp_path / "two.yaml").write_text("base: mine\n")
+    with pytest.raises(RecipeError, match="one level only"):
+        read_values(tmp_path / "two.yaml")
+    (tmp_path / "bad.yaml").write_text("base: stage1_Nope\n")
+    with pytest.raises(RecipeError, match="stage1_So16"):
+        load_recipe(tmp_path / "bad.yaml")
+
+
+def test_a_bad_choice_on_the_command_line_is_one_line_before_anything_runs(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GENLIP_HOME": str(tmp_path / "home")}
+    p = subprocess.run([str(BIN / "genlip-pretrain"), "train.precision=bf61"], cwd=tmp_path, capture_output=True,
+                       text=True, env=env)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "'bf16'" in p.stderr, p.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "home").exists()
+    p = subprocess.run([str(BIN / "genlip-mllm"), "finetune", "model.mode=anyress"], cwd=tmp_path,
+                       capture_output=True, text=True, env=env)
+    assert p.returncode == 2 and "did you mean 'anyres'" in p.stderr, p.stderr
