@@ -48,7 +48,8 @@ demo: setup
 	$(BIN)/genlip-mllm chat --model runs/mllm_finetune_tiny_cpu/final \
 	  --image "$${GENLIP_HOME:-$$HOME/.cache/genlip}/sft-n512-s0/images/000003.png" --prompt "Which bar is the tallest?"
 
-# the whole chain on generated data: GenLIP vs a same-budget contrastive encoder vs a random one (CPU; BENCHMARKS.md)
+# the whole chain on generated data: GenLIP vs a same-budget contrastive encoder vs a random one (CPU; its time is
+# measured in BENCHMARKS.md and quoted in the README)
 pipeline: setup
 	$(BIN)/genlip-eval pipeline
 
@@ -58,7 +59,7 @@ lint: setup
 # Re-resolve the newest versions that pyproject.toml allows in a scratch environment and freeze them into
 # requirements/*.txt; then run `make clean test` and commit the lock with the change that needed it.
 lock:
-	rm -rf $(LOCK_VENV)
+	rm -rf $(LOCK_VENV) build
 	$(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade setuptools
 	$(LOCK_VENV)/bin/python -m pip install --quiet $(LOCK_TORCH)
@@ -66,7 +67,7 @@ lock:
 	DS_BUILD_OPS=0 $(LOCK_VENV)/bin/python -m pip install --quiet --no-build-isolation "deepspeed>=0.15"
 	$(LOCK_VENV)/bin/python -m pip check
 	$(PYTHON) requirements/lock.py write $(LOCK_VENV)/bin/python
-	rm -rf $(LOCK_VENV)
+	rm -rf $(LOCK_VENV) build
 
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) build *.egg-info

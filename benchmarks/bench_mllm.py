@@ -42,12 +42,12 @@ def main() -> None:
 
     from genlip.config import genlip_config
     from genlip.data.synth import write_corpus
+    from genlip.data.synth_sft import write_sft
     from genlip.modeling import GenLIPVisionModel
     from mllm.build import build_mllm, image_token_id
     from mllm.chat import answer
     from mllm.data import Collator, LlavaDataset
     from mllm.processing import ConversationEncoder, make_image_processor
-    from mllm.synth_sft import write_sft
     from mllm.tiny import make_tiny_llm
 
     with tempfile.TemporaryDirectory() as d:

@@ -27,7 +27,7 @@ def add_allocator_arg(ap) -> None:
 
 
 def apply_allocator(mode: str) -> str:
-    from genlip.runtime import configure_cpu_allocator
+    from genlip.run.runtime import configure_cpu_allocator
 
     return configure_cpu_allocator(mode)
 

@@ -7,16 +7,24 @@
     genlip-eval synth-bench --out bench/              # the generated offline benchmarks as lmms-eval task files
     genlip-eval local-tasks --exports /data/lmms --suite paper14 --out tasks/   # task files for local exports
     genlip-eval run --model runs/.../final --suite paper14 --tasks-dir tasks/
-    genlip-eval pipeline                               # corpus -> encoders -> MLLMs -> eval -> report (CPU, ~25 min)
+    genlip-eval pipeline                               # corpus -> encoders -> MLLMs -> eval -> report (CPU)
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from genlip.resources import ResourceNotFound
-from genlip.train.recipe import RecipeError
+from eval.local_tasks import write_local_tasks
+from eval.pipeline import run_pipeline
+from eval.report import load_cells, write_report
+from eval.run import EvalError, run_suite
+from eval.suites import SUITES
+from eval.sweep import sweep
+from eval.synth_bench import write_synth_benchmarks
+from genlip.run.config import RecipeError
+from genlip.run.resources import ResourceNotFound, resolve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,9 +67,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "pipeline":
-        from eval.pipeline import run_pipeline
-        from genlip.resources import resolve
-
         try:
             report = run_pipeline(resolve(args.config or "cpu_compare", "pipeline"), args.out)
         except (RecipeError, ResourceNotFound):
@@ -73,9 +78,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"report: {report / 'report.md'} and {report / 'scores.png'}")
         return 0
     if args.cmd == "local-tasks":
-        from eval.local_tasks import write_local_tasks
-        from eval.suites import SUITES
-
         unknown = [s for s in args.suite or [] if s not in SUITES]
         if unknown:
             print(f"genlip-eval: unknown suite {unknown}; choose from {sorted(SUITES)}", file=sys.stderr)
@@ -93,28 +95,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"{len(m['tasks'])} local tasks in {args.out}; {len(m['missing'])} missing")
         return 1 if m["missing"] else 0
     if args.cmd == "synth-bench":
-        from eval.synth_bench import write_synth_benchmarks
-
         out = write_synth_benchmarks(args.out, args.samples)
         print(f"wrote {out}/tasks (use --include_path {out}/tasks with lmms-eval)")
         return 0
     if args.cmd == "sweep":
-        from eval.sweep import sweep
-
         status = sweep(args.grid)
         failed = [k for k, v in status.items() if v["status"] != "done"]
         print(f"{len(status) - len(failed)} cells done, {len(failed)} failed" + (f": {failed}" if failed else ""))
         return 1 if failed else 0
     if args.cmd == "report":
-        from eval.report import load_cells, write_report
-
         out = write_report(load_cells(args.results), args.out, tuple(args.compare) if args.compare else None)
         print((out / "report.md").read_text())
         return 0
-    from pathlib import Path
-
-    from eval.run import EvalError, run_suite
-
     out = args.out or str(Path("results") / Path(args.model).resolve().parent.name / args.suite)
     try:
         res = run_suite(args.model, args.suite, out, args.limit, args.max_new_tokens, tasks_dir=args.tasks_dir,

@@ -13,6 +13,7 @@ import torch
 from lmms_eval.api.model import lmms
 from lmms_eval.models.registry_v2 import ModelManifest
 
+from mllm.build import load_mllm
 from mllm.chat import answer
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,6 @@ class GenlipMllm(lmms):
         self.max_new_tokens, self.system_prompt, self.keep_alive = int(max_new_tokens), system_prompt, keep_alive
         self.parts = None
         if pretrained is not None:
-            from mllm.build import load_mllm
-
             self.parts = load_mllm(pretrained)
             dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
             self.parts[0].to(dev).eval()

@@ -25,6 +25,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
+import yaml
+
 MANIFEST = "genlip_local_tasks.json"
 SUFFIX = "_local"
 
@@ -44,7 +47,7 @@ JOINS = {"gqa": ImageJoin(config="testdev_balanced_images", split="testdev", key
 
 
 def _tasks_root() -> Path:
-    import lmms_eval
+    import lmms_eval  # optional: the eval extra; importing it takes ~20 s
 
     return Path(lmms_eval.__file__).parent / "tasks"
 
@@ -67,7 +70,7 @@ def _index() -> dict[str, tuple[str, Path]]:
 
 
 def _config(path: Path) -> dict:
-    from lmms_eval.utils import load_yaml_config
+    from lmms_eval.utils import load_yaml_config  # optional: the eval extra; importing it takes ~20 s
 
     return load_yaml_config(str(path), mode="simple")
 
@@ -116,8 +119,6 @@ def _join_source(exports: Path, task: str, join: ImageJoin, main: dict) -> dict 
 
 def load_source(src: dict):
     """The ``datasets.Dataset`` a source (as stored in the manifest) describes, for one split."""
-    import datasets
-
     if src["format"] == "parquet":
         return datasets.load_dataset("parquet", data_files={src["split"]: src["files"]}, split=src["split"])
     if src["format"] == "save_to_disk":
@@ -136,8 +137,6 @@ def join_images(dataset, src: dict, join: dict):
 
 
 def _task_yaml(include: Path, name: str, src: dict, split: str, cfg: dict, process_docs: str | None) -> str:
-    import yaml
-
     out: dict = {"include": str(include), "task": name}
     if src["format"] == "parquet":
         out |= {"dataset_path": "parquet", "dataset_name": None,
@@ -188,8 +187,6 @@ def write_local_tasks(exports: str | Path, out: str | Path, tasks: list[str]) ->
             if len(ok) != len(subs):
                 missing[task] = f"subtasks without exports: {sorted(set(subs) - set(ok))}"
                 return False
-            import yaml
-
             group = {k: v for k, v in cfg.items() if k not in ("group", "task")}
             body = {"group": task + SUFFIX, "task": [s + SUFFIX for s in subs], **group}
             (out / f"{task}{SUFFIX}.yaml").write_text(yaml.safe_dump(body, sort_keys=False))

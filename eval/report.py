@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
+
 from eval.paper import paper_rows_1p5b
 from eval.stats import paired_bootstrap
-from eval.suites import SUITES
+from eval.suites import PAPER_14, SUITES, averages
 
 PER_SAMPLE = {"anls,none": "anls", "relaxed_overall,none": "relaxed_overall", "exact_match,none": "exact_match"}
 
@@ -30,14 +32,10 @@ def load_cells(paths: list[str | Path]) -> list[dict]:
 def table(cells: list[dict], with_paper: bool = True):
     """A pandas DataFrame: one row per cell (and the paper's rows for the paper14 suite), benchmark columns in suite
     order, then group averages and ALL AVG."""
-    import pandas as pd
-
     rows = []
     for c in cells:
         rows.append({"source": "ours", "cell": c["name"], "suite": c["suite"], **c["benchmarks"], **c["averages"]})
     if with_paper and any(c["suite"] == "paper14" for c in cells):
-        from eval.suites import PAPER_14, averages
-
         for enc, vals in paper_rows_1p5b().items():
             bench = {b.name: vals[b.name] for b in PAPER_14}
             rows.append({"source": "paper", "cell": f"{enc} (Qwen2.5-1.5B)", "suite": "paper14", **bench,
@@ -82,11 +80,10 @@ def compare(a: dict, b: dict, n_resamples: int = 10000) -> list[dict]:
 
 def write_report(cells: list[dict], out: str | Path, compare_pair: tuple[str, str] | None = None) -> Path:
     """``out/report.csv``, ``out/report.md``, ``out/<suite>.png`` and, for a pair, ``out/compare.csv``."""
-    import matplotlib
+    import matplotlib  # optional: the tools/eval extras; only reports draw charts
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
+    import matplotlib.pyplot as plt  # optional: as above
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from eval.local_tasks import read_manifest
 from eval.suites import SUITES, averages
+from eval.synth_bench import write_synth_benchmarks
 
 
 class EvalError(RuntimeError):
@@ -46,8 +48,6 @@ def run_suite(model_dir: str | Path, suite: str, out_dir: str | Path, limit: int
     run_as = {t: t for t in tasks}  # suite task -> the task lmms-eval runs
     include = []
     if tasks_dir is not None:
-        from eval.local_tasks import read_manifest
-
         manifest = read_manifest(tasks_dir)
         missing = [t for t in tasks if t not in manifest["tasks"]]
         if missing:
@@ -61,8 +61,6 @@ def run_suite(model_dir: str | Path, suite: str, out_dir: str | Path, limit: int
             "--tasks", ",".join(run_as[t] for t in tasks), "--batch_size", "1",
             "--output_path", str((out / "raw").resolve()), "--log_samples"]
     if suite == "synth":
-        from eval.synth_bench import write_synth_benchmarks
-
         bench = out / "synth_bench"
         if not (bench / "synth_bench.json").exists():
             write_synth_benchmarks(bench)

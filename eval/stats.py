@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 
 @dataclass
@@ -61,11 +65,6 @@ def bootstrap_ci(values, n_resamples: int = 10000, confidence: float = 0.95, see
 def cider_samples(cell: dict, task: str, key: str) -> tuple[dict, dict]:
     """Tokenised ``(references, prediction)`` per image from a caption task's logged samples (COCO's own PTB
     tokenizer, as lmms-eval scores them)."""
-    import json
-    from pathlib import Path
-
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
     task = cell.get("tasks", {}).get(task, task)
     files = sorted(Path(cell["samples_dir"]).glob(f"*samples_{task}.jsonl"))
     if not files:
@@ -83,8 +82,6 @@ def cider_paired_bootstrap(a: dict, b: dict, bench, n_resamples: int = 1000, con
                            seed: int = 0) -> PairedDiff:
     """``CIDEr(a) - CIDEr(b)`` on the paper's scale with a paired bootstrap over images: each resample draws the same
     images for both cells and recomputes both corpus-level scores."""
-    from pycocoevalcap.cider.cider import Cider
-
     key = bench.metric.split(",")[0]
     (ga, ra), (gb, rb) = cider_samples(a, bench.task, key), cider_samples(b, bench.task, key)
     ids = sorted(set(ga) & set(gb))
@@ -116,8 +113,6 @@ def cider_bootstrap_ci(cell: dict, bench, n_resamples: int = 1000, confidence: f
     ``None`` for metrics that are not COCO-style CIDEr."""
     if not bench.metric.endswith("CIDEr,none"):
         return None
-    from pycocoevalcap.cider.cider import Cider
-
     gts, res = cider_samples(cell, bench.task, bench.metric.split(",")[0])
     ids = sorted(gts)
     rng = np.random.default_rng(seed)

@@ -28,8 +28,10 @@ from typing import Literal
 
 import yaml
 
+from eval.report import load_cells, write_report
+from eval.run import run_suite
 from eval.suites import SUITES
-from genlip.train.recipe import load_config, to_dict
+from genlip.run.config import load_config, to_dict
 
 
 @dataclass
@@ -105,8 +107,6 @@ def _mllm(stage: str, recipe: str, overrides: list[str]) -> None:
 
 
 def run_cell(cell: dict, grid: dict, root: Path) -> dict:
-    from eval.run import run_suite
-
     d = root / "cells" / cell["name"]
     pre, fin = d / "pretrain" / "final", d / "finetune" / "final"
     steps = []
@@ -137,8 +137,6 @@ def run_cell(cell: dict, grid: dict, root: Path) -> dict:
 
 def sweep(grid_path: str | Path) -> dict:
     """Run (or resume) the grid; writes ``out/status.json`` and ``out/report``; returns the status per cell."""
-    from eval.report import load_cells, write_report
-
     grid = load_grid(grid_path)
     root = Path(grid["out"])
     root.mkdir(parents=True, exist_ok=True)

@@ -11,13 +11,16 @@ import io
 import json
 from pathlib import Path
 
+import yaml
+from datasets import Dataset, Features, Image, Sequence, Value
+
 from genlip.data.synth import synth_sample
 
 SYNTH_TASKS = ("genlip_synth_docvqa", "genlip_synth_chartqa", "genlip_synth_caption")
 
 
 def _lmms_task_file(*parts: str) -> Path:
-    import lmms_eval
+    import lmms_eval  # optional: the eval extra; importing it takes ~20 s
 
     p = Path(lmms_eval.__file__).parent / "tasks" / Path(*parts)
     if not p.exists():
@@ -52,9 +55,6 @@ def _rows(kind: str, n: int, seed: int):
 
 def write_synth_benchmarks(out: str | Path, samples: int = 50, seed: int = 1000) -> Path:
     """``out/data/*.parquet`` and ``out/tasks/*.yaml`` (pass ``--include_path out/tasks`` to lmms-eval)."""
-    import yaml
-    from datasets import Dataset, Features, Image, Sequence, Value
-
     out = Path(out).resolve()  # the task files name their data by absolute path: lmms-eval runs elsewhere
     (out / "data").mkdir(parents=True, exist_ok=True)
     (out / "tasks").mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,9 @@
 """Looking inside a GenLIP encoder: where attention goes (the attention sink) and what patches "say" (readout).
 
-Attention sink (spec §7: without the gate, generated text puts 17.1% of its attention on the first token; with it,
-0.1%). For each image the model first captions it (greedy), then the sequence ``[image] + prompt + caption`` runs
-once more with an attention plan that computes the probabilities explicitly. Per layer, averaged over heads, over
-the query tokens of each kind, then over images:
+Attention sink (the paper reports that without the gate, generated text puts 17.1% of its attention on the first
+token; with it, 0.1%). For each image the model first captions it (greedy), then the sequence ``[image] + prompt +
+caption`` runs once more with an attention plan that computes the probabilities explicitly. Per layer, averaged over
+heads, over the query tokens of each kind, then over images:
 
 - ``text_to_first``: mass from generated-text queries on the first token (the top-left patch; there is no BOS);
 - ``text_to_image``: mass from generated-text queries on all image tokens (the first one included);
@@ -11,7 +11,7 @@ the query tokens of each kind, then over images:
 
 If a caption is empty (EOS at once), that image's text queries are the prompt tokens; the count is reported.
 
-Patch readout (spec §6): every patch's final feature goes through the LM head; the top-k tokens per patch (or per
+Patch readout: every patch's final feature goes through the LM head; the top-k tokens per patch (or per
 ``region x region`` block of patches, features averaged) are what the encoder "names" there.
 """
 
@@ -20,8 +20,10 @@ from __future__ import annotations
 import math
 
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
 from genlip.attention import AttentionPlan
+from genlip.generation import DEFAULT_PROMPT, _prefill_batch, generate
 from genlip.masks import Layout, image_only_layout, prefix_lm_mask
 
 SINK_KEYS = ("text_to_first", "text_to_image", "image_to_first")
@@ -47,8 +49,6 @@ class RecordingPlan(AttentionPlan):
 def sink_stats(model, tokenizer, images: list[torch.Tensor], prompt: str | None = None,
                max_new_tokens: int = 32) -> dict:
     """Per-layer attention masses (see the module docstring) over ``images`` (each ``(3, H, W)``, normalised)."""
-    from genlip.generation import DEFAULT_PROMPT, _prefill_batch, generate
-
     if not images:
         raise ValueError("no images to analyse")
     prompt_ids = tokenizer(DEFAULT_PROMPT if prompt is None else prompt, add_special_tokens=False).input_ids
@@ -115,8 +115,6 @@ def readout(model, tokenizer, image: torch.Tensor, top_k: int = 5, region: int =
 def draw_readout(image_pil, result: dict, out_png, min_cell: int = 64) -> None:
     """The image (resized to the model's input grid, scaled up so a cell is at least ``min_cell`` px), a grid
     overlay and each cell's top token(s)."""
-    from PIL import Image, ImageDraw, ImageFont
-
     gh, gw = result["grid"]
     region = result["region"]
     P = result["patch_size"]
@@ -142,10 +140,10 @@ def draw_readout(image_pil, result: dict, out_png, min_cell: int = 64) -> None:
 
 def plot_sink(results: dict[str, dict], out_png) -> None:
     """One panel per measure, one line per checkpoint, layers on the x axis."""
-    import matplotlib
+    import matplotlib  # optional: the [tools] extra, only for plots
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional: the [tools] extra, only for plots
 
     fig, axes = plt.subplots(1, len(SINK_KEYS), figsize=(5 * len(SINK_KEYS), 3.6), squeeze=False)
     for ax, key in zip(axes[0], SINK_KEYS):

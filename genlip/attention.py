@@ -16,6 +16,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from genlip.masks import Layout, prefix_lm_mask, segment_bounds
 
@@ -117,8 +118,6 @@ class _NoCPUBackward(torch.autograd.Function):
 
 @functools.lru_cache(maxsize=1)
 def _compiled_flex():
-    from torch.nn.attention.flex_attention import flex_attention
-
     return torch.compile(flex_attention, dynamic=False)
 
 
@@ -126,8 +125,6 @@ class FlexPlan(AttentionPlan):
     """FlexAttention with a block mask built once from the layout's ids (compiled on CUDA, eager on the CPU)."""
 
     def __init__(self, layout: Layout) -> None:
-        from torch.nn.attention.flex_attention import create_block_mask
-
         sids, iids = layout.sample_ids, layout.image_ids
 
         def mask_mod(b, h, q_idx, kv_idx):
@@ -145,8 +142,6 @@ class FlexPlan(AttentionPlan):
         if q.device.type == "cuda":
             out = _compiled_flex()(q, k, v, block_mask=self.block_mask)
         else:
-            from torch.nn.attention.flex_attention import flex_attention
-
             with warnings.catch_warnings():  # the eager (unfused) path is intended here: CPU inference and tests
                 warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
                 out = flex_attention(q.detach(), k.detach(), v.detach(), block_mask=self.block_mask)

@@ -27,7 +27,7 @@ def default_mrope_section(head_dim: int) -> list[int]:
 
 @strict
 class GenLIPConfig(PreTrainedConfig):
-    r"""Architecture of a GenLIP Transformer (see ``shared/spec/genlip.md`` §2).
+    r"""Architecture of a GenLIP Transformer (the paper's architecture, arXiv 2605.00809).
 
     Args:
         hidden_size: model width ``d``.

@@ -10,14 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from transformers import SiglipImageProcessor
+
+from genlip.modeling import GenLIPVisionModel
+from genlip.run.checkpoint import resolve_weights_dir
 
 
 def export_hf(model_dir: str | Path, out_dir: str | Path, image_size: int | None = None,
               dtype: torch.dtype = torch.float32) -> Path:
     """``model_dir``: a GenLIP checkpoint or run directory (captioning or vision-only) or a loaded model."""
-    from genlip.modeling import GenLIPVisionModel
-    from genlip.train.checkpoint import resolve_weights_dir
-
     src = resolve_weights_dir(model_dir)
     enc = GenLIPVisionModel.from_pretrained(str(src), dtype=dtype)
     _check_complete(enc, src)
@@ -34,8 +36,6 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, image_size: int | None
 
 
 def image_processor(config):
-    from transformers import SiglipImageProcessor
-
     return SiglipImageProcessor(do_resize=True, size={"height": config.image_size, "width": config.image_size},
                                 resample=2, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
                                 image_mean=list(config.image_mean), image_std=list(config.image_std),
@@ -45,8 +45,6 @@ def image_processor(config):
 def _check_complete(enc, src: Path) -> None:
     """Every encoder tensor must come from the checkpoint (``from_pretrained`` would silently initialise any
     missing one)."""
-    from safetensors import safe_open
-
     names = set()
     for f in sorted(src.glob("*.safetensors")):
         with safe_open(str(f), "pt") as fh:

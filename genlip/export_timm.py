@@ -63,9 +63,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from genlip.config import GenLIPConfig
+from genlip.modeling import GenLIPTransformer
 
 TIMM_ARCHITECTURE = "naflexvit_base_patch16_gap"  # registry entry whose kwargs rebuild the export
 TIMM_NORM_EPS = 1e-6  # eps of timm.layers.LayerNorm, the only LayerNorm a NaFlexVit config can name
@@ -102,7 +104,7 @@ def timm_config(cfg: GenLIPConfig) -> dict[str, Any]:
     the dict works as ``NaFlexVit(**kwargs)`` and as ``timm.create_model(TIMM_ARCHITECTURE, **kwargs)``; drop those
     two keys for ``NaFlexVitCfg(**kwargs)``. Raises ``ValueError`` for configs timm cannot express.
     """
-    from timm.models.naflexvit import NaFlexVitCfg
+    from timm.models.naflexvit import NaFlexVitCfg  # optional: the [tools] extra
 
     _check_exportable(cfg)
     d = cfg.hidden_size
@@ -138,15 +140,13 @@ def timm_config(cfg: GenLIPConfig) -> dict[str, Any]:
 
 def build_timm_model(cfg: GenLIPConfig, device: torch.device | str | None = None) -> nn.Module:
     """A randomly initialised timm ``NaFlexVit`` with the architecture of ``cfg`` (eval mode)."""
-    from timm.models.naflexvit import NaFlexVit
+    from timm.models.naflexvit import NaFlexVit  # optional: the [tools] extra
 
     return NaFlexVit(**timm_config(cfg), device=device).eval()
 
 
 def _genlip_shapes(cfg: GenLIPConfig) -> dict[str, torch.Size]:
     """Parameter shapes of ``GenLIPTransformer(cfg)`` (built on the meta device, so free)."""
-    from genlip.modeling import GenLIPTransformer
-
     with torch.device("meta"):
         return {k: v.shape for k, v in GenLIPTransformer(cfg).state_dict().items()}
 
@@ -238,8 +238,6 @@ def _load_genlip(source: str | Path | nn.Module) -> tuple[dict[str, torch.Tensor
         if not isinstance(getattr(source, "config", None), GenLIPConfig):
             raise TypeError("export_timm needs a GenLIPVisionModel / GenLIPForCaptioning or a directory")
         return source.state_dict(), source.config
-    from safetensors.torch import load_file
-
     path = Path(source)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} has no config.json; expected a GenLIP save_pretrained directory")
@@ -263,8 +261,6 @@ def export_timm(model_dir_or_model: str | Path | nn.Module, out_dir: str | Path,
     model). ``dtype`` casts the weights (default: keep). Load the result with :func:`load_timm_export` or
     ``timm.create_model(f"local-dir:{out_dir}", pretrained=True)``.
     """
-    from safetensors.torch import save_file
-
     sd, cfg = _load_genlip(model_dir_or_model)
     args = timm_config(cfg)
     tsd = to_timm_state_dict(sd, cfg)
@@ -304,8 +300,7 @@ def export_timm(model_dir_or_model: str | Path | nn.Module, out_dir: str | Path,
 
 def load_timm_export(out_dir: str | Path, device: torch.device | str | None = None) -> nn.Module:
     """Rebuild the timm model of an :func:`export_timm` directory and load its weights with ``strict=True``."""
-    import timm
-    from safetensors.torch import load_file
+    import timm  # optional: the [tools] extra
 
     out = Path(out_dir)
     config = json.loads((out / "config.json").read_text())

@@ -1,4 +1,4 @@
-"""Caption generation for a GenLIP model: the encoder "speaks" (spec §6), greedy or sampled, with a KV cache.
+"""Caption generation for a GenLIP model: the encoder "speaks", greedy or sampled, with a KV cache.
 
 Each sample is ``[image tokens] + prompt``; samples of different grid sizes are left-padded into one batch (their
 positions restart per sample, so padding changes nothing). Decoding stops at EOS or after ``max_new_tokens``.

@@ -1,4 +1,4 @@
-"""Next-token cross-entropy over supervised text tokens only (spec §4).
+"""Next-token cross-entropy over supervised text tokens only.
 
 The LM head runs only on positions whose next token is supervised (image tokens and the prompt never reach it).
 ``chunked`` never materialises the full ``[tokens, vocab]`` logits: it computes the loss chunk by chunk and

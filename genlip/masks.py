@@ -1,4 +1,4 @@
-"""Sequence layouts and the exact prefix-LM attention mask (spec §4): pure functions, no model needed.
+"""Sequence layouts and the exact prefix-LM attention mask: pure functions, no model needed.
 
 A batch is ``B`` rows of ``L`` tokens. Each token carries
 - ``sample_ids``: index of its sample within the row, ``-1`` for padding;

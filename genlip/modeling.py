@@ -1,4 +1,4 @@
-"""The GenLIP model: one Transformer over ``[image patches ; text]`` trained by next-token prediction (spec §2).
+"""The GenLIP model: one Transformer over ``[image patches ; text]`` trained by next-token prediction.
 
 - :class:`GenLIPTransformer` is the ViT itself (patch embedding, MRoPE, blocks, final LayerNorm).
 - :class:`GenLIPForCaptioning` adds the text embedding and the untied LM head: the pretraining model.
@@ -20,6 +20,7 @@ from transformers.utils import ModelOutput
 
 from genlip.attention import AttentionPlan, build_plan
 from genlip.config import GenLIPConfig
+from genlip.generation import generate
 from genlip.layers import Block, LayerScale, PatchEmbed
 from genlip.loss import IGNORE_INDEX, gather_supervised, supervised_ce
 from genlip.masks import Layout, fixed_layout, image_only_layout, packed_layout
@@ -208,8 +209,6 @@ class GenLIPForCaptioning(GenLIPPreTrainedModel):
     @torch.no_grad()
     def caption(self, pixel_values, prompt_ids, **generate_kwargs) -> list[list[int]]:
         """Greedy (or sampled) captions with a KV cache; see :func:`genlip.generation.generate`."""
-        from genlip.generation import generate
-
         return generate(self, pixel_values, prompt_ids, **generate_kwargs)
 
 

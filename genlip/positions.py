@@ -1,6 +1,6 @@
 """3-axis (t, h, w) position ids for GenLIP sequences: pure functions, no model needed.
 
-Rule (Qwen2-VL style, spec §3): a running offset ``p`` starts at 0 for every sample. An image of ``gh x gw`` patches
+Rule (Qwen2-VL style): a running offset ``p`` starts at 0 for every sample. An image of ``gh x gw`` patches
 gets ``(p, p + r, p + c)`` for the patch at row ``r``, column ``c`` (row-major, the patch flattening order); a text
 token gets ``(p, p, p)``. After an image ``p`` jumps past its largest index; after a text token it grows by one.
 For the standard sample ``[image] + text`` this gives image ``(0, r, c)`` and text starting at ``max(gh, gw)``.

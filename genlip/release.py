@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from genlip.config import GenLIPConfig
+from genlip.modeling import GenLIPForCaptioning, GenLIPVisionModel
 
 # (release pattern, our name); applied to every key after any wrapper prefix is stripped.
 _RULES: list[tuple[str, str]] = [
@@ -97,8 +98,6 @@ def _read_safetensors_dir(path: Path) -> dict[str, torch.Tensor]:
 def load_release_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32, vision_only: bool = False):
     """Load a release directory (``config.json`` + safetensors) as a :class:`GenLIPForCaptioning` (or the vision
     model alone with ``vision_only``). Missing or mis-shaped weights raise."""
-    from genlip.modeling import GenLIPForCaptioning, GenLIPVisionModel
-
     path = Path(path)
     config = config_from_release(json.loads((path / "config.json").read_text()))
     sd = convert_release_state_dict(_read_safetensors_dir(path))

@@ -1,4 +1,4 @@
-"""Interleaved 3-axis multimodal RoPE (spec §3), Qwen3-VL channel layout, rotate-half convention."""
+"""Interleaved 3-axis multimodal RoPE, Qwen3-VL channel layout, rotate-half convention."""
 
 from __future__ import annotations
 

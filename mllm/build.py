@@ -10,8 +10,21 @@ import logging
 from pathlib import Path
 
 import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoTokenizer,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextProcessor,
+    LlavaProcessor,
+)
 
+import mllm  # noqa: F401  (registers the native variant)
 from mllm.image_modes import default_pinpoints, resize_num_tokens
+from mllm.native import NativeLlavaConfig, NativeLlavaForConditionalGeneration
 from mllm.processing import IMAGE_PLACEHOLDER, ImageSpec, make_image_processor
 from mllm.towers import NATIVE_KINDS, load_tower
 
@@ -31,8 +44,6 @@ def build_mllm(vision_path: str, llm_path: str, mode: str = "resize", image_size
                max_tokens: int = 576, dtype: torch.dtype = torch.float32):
     """A new MLLM from a local vision checkpoint and a local LLM checkpoint. Returns ``(model, tokenizer, spec)``;
     the projector is freshly initialised, the tower and LLM weights are the checkpoints'."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
-
     if mode not in MODES:
         raise ValueError(f"image mode must be one of {MODES}, got {mode!r}")
     tower, info = load_tower(vision_path, dtype)
@@ -60,13 +71,9 @@ def build_mllm(vision_path: str, llm_path: str, mode: str = "resize", image_size
         config = LlavaConfig(**common, image_seq_length=resize_num_tokens(size, info.patch_size))
         model = LlavaForConditionalGeneration(config)
     elif mode == "anyres":
-        from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
-
         config = LlavaNextConfig(**common, image_grid_pinpoints=spec.pinpoints)
         model = LlavaNextForConditionalGeneration(config)
     else:
-        from mllm.native import NativeLlavaConfig, NativeLlavaForConditionalGeneration
-
         config = NativeLlavaConfig(**common)
         model = NativeLlavaForConditionalGeneration(config)
     model.model.vision_tower.load_state_dict(tower.state_dict())
@@ -90,8 +97,6 @@ def save_processing(directory: str | Path, config, tokenizer, spec: ImageSpec) -
     spec.save(directory)
     ip = make_image_processor(spec)
     if ip is not None:
-        from transformers import LlavaNextProcessor, LlavaProcessor
-
         cls = LlavaProcessor if spec.mode == "resize" else LlavaNextProcessor
         proc = cls(image_processor=ip, tokenizer=tokenizer, patch_size=spec.patch_size,
                    vision_feature_select_strategy=config.vision_feature_select_strategy,
@@ -101,10 +106,6 @@ def save_processing(directory: str | Path, config, tokenizer, spec: ImageSpec) -
 
 def load_mllm(directory: str | Path, dtype: torch.dtype = torch.float32):
     """``(model, tokenizer, spec, image_processor)`` of a saved MLLM directory."""
-    from transformers import AutoModelForImageTextToText, AutoTokenizer
-
-    import mllm  # noqa: F401  (registers the native variant)
-
     directory = Path(directory)
     if not (directory / "genlip_mllm_image.json").exists():
         raise FileNotFoundError(f"{directory} is not an MLLM directory of this toolkit (no genlip_mllm_image.json)")

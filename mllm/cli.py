@@ -15,7 +15,12 @@ import os
 import shlex
 import sys
 
-from genlip.resources import ResourceNotFound, bundled_names, resolve_recipe
+from genlip.data.sources import DataError
+from genlip.run.command import execute, load_for_command, print_config, recipe_help
+from mllm.build import load_mllm
+from mllm.chat import answer, load_image
+from mllm.recipe import MllmRecipe
+from mllm.train import train
 
 DEFAULTS = {"pretrain": "pretrain_tiny_cpu", "finetune": "finetune_tiny_cpu"}
 
@@ -28,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     for stage in ("pretrain", "finetune"):
         s = sub.add_parser(stage, help=f"{stage} an MLLM from a recipe")
         s.add_argument("--recipe", default=DEFAULTS[stage],
-                       help="a recipe YAML path, or a bundled recipe: " + ", ".join(bundled_names("mllm"))
-                       + " (default: %(default)s)")
+                       help=recipe_help("mllm"))
         s.add_argument("--print-recipe", action="store_true")
         s.add_argument("overrides", nargs="*")
     c = sub.add_parser("chat", help="answer one question about one image")
@@ -42,46 +46,23 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.cmd == "chat":
-        from mllm.build import load_mllm
-        from mllm.chat import answer, load_image
-
         model, tok, spec, ip = load_mllm(args.model)
         image = load_image(args.image) if args.image else None
         print(answer(model, tok, spec, ip, image, args.prompt, args.max_new_tokens, args.sample, args.temperature))
         return 0
-    from genlip.data.sources import DataError
-    from genlip.train import dist as D
-    from genlip.train.recipe import RecipeError, load_recipe, to_dict
-    from mllm.recipe import MllmRecipe
-
-    try:
-        recipe = load_recipe(resolve_recipe(args.recipe, "mllm"), args.overrides, cls=MllmRecipe)
-    except (RecipeError, ResourceNotFound) as e:
-        print(f"genlip-mllm: bad recipe: {e}", file=sys.stderr)
-        return 2
+    recipe = load_for_command("genlip-mllm", args.recipe, "mllm", args.overrides, MllmRecipe)
     if recipe.stage != args.cmd:
         print(f"genlip-mllm: the recipe is for stage {recipe.stage!r}, not {args.cmd!r}", file=sys.stderr)
         return 2
     if args.print_recipe:
-        import yaml
-
-        print(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+        print_config(recipe)
         return 0
     if recipe.train.deepspeed and "WORLD_SIZE" not in os.environ:
         again = shlex.join([args.cmd, "--recipe", args.recipe, *args.overrides])
         print(f"genlip-mllm: train.deepspeed needs a distributed launcher; run "
               f"`torchrun --nproc_per_node <GPUs> -m mllm.cli {again}`", file=sys.stderr)
         return 2
-    from mllm.train import train
-
-    try:
-        train(recipe)
-    except (DataError, ValueError, FileNotFoundError) as e:
-        print(f"genlip-mllm: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    finally:
-        D.cleanup()
-    return 0
+    return execute("genlip-mllm", train, recipe, (DataError, ValueError, FileNotFoundError))
 
 
 if __name__ == "__main__":

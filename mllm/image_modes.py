@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from transformers.image_processing_utils import select_best_resolution
+
 from genlip.data.transforms import smart_resize
 
 
@@ -27,8 +29,6 @@ def anyres_grid(orig_h: int, orig_w: int, pinpoints: list[list[int]], tile: int)
     >>> anyres_grid(300, 800, [[384, 768], [768, 384], [768, 768]], 384)
     (1, 2)
     """
-    from transformers.image_processing_utils import select_best_resolution
-
     h, w = select_best_resolution((orig_h, orig_w), pinpoints)
     return h // tile, w // tile
 

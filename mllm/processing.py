@@ -8,13 +8,21 @@ from transformers' own image processors, saved with the model, so a checkpoint a
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import transformers
 from PIL import Image
+from transformers.models.siglip2.image_processing_pil_siglip2 import (
+    Siglip2ImageProcessorPil,
+    get_image_size_for_max_num_patches,
+)
 
+from genlip.data.transforms import smart_resize, to_tensor
+from genlip.image import normalize, patchify
 from genlip.loss import IGNORE_INDEX
 from mllm.image_modes import anyres_num_tokens, native_grid, resize_num_tokens
 
@@ -52,8 +60,6 @@ class ImageSpec:
         if self.mode == "anyres":
             return anyres_num_tokens(h, w, self.pinpoints, self.image_size, self.patch_size)
         if self.kind == "siglip2":  # SigLIP2's own NaFlex resize rule
-            from transformers.models.siglip2.image_processing_pil_siglip2 import get_image_size_for_max_num_patches
-
             th, tw = get_image_size_for_max_num_patches(h, w, self.patch_size, self.max_tokens)
             return (th // self.patch_size) * (tw // self.patch_size)
         gh, gw = native_grid(h, w, self.patch_size, self.min_tokens, self.max_tokens)
@@ -62,10 +68,6 @@ class ImageSpec:
 
 def make_image_processor(spec: ImageSpec):
     """The transformers image processor of ``resize`` / ``anyres`` (None for ``native``, handled here)."""
-    import importlib.util
-
-    import transformers
-
     pil = importlib.util.find_spec("torchvision") is None  # transformers' PIL backends, without torchvision
     CLIPImageProcessor = getattr(transformers, "CLIPImageProcessorPil" if pil else "CLIPImageProcessor")
     LlavaNextImageProcessor = getattr(transformers, "LlavaNextImageProcessorPil" if pil else "LlavaNextImageProcessor")
@@ -89,17 +91,12 @@ def preprocess_images(spec: ImageSpec, images: list[Image.Image], image_processo
         keep = ("pixel_values", "image_sizes") if spec.mode == "anyres" else ("pixel_values",)
         return {k: out[k] for k in keep}
     if spec.kind == "siglip2":
-        from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
-
         proc = Siglip2ImageProcessorPil(patch_size=spec.patch_size, max_num_patches=spec.max_tokens,
                                      image_mean=spec.image_mean, image_std=spec.image_std)
         out = proc(images=images, return_tensors="pt")
         shapes = out["spatial_shapes"]
         return {"pixel_values": out["pixel_values"], "pixel_attention_mask": out["pixel_attention_mask"],
                 "spatial_shapes": shapes, "image_grid_hw": shapes.clone()}
-    from genlip.data.transforms import smart_resize, to_tensor
-    from genlip.image import normalize, patchify
-
     patches, grids = [], []
     P = spec.patch_size
     for img in images:

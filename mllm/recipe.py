@@ -8,8 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from genlip.resources import resolve_deepspeed
-from genlip.runtime import ALLOCATOR_MODES
+from genlip.run.resources import resolve_deepspeed
 
 # the Hugging Face Trainer's lr_scheduler_type values that take no extra arguments
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
@@ -70,7 +69,7 @@ class MllmTrainRecipe:
     max_grad_norm: float = 1.0
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    cpu_allocator: Literal["retain", "system"] = "retain"  # retain: keep freed memory (genlip.runtime)
+    cpu_allocator: Literal["retain", "system"] = "retain"  # retain: keep freed memory (genlip.run.runtime)
     deepspeed: str | None = None  # zero2 | zero3 (bundled) | a DeepSpeed JSON path; resolved to a full path at load
     gradient_checkpointing: bool = False
     save_steps: int = 500
@@ -79,10 +78,15 @@ class MllmTrainRecipe:
     resume: str = "auto"  # auto | none | a checkpoint directory
 
     def __post_init__(self) -> None:
-        if self.cpu_allocator not in ALLOCATOR_MODES:
-            raise ValueError(f"train.cpu_allocator must be one of {ALLOCATOR_MODES}, not {self.cpu_allocator!r}")
         if self.deepspeed:  # checked here, before any model is loaded
             self.deepspeed = str(resolve_deepspeed(self.deepspeed))
+
+
+@dataclass
+class MllmDebugRecipe:
+    """Fault injection for tests of the failure paths; never set in a real run."""
+
+    stop_after_step: int = 0  # stop as if killed right after this step's checkpoint (no final/)
 
 
 @dataclass
@@ -95,3 +99,4 @@ class MllmRecipe:
     lr: LearningRates = field(default_factory=LearningRates)
     lora: LoraRecipe = field(default_factory=LoraRecipe)
     train: MllmTrainRecipe = field(default_factory=MllmTrainRecipe)
+    debug: MllmDebugRecipe = field(default_factory=MllmDebugRecipe)

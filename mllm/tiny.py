@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import torch
+from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
 
 def make_tiny_llm(tokenizer_dir: str | Path, out: str | Path, hidden: int = 128, layers: int = 2,
                   seed: int = 0) -> Path:
-    import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(seed)
     cfg = Qwen2Config(vocab_size=int(math.ceil(len(tok) / 64) * 64), hidden_size=hidden,

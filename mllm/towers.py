@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoConfig, PretrainedConfig
+from transformers import AutoConfig, AutoModel, PretrainedConfig
+
+from genlip.modeling import GenLIPVisionModel
 
 # model_type of the vision config -> (kind, vision model class name in transformers or genlip)
 _KINDS = {
@@ -59,14 +61,10 @@ def load_vision_config(path: str) -> PretrainedConfig:
 
 def load_tower(path: str, dtype: torch.dtype = torch.float32):
     """The vision model of a local checkpoint (a vision-only or an image-text directory) and its :class:`TowerInfo`."""
-    from transformers import AutoModel
-
     vcfg = load_vision_config(path)
     info = tower_info(vcfg)
     model = AutoModel.from_pretrained(path, config=vcfg, dtype=dtype) if info.kind != "genlip" else None
     if info.kind == "genlip":
-        from genlip.modeling import GenLIPVisionModel
-
         model = GenLIPVisionModel.from_pretrained(path, dtype=dtype)
     elif not _is_vision_model(model):
         raise ValueError(f"{path}: expected a vision model, got {type(model).__name__}")

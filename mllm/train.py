@@ -11,9 +11,24 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+import yaml
+from accelerate import PartialState
+from transformers import AutoModelForImageTextToText, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
 
-from genlip.train import dist as D
+from genlip.data.synth_sft import write_sft
+from genlip.data.tokenizer import train_tokenizer
+from genlip.run import dist as D
+from genlip.run.checkpoint import list_checkpoints
+from genlip.run.config import recipe_diff, save_recipe
+from genlip.run.dirs import generated_dir
+from genlip.run.runtime import configure_cpu_allocator
+from mllm.build import build_mllm, load_mllm, save_mllm, save_processing
+from mllm.data import Collator, LlavaDataset
+from mllm.image_modes import default_pinpoints
+from mllm.processing import ConversationEncoder, make_image_processor
 from mllm.recipe import MllmRecipe
+from mllm.tiny import make_tiny_llm
 
 log = logging.getLogger(__name__)
 GROUPS = {"projector": ("model.multi_modal_projector.", "model.image_newline"),
@@ -49,16 +64,12 @@ def apply_trainable(model, lrs: dict[str, float], lora: bool = False) -> dict[st
 
 
 def _resolve_vision(path: str) -> str:
-    from genlip.train.checkpoint import list_checkpoints
-
     ckpts = list_checkpoints(Path(path))
     return str(ckpts[-1]) if ckpts else path
 
 
 def ensure_sft_data(recipe: MllmRecipe) -> tuple[str, str]:
     """The recipe's data; the generated SFT sets (and the tiny LLM, when ``model.llm=tiny``) are made on first use."""
-    from genlip.train.data_setup import generated_dir
-
     data = recipe.data
     if data.synth is None:
         return data.path, data.image_root
@@ -69,10 +80,6 @@ def ensure_sft_data(recipe: MllmRecipe) -> tuple[str, str]:
         raise ValueError(f"data.synth.set must be captions or instruct, got {which!r}")
 
     def make(tmp: Path) -> None:
-        from genlip.data.tokenizer import train_tokenizer
-        from mllm.synth_sft import write_sft
-        from mllm.tiny import make_tiny_llm
-
         write_sft(tmp, samples, seed)
         texts = [m["value"] for f in ("captions.json", "instruct.json") for r in json.loads((tmp / f).read_text())
                  for m in r["conversations"]] + ["You are a helpful assistant.", "user", "assistant", "system"]
@@ -87,9 +94,6 @@ def ensure_sft_data(recipe: MllmRecipe) -> tuple[str, str]:
 
 
 def build_from_recipe(recipe: MllmRecipe):
-    from mllm.build import build_mllm, load_mllm
-    from mllm.processing import make_image_processor
-
     m = recipe.model
     if m.init_from:
         model, tokenizer, spec, ip = load_mllm(m.init_from)
@@ -97,8 +101,6 @@ def build_from_recipe(recipe: MllmRecipe):
         return model, tokenizer, spec, ip
     if not m.vision or not m.llm:
         raise ValueError("model.vision and model.llm are required (or model.init_from)")
-    from mllm.image_modes import default_pinpoints
-
     pinpoints = None
     if m.mode == "anyres" and m.image_size:
         pinpoints = default_pinpoints(m.image_size, m.max_grid)
@@ -109,51 +111,90 @@ def build_from_recipe(recipe: MllmRecipe):
 
 def _cpu_deepspeed_state() -> None:
     """The HF Trainer + DeepSpeed on CPU processes: accelerate must be told to use DeepSpeed with gloo."""
-    from accelerate import PartialState
-
     os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
     PartialState(backend="gloo")
     os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
 
 
+class SaveProcessing(TrainerCallback):
+    """Every Trainer checkpoint gets the processor, tokenizer, image spec and resolved recipe (so each one loads by
+    itself); the logs count skipped samples; ``debug.stop_after_step`` stops as if killed after that checkpoint."""
+
+    def __init__(self, out: Path, model, tokenizer, spec, recipe: MllmRecipe, skipped: Counter) -> None:
+        self.out, self.model, self.tokenizer, self.spec, self.recipe, self.skipped = (
+            out, model, tokenizer, spec, recipe, skipped)
+
+    def on_save(self, args, state, control, **kw):
+        if state.is_world_process_zero:
+            ckpt = self.out / f"checkpoint-{state.global_step}"
+            save_processing(ckpt, self.model.config, self.tokenizer, self.spec)
+            save_recipe(self.recipe, ckpt / "recipe.yaml")
+
+    def on_step_end(self, args, state, control, **kw):
+        stop = self.recipe.debug.stop_after_step
+        if stop and state.global_step >= stop:
+            control.should_training_stop = True
+            control.should_save = True
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs is not None:
+            logs["skipped_samples"] = sum(self.skipped.values())
+
+
+class MllmTrainer(Trainer):
+    """The HF Trainer with one AdamW group per module group (its own learning rate; 0 = frozen) and a resume that
+    maps LLaVA's legacy weight names back."""
+
+    def __init__(self, *args, lrs: dict[str, float], recipe: MllmRecipe, skipped: Counter, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.lrs, self.recipe, self.skipped = lrs, recipe, skipped
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            groups: dict[str, list] = {}
+            for n, p in self.model.named_parameters():
+                if p.requires_grad:
+                    groups.setdefault(group_of(n), []).append(p)
+            wd = self.recipe.train.weight_decay
+            self.optimizer = torch.optim.AdamW(
+                [{"params": ps, "lr": self.lrs[g], "weight_decay": wd} for g, ps in groups.items()],
+                betas=(0.9, 0.999), eps=1e-8, fused=not torch.cuda.is_available() or None)
+        return self.optimizer
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """transformers writes LLaVA weights under their legacy names and the Trainer's plain loader does not map
+        them back (it loads non-strictly, silently keeping the old weights); load through from_pretrained."""
+        if self.is_deepspeed_enabled or self.recipe.lora.enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        loaded = AutoModelForImageTextToText.from_pretrained(resume_from_checkpoint)
+        (model or self.model).load_state_dict(loaded.state_dict(), strict=True)
+        D.print0(f"resumed weights from {resume_from_checkpoint}")
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        n = inputs.pop("n_skipped", None)
+        if n is not None and int(n):
+            self.skipped["decode"] += int(n)
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
 def train(recipe: MllmRecipe) -> Path:
-    from transformers import Trainer, TrainerCallback, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
-
-    from genlip.train.recipe import save_recipe
-    from mllm.build import save_mllm, save_processing
-    from mllm.data import Collator, LlavaDataset
-    from mllm.processing import ConversationEncoder
-
+    """Build (or continue), train and save ``output_dir/final``; a finished run given again only says so."""
     t = recipe.train
-    final = Path(t.output_dir) / "final"
-    if t.resume != "none" and (final / "recipe.yaml").exists():  # recipe.yaml is the last file a finished run writes
-        D.print0(f"already finished: {final} holds the trained model (train.resume=none trains it again)")
-        return final
-    rank, _, ws = D.world()
-    cuda = torch.cuda.is_available()
-    if not cuda:
-        from genlip.runtime import configure_cpu_allocator
-
-        configure_cpu_allocator(t.cpu_allocator)
-    if t.deepspeed and not cuda:
-        _cpu_deepspeed_state()
-    elif ws > 1 and not cuda:
-        from accelerate import PartialState
-
-        PartialState(backend="gloo")
+    out, cuda, ws = Path(t.output_dir), torch.cuda.is_available(), D.world()[2]
+    if t.resume != "none" and (out / "final" / "recipe.yaml").exists():  # the last file a finished run writes
+        D.print0(f"already finished: {out / 'final'} holds the trained model (train.resume=none trains it again)")
+        return out / "final"
+    if t.global_batch % (t.micro_batch * ws):
+        raise ValueError(f"train.global_batch {t.global_batch} is not a multiple of train.micro_batch "
+                         f"{t.micro_batch} x world size {ws}")
+    _process_state(t, ws, cuda)
     torch.manual_seed(t.seed)
     data_path, image_root = ensure_sft_data(recipe)
     model, tokenizer, spec, ip = build_from_recipe(recipe)
     lrs = {"projector": recipe.lr.projector, "language_model": recipe.lr.language_model,
            "vision_tower": recipe.lr.vision_tower}
     if recipe.lora.enabled:
-        from peft import LoraConfig, get_peft_model
-
-        targets = r"model\.language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-        model = get_peft_model(model, LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha,
-                                                 lora_dropout=recipe.lora.dropout, target_modules=targets,
-                                                 modules_to_save=["multi_modal_projector"]))
+        model = _with_lora(model, recipe)
     D.print0(f"MLLM {recipe.stage}: {spec.kind} tower ({spec.mode} mode) -> projector -> LLM | "
              f"{'LoRA on the LLM' if recipe.lora.enabled else 'full weights'}")
     apply_trainable(model, lrs, lora=recipe.lora.enabled)
@@ -161,97 +202,77 @@ def train(recipe: MllmRecipe) -> Path:
                                   system=recipe.data.system_prompt, max_length=recipe.data.max_length)
     dataset = LlavaDataset(data_path, image_root, encoder, recipe.data.max_skip_fraction)
     collator = Collator(spec, ip, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
-    if t.global_batch % (t.micro_batch * ws):
-        raise ValueError(f"train.global_batch {t.global_batch} is not a multiple of train.micro_batch "
-                         f"{t.micro_batch} x world size {ws}")
-    bf16 = cuda and t.precision != "fp32"
-    out = Path(t.output_dir)
-    args = TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=t.micro_batch,
+    skipped: Counter = Counter()
+    trainer = MllmTrainer(model=model, args=training_arguments(recipe, ws, cuda, max(lrs.values())),
+                          train_dataset=dataset, data_collator=collator, lrs=lrs, recipe=recipe, skipped=skipped,
+                          callbacks=[SaveProcessing(out, model, tokenizer, spec, recipe, skipped)])
+    trainer.train(resume_from_checkpoint=_resume_point(recipe, out))
+    if recipe.debug.stop_after_step:
+        D.print0(f"stopped after step {recipe.debug.stop_after_step} (debug.stop_after_step)")
+        return out
+    return _save_final(trainer, model, tokenizer, spec, recipe, {"records": dict(dataset.skipped),
+                                                                  "decode": dict(skipped)})
+
+
+def _process_state(t, ws: int, cuda: bool) -> None:
+    """The CPU allocator, and on CPU processes the accelerate state the Trainer must find (gloo, DeepSpeed)."""
+    if cuda:
+        return
+    configure_cpu_allocator(t.cpu_allocator)
+    if t.deepspeed:
+        _cpu_deepspeed_state()
+    elif ws > 1:
+        PartialState(backend="gloo")
+
+
+def _with_lora(model, recipe: MllmRecipe):
+    from peft import LoraConfig, get_peft_model  # optional: only LoRA runs pay for importing PEFT
+
+    targets = r"model\.language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    return get_peft_model(model, LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha,
+                                            lora_dropout=recipe.lora.dropout, target_modules=targets,
+                                            modules_to_save=["multi_modal_projector"]))
+
+
+def training_arguments(recipe: MllmRecipe, ws: int, cuda: bool, max_lr: float) -> TrainingArguments:
+    t = recipe.train
+    return TrainingArguments(
+        output_dir=t.output_dir, per_device_train_batch_size=t.micro_batch,
         gradient_accumulation_steps=t.global_batch // (t.micro_batch * ws), num_train_epochs=t.epochs,
-        max_steps=t.max_steps, learning_rate=max(lrs.values()), lr_scheduler_type=t.scheduler,
+        max_steps=t.max_steps, learning_rate=max_lr, lr_scheduler_type=t.scheduler,
         warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps, save_steps=t.save_steps, save_total_limit=t.save_total_limit, seed=t.seed,
-        data_seed=t.seed, bf16=bf16, deepspeed=t.deepspeed, gradient_checkpointing=t.gradient_checkpointing,
-        report_to=[], remove_unused_columns=False, dataloader_num_workers=recipe.data.num_workers,
-        use_cpu=not cuda, disable_tqdm=not D.is_main(),
+        data_seed=t.seed, bf16=cuda and t.precision != "fp32", deepspeed=t.deepspeed,
+        gradient_checkpointing=t.gradient_checkpointing, report_to=[], remove_unused_columns=False,
+        dataloader_num_workers=recipe.data.num_workers, use_cpu=not cuda, disable_tqdm=not D.is_main(),
         accelerator_config={"use_configured_state": True} if (not cuda and (t.deepspeed or ws > 1)) else None)
 
-    skipped: Counter = Counter()
-    stop_after = int(os.environ.get("GENLIP_STOP_AFTER_STEP", 0))
 
-    class Processors(TrainerCallback):
-        def on_save(self, args, state, control, **kw):
-            if state.is_world_process_zero:
-                save_processing(out / f"checkpoint-{state.global_step}", model.config, tokenizer, spec)
-                save_recipe(recipe, out / f"checkpoint-{state.global_step}" / "recipe.yaml")
-
-        def on_step_end(self, args, state, control, **kw):
-            # fault injection for tests: stop as if killed right after this step's checkpoint
-            if stop_after and state.global_step >= stop_after:
-                control.should_training_stop = True
-                control.should_save = True
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs is not None:
-                logs["skipped_samples"] = sum(skipped.values())
-
-    class MllmTrainer(Trainer):
-        def create_optimizer(self, model=None):
-            if self.optimizer is None:
-                groups: dict[str, list] = {}
-                for n, p in self.model.named_parameters():
-                    if p.requires_grad:
-                        groups.setdefault(group_of(n), []).append(p)
-                self.optimizer = torch.optim.AdamW(
-                    [{"params": ps, "lr": lrs[g], "weight_decay": t.weight_decay} for g, ps in groups.items()],
-                    betas=(0.9, 0.999), eps=1e-8, fused=not cuda or None)
-            return self.optimizer
-
-        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-            """transformers writes LLaVA weights under their legacy names and the Trainer's plain loader does not map
-            them back (it loads non-strictly, silently keeping the old weights); load through from_pretrained."""
-            if self.is_deepspeed_enabled or recipe.lora.enabled:
-                return super()._load_from_checkpoint(resume_from_checkpoint, model)
-            from transformers import AutoModelForImageTextToText
-
-            loaded = AutoModelForImageTextToText.from_pretrained(resume_from_checkpoint)
-            (model or self.model).load_state_dict(loaded.state_dict(), strict=True)
-            D.print0(f"resumed weights from {resume_from_checkpoint}")
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            n = inputs.pop("n_skipped", None)
-            if n is not None and int(n):
-                skipped["decode"] += int(n)
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-
-    trainer = MllmTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                          callbacks=[Processors()])
-    resume = None
-    if t.resume == "auto":
-        resume = get_last_checkpoint(str(out)) if out.exists() else None
-    elif t.resume != "none":
-        resume = t.resume
+def _resume_point(recipe: MllmRecipe, out: Path) -> str | None:
+    """``train.resume``: auto (the newest Trainer checkpoint, if any), none, or a checkpoint directory; resuming
+    under a changed recipe is allowed but never silent."""
+    t = recipe.train
+    resume = t.resume if t.resume not in ("auto", "none") else None
+    if t.resume == "auto" and out.exists():
+        resume = get_last_checkpoint(str(out))
     if resume:
         D.print0(f"resuming from {resume}")
         saved = Path(resume) / "recipe.yaml"
         if saved.exists():
-            import yaml
-
-            from genlip.train.recipe import recipe_diff
-
             changed = [d for d in recipe_diff(yaml.safe_load(saved.read_text()), recipe) if "resume" not in d]
             if changed:
                 D.print0("WARNING: the recipe differs from the checkpoint's: " + "; ".join(changed))
-    trainer.train(resume_from_checkpoint=resume)
-    if stop_after:
-        D.print0(f"stopped after step {stop_after} (GENLIP_STOP_AFTER_STEP)")
-        return out
-    final = out / "final"
+    return resume
+
+
+def _save_final(trainer: MllmTrainer, model, tokenizer, spec, recipe: MllmRecipe, skipped: dict) -> Path:
+    """Collective: ``final/`` with the full weights (gathered under ZeRO-3; LoRA merged), the processor, the log
+    history, the skip counts and, last, the resolved recipe (its presence marks the run finished)."""
+    final = Path(recipe.train.output_dir) / "final"
     to_save = model
     if recipe.lora.enabled:
         if trainer.is_world_process_zero():
-            model.save_pretrained(out / "lora_adapter")
+            model.save_pretrained(Path(recipe.train.output_dir) / "lora_adapter")
         to_save = model.merge_and_unload()
     # under ZeRO-3 the weights are sharded: gather them (collective), then rank 0 writes
     state = trainer.accelerator.get_state_dict(trainer.deepspeed) if trainer.is_deepspeed_enabled else None
@@ -259,10 +280,8 @@ def train(recipe: MllmRecipe) -> Path:
         state = None  # the merged model holds the full weights
     if trainer.is_world_process_zero():
         save_mllm(final, to_save, tokenizer, spec, state_dict=state)
-    if trainer.is_world_process_zero():
         (final / "log_history.json").write_text(json.dumps(trainer.state.log_history))
-        (final / "skipped.json").write_text(json.dumps({"records": dict(dataset.skipped),
-                                                        "decode": dict(skipped)}))
+        (final / "skipped.json").write_text(json.dumps(skipped))
         save_recipe(recipe, final / "recipe.yaml")
         D.print0(f"saved {final}")
     D.barrier()

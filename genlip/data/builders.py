@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections import deque
+
+from PIL import Image
+
 from genlip.data.dataset import ExampleBuilder
+from genlip.data.packing import RowPacker, collate_packed
 from genlip.data.sequence import CaptionEncoder, collate_fixed
-from genlip.data.transforms import fixed_resize
+from genlip.data.transforms import fixed_resize, smart_resize, to_tensor
+from genlip.image import normalize, patchify
 
 
 class FixedResBuilder(ExampleBuilder):
@@ -45,11 +51,6 @@ class NativeResBuilder(ExampleBuilder):
                              f"+ EOS); raise max_seq_len or lower max_pixels / max_caption_tokens")
 
     def build(self, image, caption: str) -> dict:
-        from PIL import Image
-
-        from genlip.data.transforms import smart_resize, to_tensor
-        from genlip.image import normalize, patchify
-
         ids, labels = self.encoder(caption)
         h, w = smart_resize(image.height, image.width, self.patch_size, self.min_pixels, self.max_pixels)
         pixels = normalize(to_tensor(image.resize((w, h), Image.BILINEAR)), self.mean, self.std)
@@ -57,10 +58,6 @@ class NativeResBuilder(ExampleBuilder):
         return {"patches": patches, "grid": grid, "input_ids": ids, "labels": labels}
 
     def batches(self, examples, batch_size: int, restored=None):
-        from collections import deque
-
-        from genlip.data.packing import RowPacker, collate_packed
-
         packer = RowPacker(self.max_seq_len, self.window, self.min_fill)
         if restored:
             packer.queue, packer.carry = deque(restored["queue"]), list(restored["carry"])

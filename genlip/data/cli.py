@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from genlip.data.synth import write_corpus
+from genlip.data.synth_sft import write_sft
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="genlip-data")
@@ -21,14 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.cmd == "synth":
-        from genlip.data.synth import write_corpus
-
         out = write_corpus(args.out, args.samples, seed=args.seed, shard_size=args.shard_size,
                            tokenizer_vocab=args.vocab)
         print(f"wrote {args.samples} samples to {out}/shards and a tokenizer to {out}/tokenizer")
     elif args.cmd == "synth-sft":
-        from mllm.synth_sft import write_sft
-
         out = write_sft(args.out, args.samples, args.seed)
         print(f"wrote {out}/captions.json, {out}/instruct.json and {args.samples} images in {out}/images")
     return 0

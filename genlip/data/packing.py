@@ -6,10 +6,13 @@ with the next window (at most once, so nothing waits forever).
 
 from __future__ import annotations
 
+import random
+from collections import deque
 from collections.abc import Sequence
 
 import torch
 
+from genlip.data.transforms import smart_resize
 from genlip.loss import IGNORE_INDEX
 from genlip.positions import sample_position_ids
 
@@ -53,10 +56,6 @@ def simulate_stage2_lengths(n: int, seed: int = 0, patch: int = 16, min_tokens: 
     """Sample lengths of a paper-like stage-2 mix (for benchmarks and tests): web images of log-normal size
     (median ~490 x 400 px) smart-resized to ``min_tokens..max_tokens`` patches, plus prompt, a long caption
     (median ~180 tokens) and EOS; the mean is near the paper's ~1200 tokens per sample."""
-    import random
-
-    from genlip.data.transforms import smart_resize
-
     rng = random.Random(seed)
     out = []
     for _ in range(n):
@@ -116,8 +115,6 @@ class RowPacker:
     """
 
     def __init__(self, capacity: int, window: int, min_fill: float, length=example_length) -> None:
-        from collections import deque
-
         self.capacity, self.window, self.min_fill, self.length = capacity, window, min_fill, length
         self.queue: deque = deque()
         self.carry: list = []

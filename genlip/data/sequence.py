@@ -1,4 +1,4 @@
-"""The GenLIP text sequence (spec §4): ``prompt`` (no loss) + ``caption`` + EOS (supervised).
+"""The GenLIP text sequence: ``prompt`` (no loss) + ``caption`` + EOS (supervised).
 
 EOS is ``<|im_end|>`` followed by a newline token, as the release does with the Qwen tokenizer. No BOS and no
 vision start/end markers.

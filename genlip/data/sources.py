@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import pyarrow.parquet as pq
 from braceexpand import braceexpand
+from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from genlip.data.decode import IMAGE_EXTS
 
@@ -70,10 +72,8 @@ class SourceSpec:
             self.name = str(self.path if isinstance(self.path, str) else self.path[0])
 
 
-def _read_wds(path: str, on_error) -> Iterator[tuple[str, dict]]:
+def read_wds_shard(path: str, on_error) -> Iterator[tuple[str, dict]]:
     """Samples of one tar shard grouped by key (``key.jpg`` + ``key.txt`` + ``key.json``)."""
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
-
     def handler(exc: Exception) -> bool:
         on_error("truncated_shard", f"{path}: {exc}")
         return False  # stop reading this shard; what was read before stays
@@ -114,8 +114,6 @@ def _load_image_ref(value, root: str | None) -> bytes | None:
 
 
 def _read_parquet(path: str, spec: SourceSpec, on_error, start: int) -> Iterator[tuple[int, str, dict]]:
-    import pyarrow.parquet as pq
-
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a broken file
@@ -186,7 +184,7 @@ class SourceStream:
         t = self.spec.type
         if t == "parquet":
             return _read_parquet(unit, self.spec, self.on_error, start)
-        it = _read_wds(unit, self.on_error) if t == "wds" else _read_jsonl(unit, self.spec, self.on_error)
+        it = read_wds_shard(unit, self.on_error) if t == "wds" else _read_jsonl(unit, self.spec, self.on_error)
         return ((j, key, rec) for j, (key, rec) in enumerate(it))
 
     def __iter__(self) -> Iterator[tuple[str, dict]]:

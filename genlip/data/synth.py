@@ -13,6 +13,9 @@ import random
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+from webdataset import TarWriter
+
+from genlip.data.tokenizer import train_tokenizer
 
 WORDS = (
     "apple", "river", "stone", "cloud", "green", "house", "paper", "light", "music", "water", "bread", "chair",
@@ -135,10 +138,6 @@ def synth_sample(index: int, seed: int = 0, kinds: tuple[str, ...] = KINDS):
 def write_corpus(out: str | Path, samples: int, seed: int = 0, shard_size: int = 256,
                  tokenizer_vocab: int = 1024, kinds: tuple[str, ...] = KINDS) -> Path:
     """Write ``samples`` records as ``out/shards/{000000..}.tar`` plus ``out/tokenizer`` and ``out/corpus.json``."""
-    from webdataset import TarWriter
-
-    from genlip.data.tokenizer import train_tokenizer
-
     out = Path(out)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     captions = []

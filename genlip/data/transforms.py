@@ -1,4 +1,4 @@
-"""Image transforms of the two pretraining stages (spec §5): pure functions on PIL images."""
+"""Image transforms of the two pretraining stages: pure functions on PIL images."""
 
 from __future__ import annotations
 

@@ -17,6 +17,11 @@ import json
 import sys
 from pathlib import Path
 
+from genlip.analysis import SINK_KEYS, draw_readout, plot_sink, readout, sink_stats
+from genlip.data.decode import SkipSample, SkipStats, decode_image
+from genlip.tools.common import image_input, iter_images, load_captioner, pick_device
+from genlip.tools.probe_cli import add_probe_args, probe_from_args
+
 
 def _name(path: str, taken: set[str]) -> str:
     p = Path(path).resolve()
@@ -28,10 +33,6 @@ def _name(path: str, taken: set[str]) -> str:
 
 
 def cmd_sink(args) -> int:
-    from genlip.analysis import SINK_KEYS, plot_sink, sink_stats
-    from genlip.data.decode import SkipStats
-    from genlip.tools.common import image_input, iter_images, load_captioner, pick_device
-
     device = pick_device(args.device)
     stats = SkipStats()
     pils = [img for _, (_, img) in zip(range(args.max_images), iter_images(args.images, stats))]
@@ -61,10 +62,6 @@ def cmd_sink(args) -> int:
 
 
 def cmd_readout(args) -> int:
-    from genlip.analysis import draw_readout, readout
-    from genlip.data.decode import SkipSample, decode_image
-    from genlip.tools.common import image_input, load_captioner, pick_device
-
     model, tok, src = load_captioner(args.model, pick_device(args.device))
     try:
         pil = decode_image(Path(args.image).read_bytes())
@@ -108,8 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--print", type=int, default=8, help="print this many cells")
     r.add_argument("--device", default="auto")
     p = sub.add_parser("probe", help="linear / attentive probes on frozen features (image-folder dataset)")
-    from genlip.probe import add_probe_args
-
     add_probe_args(p)
     args = ap.parse_args(argv)
     try:
@@ -117,8 +112,6 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_sink(args)
         if args.cmd == "readout":
             return cmd_readout(args)
-        from genlip.probe import probe_from_args
-
         return probe_from_args(args)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"genlip-analyze: {e}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""``genlip-caption``: the encoder describes images by itself (spec §6), batched, with a KV cache.
+"""``genlip-caption``: the encoder describes images by itself, batched, with a KV cache.
 
     genlip-caption --model runs/stage2_tiny_cpu IMAGES... [--out captions.jsonl]
     genlip-caption --model DIR photos/ shards/val-000.tar --size 224 --max-new-tokens 64
@@ -19,15 +19,16 @@ from pathlib import Path
 
 import torch
 
+from genlip.data.decode import SkipStats
+from genlip.generation import DEFAULT_PROMPT
+from genlip.tools.common import image_input, iter_images, load_captioner, pick_device
+
 
 def caption_images(model, tokenizer, named_images, size: int | None = None, batch_size: int = 8,
                    prompt: str | None = None, max_new_tokens: int = 256, do_sample: bool = False,
                    temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                    min_pixels: int = 4096, max_pixels: int = 262144):
     """Yield one record per ``(name, PIL image)``; images of different sizes share a batch (left-padded)."""
-    from genlip.generation import DEFAULT_PROMPT
-    from genlip.tools.common import image_input
-
     prompt_ids = tokenizer(DEFAULT_PROMPT if prompt is None else prompt, add_special_tokens=False).input_ids
     gen = torch.Generator(device=model.lm_head.weight.device).manual_seed(seed) if seed is not None else None
     cfg = model.config
@@ -54,9 +55,6 @@ def caption_images(model, tokenizer, named_images, size: int | None = None, batc
 
 
 def main(argv: list[str] | None = None) -> int:
-    from genlip.data.decode import SkipStats
-    from genlip.tools.common import iter_images, load_captioner, pick_device
-
     ap = argparse.ArgumentParser(prog="genlip-caption", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="GenLIP checkpoint or run directory (newest checkpoint)")

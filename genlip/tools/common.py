@@ -9,10 +9,15 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from transformers import AutoTokenizer
 
+from genlip.config import GenLIPConfig
 from genlip.data.decode import IMAGE_EXTS, SkipSample, SkipStats, decode_image
+from genlip.data.sources import read_wds_shard
 from genlip.data.transforms import fixed_resize, smart_resize, to_tensor
 from genlip.image import normalize
+from genlip.modeling import GenLIPForCaptioning
+from genlip.run.checkpoint import resolve_weights_dir
 
 SUFFIXES = {"." + e for e in IMAGE_EXTS}
 
@@ -25,14 +30,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def load_captioner(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
     """A :class:`GenLIPForCaptioning` and its tokenizer from a checkpoint or run directory (newest checkpoint)."""
-    from transformers import AutoTokenizer
-
-    from genlip.modeling import GenLIPForCaptioning
-    from genlip.train.checkpoint import resolve_weights_dir
-
     d = resolve_weights_dir(path)
-    from genlip.config import GenLIPConfig
-
     arch = GenLIPConfig.from_pretrained(str(d)).architectures or []
     if arch and "GenLIPForCaptioning" not in arch:
         raise ValueError(f"{d} holds a {arch[0]}, which has no LM head; captions, readout and the sink analysis need "
@@ -47,8 +45,6 @@ def load_captioner(path: str | Path, device: torch.device | str = "cpu", dtype: 
 def iter_images(inputs: list[str], stats: SkipStats) -> Iterator[tuple[str, Image.Image]]:
     """``(name, RGB image)`` for every image in the given files, folders (recursive, sorted) and ``.tar`` shards.
     Unreadable images are counted in ``stats`` by reason and skipped; a path that does not exist is an error."""
-    from genlip.data.sources import _read_wds
-
     for inp in inputs:
         p = Path(inp)
         if not p.exists():
@@ -58,7 +54,7 @@ def iter_images(inputs: list[str], stats: SkipStats) -> Iterator[tuple[str, Imag
             if not files:
                 print(f"warning: no images in {p}", file=sys.stderr)
         elif p.suffix == ".tar":
-            for key, rec in _read_wds(str(p), lambda reason, where: stats.skip(reason, where)):
+            for key, rec in read_wds_shard(str(p), lambda reason, where: stats.skip(reason, where)):
                 stats.seen += 1  # every record, skipped or not
                 try:
                     img = decode_image(rec.get("image"))

@@ -13,6 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from genlip.export_hf import export_hf
+from genlip.export_timm import export_timm
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="genlip-export", description=__doc__,
@@ -28,12 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.cmd == "hf":
-            from genlip.export_hf import export_hf
-
             out = export_hf(args.model, args.out, args.image_size)
         else:
-            from genlip.export_timm import export_timm
-
             out = export_timm(args.model, args.out)
     except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
         print(f"genlip-export: {e}", file=sys.stderr)

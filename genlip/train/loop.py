@@ -8,28 +8,31 @@ same update as one big batch.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
 import signal
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 
-from genlip.config import genlip_config
+from genlip.config import GenLIPConfig, genlip_config
+from genlip.contrastive import GenLIPForContrastive
 from genlip.data.dataset import PretrainStream, make_loader, split_meta
 from genlip.data.decode import SkipStats
 from genlip.loss import count_supervised
 from genlip.modeling import GenLIPForCaptioning
-from genlip.runtime import configure_cpu_allocator
-from genlip.train import checkpoint as C
-from genlip.train import dist as D
+from genlip.run import checkpoint as C
+from genlip.run import dist as D
+from genlip.run.config import RecipeError, recipe_diff
+from genlip.run.runtime import configure_cpu_allocator
 from genlip.train.data_setup import build_stream_parts
 from genlip.train.metrics import RunLogger
 from genlip.train.optim import build_optimizer, lr_at
-from genlip.train.recipe import Recipe, RecipeError
+from genlip.train.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +45,7 @@ def build_model(recipe: Recipe, tokenizer) -> GenLIPForCaptioning:
     """From scratch: the preset + overrides. With ``model.init_from`` (stage 2): the architecture and weights of that
     checkpoint, with the recipe's overrides (e.g. drop path) on top; optimizer and schedule start fresh.
     ``model.objective=sigmoid`` builds the SigLIP-style baseline (:mod:`genlip.contrastive`) instead."""
-    from genlip.config import GenLIPConfig
-
-    if recipe.model.objective not in ("generative", "sigmoid"):
-        raise ValueError(f"model.objective must be generative or sigmoid, got {recipe.model.objective!r}")
-    cls = GenLIPForCaptioning
-    if recipe.model.objective == "sigmoid":
-        from genlip.contrastive import GenLIPForContrastive
-
-        if recipe.data.native:
-            raise ValueError("model.objective=sigmoid trains at a fixed resolution (stage 1); set data.native=false")
-        cls = GenLIPForContrastive
+    cls = GenLIPForContrastive if recipe.model.objective == "sigmoid" else GenLIPForCaptioning
 
     vocab = int(math.ceil(len(tokenizer) / 64) * 64)
     overrides = {"attn_backend": recipe.model.attn_backend, **recipe.model.overrides}
@@ -104,154 +97,210 @@ class _Preempt:
         self.flag = True
 
 
+@dataclass
+class Run:
+    """Everything :func:`train` sets up for the loop: the model and its wrapper, the data stream and its position,
+    the trainer state that goes into every checkpoint."""
+
+    recipe: Recipe
+    device: torch.device
+    model: GenLIPForCaptioning
+    wrapped: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    tokenizer: object
+    accum: int
+    state: dict
+    batches: Iterator
+    consumed: int
+    stream_states: dict
+    logger: RunLogger
+    autocast: contextlib.AbstractContextManager = field(default_factory=contextlib.nullcontext)
+
+    def next_step_batches(self) -> list[dict]:
+        """The ``accum`` micro-batches of one optimizer step on this rank; the data position advances."""
+        micro = []
+        for _ in range(self.accum):
+            inputs, meta = split_meta(next(self.batches))
+            self.consumed += 1
+            self.stream_states[str(meta["_stream"])] = meta["_state"]
+            micro.append(inputs)
+        return micro
+
+
 def train(recipe: Recipe) -> Path:
+    """Set up (or resume), loop ``train_step`` until ``train.steps``, logging and saving on the way; a finished run
+    given again only says so. SIGTERM/SIGUSR1 finish the current step, save and return."""
     device = D.init()
     done = _finished(recipe)
     if done is not None:
         D.print0(f"already finished: {recipe.train.output_dir} reached step {recipe.train.steps}; final weights: "
                  f"{done} (raise train.steps to train on, or --resume none to start again)")
         return Path(recipe.train.output_dir)
-    allocator = configure_cpu_allocator(recipe.train.cpu_allocator) if device.type == "cpu" else "cuda caching"
+    run = setup(recipe, device)
+    preempt = _Preempt()
+    t = recipe.train
+    step = last_saved = run.state["step"]
+    loss, tic = float("nan"), time.time()
+    run.wrapped.train()
+    try:
+        while step < t.steps and not preempt.flag:
+            micro = run.next_step_batches()
+            loss, grad_norm, n_global = train_step(run, micro, step + 1)
+            step += 1
+            _count_progress(run, micro)
+            if step % recipe.log.every == 0 or step == t.steps:
+                _log_step(run, step, micro, loss, grad_norm, n_global, time.time() - tic)
+                tic = time.time()
+            if step % recipe.checkpoint.every == 0 or step == t.steps:
+                save_checkpoint(run, step)
+                last_saved = step
+        if preempt.flag and last_saved != step:
+            save_checkpoint(run, step)
+            last_saved = step
+    finally:
+        run.logger.close()
+    if preempt.flag:
+        D.print0(f"pre-empted: saved step {last_saved}, exiting")
+    elif D.is_main() and last_saved == t.steps:
+        stats = _merged_stats(run.stream_states)
+        D.print0(f"done: {t.steps} steps, final loss {loss:.4f}; skipped records: {stats.n_skipped} "
+                 f"{dict(stats.skipped)}; final weights: "
+                 f"{Path(t.output_dir) / 'checkpoints' / f'{C.STEP_PREFIX}{step:08d}'}")
+    return Path(t.output_dir)
+
+
+def setup(recipe: Recipe, device: torch.device) -> Run:
+    """Model, optimizer, data and trainer state, from scratch or from the run's checkpoint; prints the set-up."""
+    t = recipe.train
+    allocator = configure_cpu_allocator(t.cpu_allocator) if device.type == "cpu" else "cuda caching"
+    if t.precision == "bf16" and device.type != "cuda":
+        raise RecipeError("train.precision=bf16 needs CUDA; bf16 matmuls are far slower than fp32 on CPUs")
     rank, _, ws = D.world()
-    run_dir = Path(recipe.train.output_dir)
-    torch.manual_seed(recipe.train.seed)  # identical initial weights on every rank
+    if t.global_batch % (t.micro_batch * ws):
+        raise RecipeError(f"train.global_batch {t.global_batch} must be a multiple of micro_batch {t.micro_batch} x "
+                          f"world size {ws}")
+    run_dir = Path(t.output_dir)
+    torch.manual_seed(t.seed)  # identical initial weights on every rank
     sources, tokenizer, builder = build_stream_parts(recipe)
     model = build_model(recipe, tokenizer).to(device)
     if recipe.model.compile:
         for block in model.vit.blocks:
             block.compile(dynamic=True)
-    wrapped = D.wrap(model, recipe.train.parallel, device)
+    wrapped = D.wrap(model, t.parallel, device)
     optimizer = build_optimizer(wrapped, recipe.optim)
-    t = recipe.train
-    if t.global_batch % (t.micro_batch * ws):
-        raise ValueError(f"train.global_batch {t.global_batch} must be a multiple of micro_batch {t.micro_batch} x "
-                         f"world size {ws}")
-    accum = t.global_batch // (t.micro_batch * ws)
-
     state = {"step": 0, "samples": 0, "tokens": 0, "nonfinite_skips": 0, "data": {"streams": {}, "batches": {}}}
     ckpt = C.find_resume(run_dir, recipe.checkpoint.resume)
     if ckpt is not None:
         state = C.load(ckpt, wrapped, optimizer)
         D.print0(f"resumed from {ckpt} at step {state['step']}")
         _warn_recipe_changes(ckpt / "recipe.yaml", recipe)
-    if ckpt is None:
-        torch.manual_seed(recipe.train.seed + 1000 * rank)  # per-rank stream for DropPath; restored on resume
-
+    else:
+        torch.manual_seed(t.seed + 1000 * rank)  # per-rank stream for DropPath; restored on resume
     consumed = int(state["data"]["batches"].get(str(rank), 0))
-    workers = recipe.data.num_workers
     dataset = PretrainStream(sources, builder, t.micro_batch, seed=t.seed, rank=rank, world_size=ws,
-                             num_workers=workers, min_image_size=recipe.data.min_image_size,
+                             num_workers=recipe.data.num_workers, min_image_size=recipe.data.min_image_size,
                              max_aspect_ratio=recipe.data.max_aspect_ratio,
                              max_skip_fraction=recipe.data.max_skip_fraction, resume=state["data"]["streams"])
     dataset.rotation = consumed % dataset.streams_per_rank
-    batches = iter(make_loader(dataset, workers))
-    stream_states = dict(state["data"]["streams"])
-
-    n_params = sum(p.numel() for p in model.parameters())
+    accum = t.global_batch // (t.micro_batch * ws)
     c = model.config
-    arch = f"{recipe.model.preset or 'init_from'} ({c.num_hidden_layers} x {c.hidden_size})"
-    D.print0(f"GenLIP stage {recipe.stage} | {arch} {n_params / 1e6:.1f}M params | world {ws} x "
+    D.print0(f"GenLIP stage {recipe.stage} | {recipe.model.preset or 'init_from'} ({c.num_hidden_layers} x "
+             f"{c.hidden_size}) {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params | world {ws} x "
              f"micro {t.micro_batch} x accum {accum} = {t.global_batch} per step | {t.steps} steps | "
              f"{ws * dataset.streams_per_rank} data streams | device {device.type} (allocator: {allocator}) | "
              f"run dir {run_dir}")
-    logger = RunLogger(run_dir, recipe, t.steps, state["step"])
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and t.precision != "fp32"
                 else contextlib.nullcontext())
-    if t.precision == "bf16" and device.type != "cuda":
-        raise ValueError("train.precision=bf16 needs CUDA; bf16 matmuls are far slower than fp32 on CPUs")
-    preempt = _Preempt()
-    # fault injection for tests: make these steps' loss (and so every gradient) NaN
-    inject_nan = {int(x) for x in os.environ.get("GENLIP_INJECT_NAN_STEPS", "").split(",") if x.strip()}
-    step, last_saved = state["step"], state["step"]
-    loss = float("nan")
-    tic = time.time()
-    wrapped.train()
-    try:
-        while step < t.steps:
-            micro = []
-            for _ in range(accum):
-                inputs, meta = split_meta(next(batches))
-                consumed += 1
-                stream_states[str(meta["_stream"])] = meta["_state"]
-                micro.append(inputs)
-            if recipe.model.objective == "sigmoid":  # the loss is normalised per sample (row of the pair matrix)
-                n_local = sum(int(m["input_ids"].shape[0]) for m in micro)
-            else:
-                n_local = sum(count_supervised(m["labels"], m.get("sample_ids")) for m in micro)
-            n_global = int(D.all_reduce_sum(torch.tensor(n_local, dtype=torch.float64)).item())
-            loss_sum = torch.zeros((), dtype=torch.float64)
-            poison = float("nan") if step in inject_nan else 1.0
-            for i, m in enumerate(micro):
-                sync = contextlib.nullcontext()
-                if i < accum - 1 and hasattr(wrapped, "no_sync"):
-                    sync = wrapped.no_sync()
-                m = {k: v.to(device, non_blocking=True) for k, v in m.items()}
-                with sync, autocast:
-                    out = wrapped(**m, num_items_in_batch=max(n_global, 1), loss_impl=recipe.model.loss_impl)
-                    (out.loss * (ws * poison)).backward()  # DDP/FSDP average gradients over ranks; undo that
-                loss_sum += out.loss_sum.double().cpu() * poison
-            loss = float(D.all_reduce_sum(loss_sum).item()) / max(n_global, 1)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(wrapped.parameters(), recipe.optim.clip_grad))
-            lr = lr_at(step, t.steps, recipe.optim.lr, recipe.optim.min_lr, recipe.optim.warmup_ratio)
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                optimizer.zero_grad(set_to_none=True)
-                if not t.skip_nonfinite or state["nonfinite_skips"] >= t.max_nonfinite_skips:
-                    last = C.list_checkpoints(run_dir)
-                    raise NonFiniteError(
-                        f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at step {step}; the last good "
-                        f"checkpoint is {last[-1] if last else 'none'}. Lower optim.lr, raise warmup, or set "
-                        f"train.skip_nonfinite=true to skip such steps (counted).")
-                state["nonfinite_skips"] += 1
-                log.warning("skipped step %d: non-finite loss/gradient (%d skipped so far)", step,
-                            state["nonfinite_skips"])
-            else:
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            step += 1
-            samples = sum(_count_samples(m) for m in micro) * ws
-            tokens = sum(_count_tokens(m, model.config.patch_size) for m in micro) * ws
-            state["samples"] += samples
-            state["tokens"] += tokens
-            if step % recipe.log.every == 0 or step == t.steps:
-                dt = time.time() - tic
-                stats = _merged_stats(_gather_data_state(stream_states, consumed)["streams"] if ws > 1
-                                      else stream_states)
-                logger.log(step, {"loss": loss, "lr": lr, "grad_norm": grad_norm, "supervised_tokens": n_global,
-                                  "samples/s": samples * recipe.log.every / dt, "tok/s": tokens * recipe.log.every / dt,
-                                  "skipped": stats.n_skipped, "skip_reasons": dict(stats.skipped),
-                                  "nonfinite_skips": state["nonfinite_skips"],
-                                  **({"fill": tokens / (sum(m["sample_ids"].numel() for m in micro) * ws)}
-                                     if "sample_ids" in micro[0] else {})})
-                tic = time.time()
-            save_now = step % recipe.checkpoint.every == 0 or step == t.steps or preempt.flag
-            if save_now:
-                state["step"] = step
-                state["data"] = _gather_data_state(stream_states, consumed)
-                state["skips"] = _merged_stats(state["data"]["streams"]).to_dict()
-                C.save(run_dir, step, wrapped, optimizer, state, recipe, recipe.checkpoint.keep,
-                       extra_files=lambda d: tokenizer.save_pretrained(str(d)))
-                last_saved = step
-            if preempt.flag:
-                D.print0(f"pre-empted: saved step {step}, exiting")
-                break
-    finally:
-        logger.close()
-    if D.is_main() and last_saved == t.steps:
-        stats = _merged_stats(stream_states)
-        D.print0(f"done: {t.steps} steps, final loss {loss:.4f}; skipped records: {stats.n_skipped} "
-                 f"{dict(stats.skipped)}; final weights: {run_dir / 'checkpoints' / f'{C.STEP_PREFIX}{step:08d}'}")
-    return run_dir
+    return Run(recipe, device, model, wrapped, optimizer, tokenizer, accum, state,
+               iter(make_loader(dataset, recipe.data.num_workers)), consumed, dict(state["data"]["streams"]),
+               RunLogger(run_dir, recipe, t.steps, state["step"]), autocast)
+
+
+def train_step(run: Run, micro: list[dict], step: int) -> tuple[float, float, int]:
+    """One optimizer step (``step`` counts from 1) over the micro-batches: returns the loss, the gradient norm
+    before clipping and the global number of supervised tokens. A non-finite loss or gradient skips the update
+    (counted, with ``train.skip_nonfinite``) or raises :class:`NonFiniteError`."""
+    recipe, wrapped, ws = run.recipe, run.wrapped, D.world()[2]
+    if recipe.model.objective == "sigmoid":  # the loss is normalised per sample (row of the pair matrix)
+        n_local = sum(int(m["input_ids"].shape[0]) for m in micro)
+    else:
+        n_local = sum(count_supervised(m["labels"], m.get("sample_ids")) for m in micro)
+    n_global = int(D.all_reduce_sum(torch.tensor(n_local, dtype=torch.float64)).item())
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    poison = float("nan") if step in recipe.debug.nan_steps else 1.0
+    for i, m in enumerate(micro):
+        sync = wrapped.no_sync() if i < len(micro) - 1 and hasattr(wrapped, "no_sync") else contextlib.nullcontext()
+        m = {k: v.to(run.device, non_blocking=True) for k, v in m.items()}
+        with sync, run.autocast:
+            out = wrapped(**m, num_items_in_batch=max(n_global, 1), loss_impl=recipe.model.loss_impl)
+            (out.loss * (ws * poison)).backward()  # DDP/FSDP average gradients over ranks; undo that
+        loss_sum += out.loss_sum.double().cpu() * poison
+    loss = float(D.all_reduce_sum(loss_sum).item()) / max(n_global, 1)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(wrapped.parameters(), recipe.optim.clip_grad))
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        for g in run.optimizer.param_groups:
+            g["lr"] = lr_at(step - 1, recipe.train.steps, recipe.optim.lr, recipe.optim.min_lr,
+                            recipe.optim.warmup_ratio)
+        run.optimizer.step()
+    else:
+        _nonfinite(run, step, loss, grad_norm)
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss, grad_norm, n_global
+
+
+def _nonfinite(run: Run, step: int, loss: float, grad_norm: float) -> None:
+    t = run.recipe.train
+    if not t.skip_nonfinite or run.state["nonfinite_skips"] >= t.max_nonfinite_skips:
+        last = C.list_checkpoints(Path(t.output_dir))
+        advice = (f"{run.state['nonfinite_skips']} steps were skipped already (train.max_nonfinite_skips="
+                  f"{t.max_nonfinite_skips})" if t.skip_nonfinite else
+                  "or set train.skip_nonfinite=true to skip such steps (counted)")
+        raise NonFiniteError(
+            f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at step {step}; the last good checkpoint is "
+            f"{last[-1] if last else 'none'}. Lower optim.lr, raise warmup, {advice}.")
+    run.optimizer.zero_grad(set_to_none=True)
+    run.state["nonfinite_skips"] += 1
+    log.warning("skipped step %d: non-finite loss/gradient (%d skipped so far)", step, run.state["nonfinite_skips"])
+
+
+def _count_progress(run: Run, micro: list[dict]) -> None:
+    ws = D.world()[2]
+    run.state["samples"] += sum(_count_samples(m) for m in micro) * ws
+    run.state["tokens"] += sum(_count_tokens(m, run.model.config.patch_size) for m in micro) * ws
+
+
+def _log_step(run: Run, step: int, micro: list[dict], loss: float, grad_norm: float, n_global: int,
+              seconds: float) -> None:
+    recipe, ws = run.recipe, D.world()[2]
+    every = recipe.log.every
+    samples = sum(_count_samples(m) for m in micro) * ws
+    tokens = sum(_count_tokens(m, run.model.config.patch_size) for m in micro) * ws
+    streams = _gather_data_state(run.stream_states, run.consumed)["streams"] if ws > 1 else run.stream_states
+    stats = _merged_stats(streams)
+    lr = lr_at(step - 1, recipe.train.steps, recipe.optim.lr, recipe.optim.min_lr, recipe.optim.warmup_ratio)
+    row = {"loss": loss, "lr": lr, "grad_norm": grad_norm,
+           "supervised_tokens": n_global, "samples/s": samples * every / seconds, "tok/s": tokens * every / seconds,
+           "skipped": stats.n_skipped, "skip_reasons": dict(stats.skipped),
+           "nonfinite_skips": run.state["nonfinite_skips"]}
+    if "sample_ids" in micro[0]:
+        row["fill"] = tokens / (sum(m["sample_ids"].numel() for m in micro) * ws)
+    run.logger.log(step, row)
+
+
+def save_checkpoint(run: Run, step: int) -> None:
+    """Collective: the trainer state with every rank's data position, then :func:`genlip.run.checkpoint.save`."""
+    run.state["step"] = step
+    run.state["data"] = _gather_data_state(run.stream_states, run.consumed)
+    run.state["skips"] = _merged_stats(run.state["data"]["streams"]).to_dict()
+    C.save(Path(run.recipe.train.output_dir), step, run.wrapped, run.optimizer, run.state, run.recipe,
+           run.recipe.checkpoint.keep, extra_files=lambda d: run.tokenizer.save_pretrained(str(d)))
 
 
 def _finished(recipe: Recipe) -> Path | None:
     """The checkpoint of a run that already reached ``train.steps`` (what a second run of the same command finds)."""
     ckpt = C.find_resume(Path(recipe.train.output_dir), recipe.checkpoint.resume)
-    if ckpt is None:
-        return None
-    step = json.loads((ckpt / "trainer_state.json").read_text()).get("step", 0)
-    return ckpt if step >= recipe.train.steps else None
+    info = C.run_info(recipe.train.output_dir, ckpt) if ckpt is not None else None
+    return ckpt if info is not None and info.step >= recipe.train.steps else None
 
 
 def _gather_data_state(stream_states: dict, consumed: int) -> dict:
@@ -288,10 +337,6 @@ def _count_tokens(m: dict, patch: int) -> int:
 
 def _warn_recipe_changes(saved: Path, recipe: Recipe) -> None:
     """Resuming under a different recipe is allowed (e.g. more steps) but never silent."""
-    import yaml
-
-    from genlip.train.recipe import recipe_diff
-
     if saved.exists():
         changed = [d for d in recipe_diff(yaml.safe_load(saved.read_text()), recipe)
                    if not d.startswith("checkpoint.resume")]

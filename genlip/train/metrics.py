@@ -7,8 +7,11 @@ import logging
 import time
 from pathlib import Path
 
-from genlip.train import dist as D
-from genlip.train.recipe import Recipe, to_dict
+from tqdm import tqdm
+
+from genlip.run import dist as D
+from genlip.run.config import to_dict
+from genlip.train.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -25,18 +28,16 @@ class RunLogger:
         self.file = open(self.path, "a")  # noqa: SIM115 (open for the whole run, closed in close())
         cfg = recipe.log
         if cfg.progress:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total_steps, initial=start_step, desc=recipe.name, dynamic_ncols=True)
         if cfg.tensorboard:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # optional: needs the tensorboard package
 
                 self.tb = SummaryWriter(str(run_dir / "tensorboard"))
             except ImportError:
                 log.debug("tensorboard is not installed; logging to %s only", self.path)
         if cfg.wandb_project:
-            import wandb  # an explicit request: fail loudly if missing
+            import wandb  # optional: an explicit request, so fail loudly if missing
 
             self.wandb = wandb.init(project=cfg.wandb_project, name=recipe.name, config=to_dict(recipe),
                                     dir=str(run_dir), resume="allow")

@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedule (spec §5): AdamW, linear warmup from 0, cosine decay to ``min_lr``."""
+"""Optimiser and learning-rate schedule: AdamW, linear warmup from 0, cosine decay to ``min_lr``."""
 
 from __future__ import annotations
 

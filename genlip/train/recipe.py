@@ -1,25 +1,16 @@
-"""Recipes: typed dataclasses are the schema, YAML files hold values, ``a.b=value`` overrides on the command line.
-
-Unknown keys are errors (with a suggestion), values are type-checked, and the fully resolved recipe is written
-next to every checkpoint. Stage 1 and stage 2 are two recipes for one training loop.
-"""
+"""The pretraining recipe's schema (stage 1 and stage 2 are two recipes for one training loop); loading, overrides
+and validation are the run layer's (:mod:`genlip.run.config`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from genlip.config import PRESETS
 from genlip.data.sources import SourceSpec
-from genlip.resources import ResourceNotFound, resolve
-from genlip.runtime import ALLOCATOR_MODES
+from genlip.run.config import load_recipe as _load
 
 
 @dataclass
@@ -84,11 +75,7 @@ class TrainRecipe:
     parallel: Literal["ddp", "fsdp"] = "ddp"  # used when WORLD_SIZE > 1
     skip_nonfinite: bool = False  # skip (and count) a step with a NaN/inf loss or gradient instead of stopping
     max_nonfinite_skips: int = 10
-    cpu_allocator: Literal["retain", "system"] = "retain"  # retain: keep freed memory (genlip.runtime)
-
-    def __post_init__(self) -> None:
-        if self.cpu_allocator not in ALLOCATOR_MODES:
-            raise ValueError(f"train.cpu_allocator must be one of {ALLOCATOR_MODES}, not {self.cpu_allocator!r}")
+    cpu_allocator: Literal["retain", "system"] = "retain"  # retain: keep freed memory (genlip.run.runtime)
 
 
 @dataclass
@@ -107,6 +94,13 @@ class LogRecipe:
 
 
 @dataclass
+class DebugRecipe:
+    """Fault injection for tests of the failure paths; never set in a real run."""
+
+    nan_steps: list[int] = field(default_factory=list)  # these optimizer steps (from 1) get a NaN loss and gradients
+
+
+@dataclass
 class Recipe:
     recipe_kind = "genlip"  # where bundled recipes of this schema live (not a field)
     name: str = "genlip"
@@ -117,215 +111,13 @@ class Recipe:
     train: TrainRecipe = field(default_factory=TrainRecipe)
     checkpoint: CheckpointRecipe = field(default_factory=CheckpointRecipe)
     log: LogRecipe = field(default_factory=LogRecipe)
+    debug: DebugRecipe = field(default_factory=DebugRecipe)
 
-
-class RecipeError(ValueError):
-    pass
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value in allowed and type(value) in {type(a) for a in allowed}:
-            return value
-        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-        raise RecipeError(f"{where}: {value!r} is not one of {', '.join(repr(a) for a in allowed)}"
-                          + (f"; did you mean {close[0]!r}?" if close else ""))
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, where)
-            except RecipeError as e:
-                errors.append(str(e))
-        raise RecipeError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise RecipeError(f"{where}: expected a mapping, got {value!r}")
-        return build(tp, value, where)
-    if origin is list:
-        (inner,) = typing.get_args(tp) or (Any,)
-        if not isinstance(value, list):
-            raise RecipeError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, inner, f"{where}.{i}") for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise RecipeError(f"{where}: expected a mapping, got {value!r}")
-        args = typing.get_args(tp)
-        if len(args) == 2:  # dict[str, X]: every value is an X
-            return {k: _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise RecipeError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
-    return value
-
-
-def build(cls: type, values: dict, where: str = "") -> Any:
-    """Instantiate dataclass ``cls`` from a nested dict; unknown keys and wrong types are errors."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        path = f"{where}.{key}" if where else key
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f"; did you mean {where + '.' if where else ''}{close[0]}?" if close else ""
-            raise RecipeError(f"unknown key {path!r}{hint} (known: {sorted(names)})")
-        kwargs[key] = _coerce(value, hints[key], path)
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise RecipeError(f"{where or 'recipe'}: {e}") from e
-
-
-def to_dict(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, list):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
-
-
-def apply_override(d: dict, dotted: str) -> None:
-    """Apply ``a.b.c=value`` (value parsed as YAML; list items by index: ``data.sources.0.weight=2``)."""
-    if "=" not in dotted:
-        raise RecipeError(f"override {dotted!r} must look like key.sub=value")
-    key, raw = dotted.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError as e:
-        raise RecipeError(f"override {dotted!r}: the value is not valid YAML ({_yaml_problem(e)})") from None
-    parts = key.split(".")
-    cur: Any = d
-    for i, p in enumerate(parts[:-1]):
-        if isinstance(cur, list):
-            if not p.isdigit() or int(p) >= len(cur):
-                raise RecipeError(f"override {key!r}: {'.'.join(parts[:i])} has no item {p}")
-            cur = cur[int(p)]
-        else:
-            if p not in cur or cur[p] is None:
-                cur[p] = {}
-            cur = cur[p]
-    last = parts[-1]
-    if isinstance(cur, list):
-        if not last.isdigit() or int(last) >= len(cur):
-            raise RecipeError(f"override {key!r}: no list item {last}")
-        cur[int(last)] = value
-    else:
-        cur[last] = value
-
-
-def _yaml_problem(e: yaml.YAMLError) -> str:
-    mark = getattr(e, "problem_mark", None)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    return where + str(getattr(e, "problem", None) or e).splitlines()[0]
-
-
-def read_values(path: str | Path, kind: str = "genlip", _depth: int = 0) -> dict:
-    """The values of a recipe file with its ``base:`` merged under them (one level). ``base`` names a file beside
-    this one or a bundled recipe of the same ``kind``; the file's own values win, mappings merge key by key (except
-    ``model.overrides`` and ``data.synth``, which are replaced whole, like lists)."""
-    try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
-    except OSError as e:
-        raise RecipeError(f"{path}: {e.strerror}") from None
-    if not isinstance(values, dict):
-        raise RecipeError(f"{path}: a recipe must be a mapping at the top level")
-    base = values.pop("base", None)
-    if base is None:
-        return values
-    if _depth:
-        raise RecipeError(f"{path}: a base recipe cannot have a base of its own (one level only)")
-    beside = Path(path).parent / (base if str(base).endswith(".yaml") else f"{base}.yaml")
-    try:
-        base_path = beside if beside.is_file() else resolve(str(base), kind)
-    except ResourceNotFound as e:
-        raise RecipeError(f"{path}: base: {e}") from None
-    return _deep_merge(read_values(base_path, kind, _depth + 1), values)
-
-
-def load_config(path: str | Path, cls: type) -> Any:
-    """A user's YAML file (a sweep grid, a pipeline config) through the same strict loader as recipes: unknown keys
-    with a suggestion, types and choices checked, every default filled in."""
-    try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
-    except OSError as e:
-        raise RecipeError(f"{path}: {e.strerror}") from None
-    if not isinstance(values, dict):
-        raise RecipeError(f"{path}: expected a mapping at the top level")
-    try:
-        return build(cls, values)
-    except RecipeError as e:
-        raise RecipeError(f"{path}: {e}") from None
+    def __post_init__(self) -> None:
+        if self.model.objective == "sigmoid" and self.data.native:
+            raise ValueError("model.objective=sigmoid trains at a fixed resolution (stage 1); set data.native=false")
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] = (), cls: type = Recipe) -> Any:
-    """Read a YAML recipe (``yaml.safe_load``; its ``base:`` first), apply dotted overrides, validate into ``cls``
-    (a :class:`Recipe` by default; the MLLM harness passes its own schema)."""
-    values = read_values(path, getattr(cls, "recipe_kind", "genlip")) if path is not None else {}
-    base = to_dict(cls())
-    merged = _deep_merge(base, values)
-    if "data" in merged and isinstance(merged["data"], dict) and "sources" in merged["data"]:
-        merged["data"]["sources"] = values.get("data", {}).get("sources", [])
-    for o in overrides:
-        apply_override(merged, o)
-    _reject_unknown(values, base, "")
-    return build(cls, merged)
-
-
-def _reject_unknown(values: dict, base: dict, where: str) -> None:
-    for k, v in values.items():
-        path = f"{where}.{k}" if where else k
-        if k not in base:
-            close = difflib.get_close_matches(k, list(base), n=1)
-            raise RecipeError(f"unknown recipe key {path!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
-        if isinstance(v, dict) and isinstance(base[k], dict) and k not in ("overrides", "synth"):
-            _reject_unknown(v, base[k], path)
-
-
-def _deep_merge(base: dict, new: dict) -> dict:
-    out = dict(base)
-    for k, v in new.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("overrides", "synth"):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def save_recipe(recipe: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
-
-
-def recipe_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two recipes (dataclasses or dicts), e.g. to warn on resume."""
-    a, b = to_dict(old), to_dict(new)
-    out = []
-    for k in sorted(set(a) | set(b)):
-        path = f"{prefix}{k}"
-        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-            out += recipe_diff(a[k], b[k], path + ".")
-        elif a.get(k) != b.get(k):
-            out.append(f"{path}: {a.get(k)!r} -> {b.get(k)!r}")
-    return out
+    """A pretraining recipe (or, with ``cls``, another schema) from a YAML file and dotted overrides."""
+    return _load(path, overrides, cls)

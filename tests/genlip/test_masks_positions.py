@@ -82,7 +82,7 @@ def test_positions_restart_per_packed_sample_and_padding_zero():
     assert pos[0].tolist() == [0, 1, 2, 0, 0, 0, 0, 2, 0, 0]
     assert pos[1].tolist() == [0, 1, 2, 0, 0, 1, 1, 2, 0, 0]
     assert pos[2].tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 0, 0]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="samples need 5 tokens but the row holds 4"):
         packed_position_ids([[("text", 5)]], 4)
 
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from tests.mllm_fixtures import make_towers
 
-RECIPES = Path(__file__).parent / "recipes"
+RECIPES = Path(__file__).parents[1] / "recipes"
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_resume_continues_to_the_same_weights(env, aligned, tmp_path):
     full = tmp_path / "full"
     run(env, "finetune", full, f"model.init_from={aligned}")
     part = tmp_path / "part"
-    run(env, "finetune", part, f"model.init_from={aligned}", extra_env={"GENLIP_STOP_AFTER_STEP": "2"})
+    run(env, "finetune", part, f"model.init_from={aligned}", "debug.stop_after_step=2")
     assert (part / "checkpoint-2").exists() and not (part / "final").exists()
     run(env, "finetune", part, f"model.init_from={aligned}")  # resume=auto picks up checkpoint-2
     a, b = weights(full / "final", "model."), weights(part / "final", "model.")

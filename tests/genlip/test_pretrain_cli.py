@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-RECIPE = str(Path(__file__).parent / "recipes" / "tiny_stage1.yaml")
-RECIPE2 = str(Path(__file__).parent / "recipes" / "tiny_stage2.yaml")
+RECIPE = str(Path(__file__).parents[1] / "recipes" / "tiny_stage1.yaml")
+RECIPE2 = str(Path(__file__).parents[1] / "recipes" / "tiny_stage2.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,6 @@ def home(tmp_path_factory):
 
 def _env(home, **extra):
     env = {**os.environ, "GENLIP_HOME": str(home), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **extra}
-    env.pop("GENLIP_INJECT_NAN_STEPS", None)
     env.update(extra)
     return env
 
@@ -154,9 +153,10 @@ def _weights(d):
 
 def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(home, tmp_path):
     out = tmp_path / "run"
-    p = _run(home, out, "checkpoint.every=2", env=_env(home, GENLIP_INJECT_NAN_STEPS="5"), check=False)
+    p = _run(home, out, "checkpoint.every=2", "debug.nan_steps=[6]", check=False)
     assert p.returncode == 1
-    assert "non-finite loss" in p.stderr and "step_00000004" in p.stderr
+    assert "non-finite loss" in p.stderr and "at step 6;" in p.stderr and "step_00000004" in p.stderr
+    assert "set train.skip_nonfinite=true" in p.stderr
     last = out / "checkpoints" / "step_00000004"
     assert json.loads((last / "trainer_state.json").read_text())["step"] == 4
     assert not list((out / "checkpoints").glob(".tmp*"))
@@ -164,7 +164,7 @@ def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(home,
 
 def test_nan_step_is_skipped_and_counted_when_asked(home, tmp_path):
     out = tmp_path / "run"
-    _run(home, out, "train.steps=8", "train.skip_nonfinite=true", env=_env(home, GENLIP_INJECT_NAN_STEPS="3"))
+    _run(home, out, "train.steps=8", "train.skip_nonfinite=true", "debug.nan_steps=[4]")
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["nonfinite_skips"] == 1 and rows[-1]["step"] == 8
     import math

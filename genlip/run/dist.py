@@ -13,6 +13,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +72,8 @@ def wrap(model: nn.Module, parallel: str, device: torch.device) -> nn.Module:
     if not dist.is_initialized():
         return model
     if parallel == "ddp":
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if parallel == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
         for block in model.vit.blocks:
             fully_shard(block)
         fully_shard(model)

@@ -3,8 +3,9 @@
 import pytest
 import yaml
 
-from genlip.resources import resolve_recipe
-from genlip.train.recipe import RecipeError, load_recipe
+from genlip.run.config import RecipeError
+from genlip.run.resources import resolve_recipe
+from genlip.train.recipe import load_recipe
 
 
 def test_unknown_keys_and_bad_types_are_errors(tmp_path):
@@ -41,7 +42,7 @@ def test_paper_stage1_recipes(name, batch, warmup):
 
 def test_every_shipped_recipe_parses_and_writes_where_its_name_says():
     """A copied recipe that kept its source's output_dir would resume (or say finished) in another run's directory."""
-    from genlip.resources import bundled_dir
+    from genlip.run.resources import bundled_dir
     from mllm.recipe import MllmRecipe
 
     for p in sorted(bundled_dir("genlip").glob("*.yaml")):
@@ -71,7 +72,7 @@ def resolve_mllm(name):
 
 
 def test_recipe_diff_names_changed_keys():
-    from genlip.train.recipe import recipe_diff
+    from genlip.run.config import recipe_diff
 
     a = load_recipe(resolve_recipe("stage1_tiny_cpu"))
     b = load_recipe(resolve_recipe("stage1_tiny_cpu"), ["optim.lr=5e-4", "data.sources=[{path: x.tar}]"])

@@ -18,14 +18,13 @@ from genlip.probe import (
     AttentiveProbe,
     LinearProbe,
     ProbeDataError,
-    add_probe_args,
     extract_features,
     load_encoder,
-    probe_from_args,
     read_image_folder,
     run_probe,
     run_probes,
 )
+from genlip.tools.probe_cli import add_probe_args, probe_from_args
 
 CLASSES = ("c0", "c1", "c2")
 CHANCE = 100.0 / len(CLASSES)

@@ -5,7 +5,7 @@ import json
 import os
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -46,9 +46,26 @@ def test_tiny_sweep_runs_resumes_and_reports(tmp_path):
     assert sorted(report["cell"]) == ["genlip__tiny__frozen", "siglip__tiny__frozen"]
     assert report["ALL AVG"].notna().all()
 
-    t = time.time()
+    done = ["genlip__tiny__frozen", "siglip__tiny__frozen"]
+    before = _finished_outputs(tmp_path / "sweep", done)
+    for cell in done:  # the snapshot holds both trained MLLMs and their logged evaluation samples
+        assert f"{cell}/finetune/final/genlip_mllm_image.json" in before, sorted(before)
+        assert any(k.startswith(f"{cell}/eval/synth/raw/") and "_samples_" in k for k in before), sorted(before)
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500, cwd=tmp_path)
     assert again.stdout.count("all reused") == 2, again.stdout
-    assert time.time() - t < 120
     status2 = json.loads((tmp_path / "sweep" / "status.json").read_text())
-    assert status2["genlip__tiny__frozen"]["ran"] == []
+    assert status2["genlip__tiny__frozen"]["ran"] == [] and status2["siglip__tiny__frozen"]["ran"] == []
+    # nothing finished was trained or evaluated again: every checkpoint and sample log is the same file, untouched
+    assert _finished_outputs(tmp_path / "sweep", done) == before
+
+
+def _finished_outputs(root: Path, cells: list[str]) -> dict[str, int]:
+    """``{path relative to root/cells: st_mtime_ns}`` of what training and evaluation wrote for these cells (the
+    ``scores.json`` next to ``raw/`` is left out: every run re-stamps the cell's name into it)."""
+    out = {}
+    for cell in cells:
+        d = root / "cells" / cell
+        for f in [*d.glob("pretrain/**/*"), *d.glob("finetune/**/*"), *d.glob("eval/*/raw/**/*")]:
+            if f.is_file():
+                out[str(f.relative_to(root / "cells"))] = f.stat().st_mtime_ns
+    return out

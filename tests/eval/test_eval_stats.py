@@ -35,5 +35,5 @@ def test_clear_difference_is_significant_and_noise_is_not():
 
 
 def test_mismatched_inputs_are_errors():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"two equal-length 1-D sequences, got \(2,\) and \(1,\)"):
         paired_bootstrap([1, 0], [1])

@@ -13,16 +13,23 @@ from typing import Literal
 import pytest
 import yaml
 
-from eval.pipeline import PipelineConfig
-from eval.pipeline import load_config as load_pipeline_config
+from eval.pipeline_config import PipelineConfig
+from eval.pipeline_config import load_config as load_pipeline_config
 from eval.sweep import Grid, load_grid
-from genlip.resources import bundled_names, resolve_recipe
-from genlip.train.recipe import Recipe, RecipeError, build, load_recipe, read_values
+from genlip.run.config import RecipeError, build, read_values
+from genlip.run.resources import bundled_names, resolve_recipe
+from genlip.train.recipe import Recipe, load_recipe
 from mllm.recipe import SCHEDULERS, MllmRecipe
 
 BIN = Path(sys.executable).parent
 GRID = {"encoders": {"genlip": {"path": "runs/x"}}, "llms": {"tiny": "tiny"},
         "protocols": {"frozen": {"mode": "resize", "lr_vision": 0.0}}, "suites": ["synth"]}
+
+
+def _refused(load, path: Path, text: str, match: str) -> None:
+    path.write_text(text)
+    with pytest.raises(RecipeError, match=match):
+        load(path)
 
 
 def choice_fields(cls, prefix=""):
@@ -121,12 +128,8 @@ def test_grid_and_pipeline_defaults_are_filled_and_bad_values_refused(tmp_path):
             load_grid(tmp_path / "g.yaml")
     cfg = load_pipeline_config(None)
     assert cfg["stage1"]["recipe"] == "stage1_tiny_cpu" and cfg["eval"]["probe_per_class"] == [40, 20]
-    (tmp_path / "p.yaml").write_text("eval: {resampels: 100}\n")
-    with pytest.raises(RecipeError, match="did you mean eval.resamples"):
-        load_pipeline_config(tmp_path / "p.yaml")
-    (tmp_path / "p.yaml").write_text("eval: {suite: [unclosed\n")
-    with pytest.raises(RecipeError, match="not valid YAML"):
-        load_pipeline_config(tmp_path / "p.yaml")
+    _refused(load_pipeline_config, tmp_path / "p.yaml", "eval: {resampels: 100}\n", "did you mean eval.resamples")
+    _refused(load_pipeline_config, tmp_path / "p.yaml", "eval: {suite: [unclosed\n", "not valid YAML")
 
 
 def test_paper_recipes_are_short_diffs_from_their_bases():
@@ -149,12 +152,8 @@ def test_a_users_recipe_on_a_bundled_base_and_the_one_level_rule(tmp_path):
     (tmp_path / "mine.yaml").write_text("base: stage1_tiny_cpu\ntrain: {steps: 7}\n")
     r = load_recipe(tmp_path / "mine.yaml")
     assert r.train.steps == 7 and r.train.global_batch == 32 and r.name == "genlip-stage1-tiny"
-    (tmp_path / "two.yaml").write_text("base: mine\n")
-    with pytest.raises(RecipeError, match="one level only"):
-        read_values(tmp_path / "two.yaml")
-    (tmp_path / "bad.yaml").write_text("base: stage1_Nope\n")
-    with pytest.raises(RecipeError, match="stage1_So16"):
-        load_recipe(tmp_path / "bad.yaml")
+    _refused(read_values, tmp_path / "two.yaml", "base: mine\n", "one level only")
+    _refused(load_recipe, tmp_path / "bad.yaml", "base: stage1_Nope\n", "stage1_So16")
 
 
 def test_a_bad_choice_on_the_command_line_is_one_line_before_anything_runs(tmp_path):

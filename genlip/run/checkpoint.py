@@ -14,22 +14,25 @@ import logging
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import yaml
+from safetensors.torch import load_file
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from genlip.train import dist as D
-from genlip.train.recipe import Recipe, save_recipe
+from genlip.run import dist as D
+from genlip.run.config import save_recipe
 
 log = logging.getLogger(__name__)
 STEP_PREFIX = "step_"
 
 
 def _state_dict_options(**kw):
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
     return StateDictOptions(full_state_dict=True, cpu_offload=True, **kw)
 
 
@@ -76,11 +79,9 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def save(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, trainer_state: dict,
-         recipe: Recipe, keep: int, extra_files=None) -> Path | None:
+         recipe: Any, keep: int, extra_files=None) -> Path | None:
     """Collective: every rank calls it; rank 0 writes. ``extra_files(dir)`` adds files (e.g. the tokenizer) before
     the checkpoint is renamed into place. Returns the checkpoint path on rank 0."""
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_state_dict_options())
     rngs = D.all_gather_object(rng_state())
     final = None
@@ -131,11 +132,35 @@ def find_resume(run_dir: Path, resume: str) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+@dataclass
+class RunInfo:
+    """What a run directory says about itself: its newest checkpoint, the step it reached, the steps its recipe asks
+    for, the samples seen, and the resolved recipe (a dict)."""
+
+    checkpoint: Path
+    step: int
+    steps: int
+    samples: int
+    recipe: dict
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.steps
+
+
+def run_info(run_dir: str | Path, checkpoint: Path | None = None) -> RunInfo | None:
+    """The newest checkpoint's state (or ``checkpoint``'s), or None for a run without one."""
+    ckpt = checkpoint or (list_checkpoints(Path(run_dir)) or [None])[-1]
+    if ckpt is None:
+        return None
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    recipe = yaml.safe_load((ckpt / "recipe.yaml").read_text()) if (ckpt / "recipe.yaml").exists() else {}
+    return RunInfo(ckpt, int(state.get("step", 0)), int(recipe.get("train", {}).get("steps", 0)),
+                   int(state.get("samples", 0)), recipe)
+
+
 def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """Restore weights, optimizer and this rank's RNG states; returns the trainer state."""
-    from safetensors.torch import load_file
-    from torch.distributed.checkpoint.state_dict import set_state_dict
-
     model_sd = load_file(str(path / "model.safetensors"))
     optim_sd = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
     set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
@@ -161,8 +186,6 @@ def resolve_weights_dir(path: str | Path) -> Path:
 
 def load_weights(path: str | Path, model: nn.Module) -> Path:
     """Weights only (stage 2 starting from stage 1): missing or unexpected tensors are errors."""
-    from safetensors.torch import load_file
-
     path = resolve_weights_dir(path)
     sd = load_file(str(path / "model.safetensors"))
     missing, unexpected = D.unwrap(model).load_state_dict(sd, strict=False)

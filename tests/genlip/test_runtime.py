@@ -8,13 +8,14 @@ import textwrap
 
 import pytest
 
-from genlip.runtime import configure_cpu_allocator
-from genlip.train.recipe import RecipeError, load_recipe
+from genlip.run.config import RecipeError
+from genlip.run.runtime import configure_cpu_allocator
+from genlip.train.recipe import load_recipe
 
 # a few training steps of the `small` preset; print the minor page faults per step after two warm-up steps
 _PROBE = textwrap.dedent("""
     import resource, sys, torch
-    from genlip.runtime import configure_cpu_allocator
+    from genlip.run.runtime import configure_cpu_allocator
     print(configure_cpu_allocator(sys.argv[1]))
     from genlip.config import genlip_config
     from genlip.modeling import GenLIPForCaptioning

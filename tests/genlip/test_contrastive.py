@@ -5,13 +5,12 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from genlip.config import genlip_config
 from genlip.contrastive import GenLIPForContrastive
 from genlip.masks import image_only_layout
 from genlip.modeling import GenLIPVisionModel
-from tests.test_pretrain_cli import _losses, _run
+from tests.genlip.test_pretrain_cli import _losses, _run
 
 
 def _tiny(**kw):
@@ -44,10 +43,18 @@ def test_loss_is_the_pairwise_sigmoid_loss():
     assert torch.allclose(model.encode_text(ids2, labels != -100), txt)
     ids2[1, 5] = (ids2[1, 5] + 1) % 64
     assert not torch.allclose(model.encode_text(ids2, labels != -100)[1], txt[1])
+    # both embeddings are L2-normalised, so ``img[i] @ txt[j]`` above is a cosine similarity
+    torch.testing.assert_close(img.norm(dim=-1), torch.ones(B))
+    torch.testing.assert_close(txt.norm(dim=-1), torch.ones(B))
     # gradients reach the encoder and both scalars
     out.loss.backward()
     assert model.vit.blocks[0].attn.q_proj.weight.grad.abs().sum() > 0
-    assert model.contrastive.logit_bias.grad is not None and F.normalize(img, dim=-1).shape == img.shape
+    assert model.contrastive.logit_scale.grad is not None and model.contrastive.logit_scale.grad.abs() > 0
+    # d loss / d bias = -(1/B) * sum_ij z_ij * sigmoid(-z_ij * logit_ij), written out from the loss above
+    z = 2 * torch.eye(B) - 1
+    logits = t * (img.detach() @ txt.detach().t()) + b
+    expected = -(z * torch.sigmoid(-z * logits)).sum() / B
+    assert float(model.contrastive.logit_bias.grad) == pytest.approx(float(expected), rel=1e-4)
 
 
 def test_pretrain_cli_trains_the_baseline_and_it_loads_as_an_encoder(tmp_path):

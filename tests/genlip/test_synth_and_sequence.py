@@ -64,8 +64,9 @@ def test_sequence_prompt_unsupervised_caption_and_eos_supervised(corpus):
     assert len(ids) == n_prompt + 5 + len(enc.eos_ids), "caption truncated at 5 tokens"
     assert ids[-2:].tolist() == [tok.convert_tokens_to_ids("<|im_end|>"), tok("\n").input_ids[0]]
     assert torch.equal(labels[n_prompt:], ids[n_prompt:]), "caption and EOS are supervised"
-    with pytest.raises(SkipSample):
+    with pytest.raises(SkipSample, match="^empty_caption: no tokens$") as skipped:
         enc("")
+    assert skipped.value.reason == "empty_caption", "the stable label the decode statistics count by"
 
 
 def test_collate_pads_text_and_masks_labels():

@@ -1,0 +1,54 @@
+"""What every training command does around its work: load the recipe (a user's mistake is one line and exit code
+2, before anything is built), print it on request, run, turn expected failures into one line and exit code 1, and
+always leave the process group cleanly."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+
+from genlip.run import dist as D
+from genlip.run.config import RecipeError, load_recipe, to_dict
+from genlip.run.resources import ResourceNotFound, bundled_names, resolve
+
+
+def load_for_command(prog: str, name: str, kind: str, overrides: list[str], cls: type) -> Any:
+    """What every training command does first: a recipe path or bundled name, its overrides, validated; a user's
+    mistake is one line ``<prog>: bad recipe: ...`` and exit code 2, before anything is built."""
+    try:
+        return load_recipe(resolve(name, kind), overrides, cls)
+    except (RecipeError, ResourceNotFound) as e:
+        print(f"{prog}: bad recipe: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def recipe_help(kind: str) -> str:
+    return f"a recipe YAML path, or a bundled recipe: {', '.join(bundled_names(kind))} (default: %(default)s)"
+
+
+def print_config(obj: Any) -> None:
+    """The resolved config as YAML (``--print-recipe``)."""
+    print(yaml.safe_dump(to_dict(obj), sort_keys=False))
+
+
+def execute(prog: str, fn: Callable[[Any], Any], recipe: Any, failures: tuple[type[BaseException], ...]) -> int:
+    """``fn(recipe)``: 0 when it returns; 2 with one line for a recipe mistake found late (a checkpoint that does not
+    fit the recipe, say); 1 with one line for the expected ``failures``; anything else is a bug and keeps its
+    traceback. The distributed process group is torn down in every case."""
+    try:
+        fn(recipe)
+    except RecipeError as e:
+        print(f"{prog}: bad recipe: {e}", file=sys.stderr)
+        return 2
+    except failures as e:
+        msg = str(e).strip()
+        if "Original Traceback" in msg:  # raised in a data-loader worker: its own last line
+            msg = msg.splitlines()[-1]
+        print(f"{prog}: {type(e).__name__}: {msg}", file=sys.stderr)
+        return 1
+    finally:
+        D.cleanup()
+    return 0

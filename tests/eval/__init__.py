@@ -1,0 +1,1 @@
+"""Specifications of the eval package: lmms-eval, statistics, sweeps, reports, the pipeline."""

@@ -1,0 +1,1 @@
+"""Specifications of the genlip package: model, data, pretraining, the run layer, tools."""

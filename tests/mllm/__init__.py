@@ -1,0 +1,1 @@
+"""Specifications of the mllm package: the LLaVA-NeXT-style harness."""
