@@ -13,7 +13,7 @@ LOCK_CHECK :=
 else
 LOCK_CHECK := --torch-unlocked
 endif
-EXTRAS ?= dev,mllm,eval,tools
+EXTRAS ?= dev,mllm,eval,tools,tensorboard
 PIP := $(BIN)/python -m pip install --quiet -c requirements/lock.txt
 # `make lock`: the versions to lock are resolved afresh from pyproject.toml's ranges, with this PyTorch
 LOCK_TORCH ?= torch==2.14.1 torchvision==0.29.1

@@ -32,25 +32,27 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="one model, one suite")
-    r.add_argument("--model", required=True)
-    r.add_argument("--suite", default="synth")
-    r.add_argument("--out", default=None)
+    r.add_argument("--model", required=True, help="a trained MLLM directory (genlip-mllm's final/)")
+    r.add_argument("--suite", default="synth", choices=sorted(SUITES),
+                   help="benchmark suite (default: %(default)s, the generated offline benchmarks)")
+    r.add_argument("--out", default=None, help="result directory (default: results/<model's run>/<suite>)")
     r.add_argument("--limit", type=int, default=None, help="at most N samples per task (a quick check)")
-    r.add_argument("--max-new-tokens", type=int, default=None)
+    r.add_argument("--max-new-tokens", type=int, default=None,
+                   help="answer length limit (default: each task's own generation settings)")
     r.add_argument("--tasks-dir", default=None, help="task files from `genlip-eval local-tasks` (local exports)")
     r.add_argument("--force", action="store_true", help="run lmms-eval again even if --out already holds these scores")
     sw = sub.add_parser("sweep", help="a grid of encoders x LLMs x protocols x suites (resumable)")
-    sw.add_argument("--grid", required=True)
+    sw.add_argument("--grid", required=True, help="a grid YAML (see eval/sweep.py), checked before anything runs")
     rp = sub.add_parser("report", help="tables, charts and pairwise comparisons of evaluated cells")
     rp.add_argument("results", nargs="+", help="directories written by `genlip-eval run` (or their scores.json)")
-    rp.add_argument("--out", required=True)
+    rp.add_argument("--out", required=True, help="report directory (report.md, report.csv, charts)")
     rp.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two cell names: A - B with bootstrap intervals")
     s = sub.add_parser("synth-bench", help="write the generated offline benchmarks")
-    s.add_argument("--out", required=True)
-    s.add_argument("--samples", type=int, default=50)
+    s.add_argument("--out", required=True, help="directory for the task files and their parquet data")
+    s.add_argument("--samples", type=int, default=50, help="questions per benchmark (default: %(default)s)")
     lt = sub.add_parser("local-tasks", help="lmms-eval task files for local exports of the benchmark datasets")
     lt.add_argument("--exports", required=True, help="directory of exports (see eval/local_tasks.py for layouts)")
-    lt.add_argument("--out", required=True)
+    lt.add_argument("--out", required=True, help="directory for the generated task files")
     g = lt.add_mutually_exclusive_group(required=True)
     g.add_argument("--suite", action="append", help="every task of these suites (repeatable)")
     g.add_argument("--tasks", help="comma-separated lmms-eval task or group names")
@@ -104,7 +106,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"{len(status) - len(failed)} cells done, {len(failed)} failed" + (f": {failed}" if failed else ""))
         return 1 if failed else 0
     if args.cmd == "report":
-        out = write_report(load_cells(args.results), args.out, tuple(args.compare) if args.compare else None)
+        try:
+            out = write_report(load_cells(args.results), args.out, tuple(args.compare) if args.compare else None)
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            print(f"genlip-eval: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+            return 2
         print((out / "report.md").read_text())
         return 0
     out = args.out or str(Path("results") / Path(args.model).resolve().parent.name / args.suite)

@@ -8,15 +8,44 @@ after lmms-eval's post-evaluation ``clean()``.
 from __future__ import annotations
 
 import logging
+import sys
+import time
+from collections import Counter
 
 import torch
 from lmms_eval.api.model import lmms
 from lmms_eval.models.registry_v2 import ModelManifest
 
+from eval.run import PROGRESS_PREFIX
 from mllm.build import load_mllm
 from mllm.chat import answer
 
 log = logging.getLogger(__name__)
+
+
+class Progress:
+    """Answers done per benchmark, its rate and the time left, as one line on stderr every ``every`` seconds and when
+    a benchmark finishes (``genlip-eval run`` shows these lines while the rest of lmms-eval's output goes to its
+    log)."""
+
+    def __init__(self, tasks: list[str], every: float = 10.0, stream=None) -> None:
+        self.total, self.done = Counter(tasks), Counter()
+        self.every, self.stream = every, stream or sys.stderr
+        self.start: dict[str, float] = {}
+        self.last = 0.0
+
+    def step(self, task: str) -> None:
+        now = time.monotonic()
+        self.start.setdefault(task, now)
+        self.done[task] += 1
+        finished = self.done[task] == self.total[task]
+        if finished or now - self.last >= self.every:
+            self.last = now
+            n, total = self.done[task], self.total[task]
+            rate = n / max(now - self.start[task], 1e-9)
+            eta = "done" if finished else f"ETA {int((total - n) / rate) // 60}m{int((total - n) / rate) % 60:02d}s"
+            print(f"{PROGRESS_PREFIX} {task}: {n}/{total} answers ({100 * n / total:.0f}%), {rate:.2f}/s, {eta}",
+                  file=self.stream, flush=True)
 
 
 class GenlipMllm(lmms):
@@ -52,6 +81,7 @@ class GenlipMllm(lmms):
     def generate_until(self, requests) -> list[str]:
         model, tok, spec, ip = self.parts
         out = []
+        progress = Progress([req.args[4] for req in requests])
         for req in requests:
             context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
             doc = self.task_dict[task][split][doc_id]
@@ -66,6 +96,7 @@ class GenlipMllm(lmms):
                 if stop and stop in text:
                     text = text.split(stop)[0]
             out.append(text)
+            progress.step(task)
         return out
 
     def loglikelihood(self, requests):

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from eval.pipeline_probes import PROBE_TASKS
-from eval.report import compare, per_sample_scores, write_report
+from eval.report import compare, distinct_answers, per_sample_scores, write_report
 from eval.stats import bootstrap_ci, cider_bootstrap_ci, cider_paired_bootstrap
 from eval.suites import SUITES
 
@@ -28,15 +28,6 @@ def cell_intervals(cell: dict, resamples: int) -> dict[str, tuple[float, float] 
             lo, hi = bootstrap_ci(list(scores.values()), resamples)
             out[b.name] = (lo * b.scale, hi * b.scale)
     return out
-
-
-def distinct_answers(cell: dict, task: str) -> int:
-    """How many different answers a cell gave on a task (from lmms-eval's logged samples)."""
-    task = cell.get("tasks", {}).get(task, task)
-    files = sorted(Path(cell["samples_dir"]).glob(f"*samples_{task}.jsonl"))
-    if not files:
-        return -1
-    return len({json.dumps(json.loads(line).get("filtered_resps")) for line in files[-1].read_text().splitlines()})
 
 
 def verdict(cells: dict[str, dict], cmp: dict[str, list[dict]]) -> list[str]:

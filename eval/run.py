@@ -10,15 +10,41 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from eval.local_tasks import read_manifest
 from eval.suites import SUITES, averages
 from eval.synth_bench import write_synth_benchmarks
 
+PROGRESS_PREFIX = "[genlip-eval]"  # lines the lmms-eval model prints for the user (eval.lmms_model.Progress)
+
 
 class EvalError(RuntimeError):
     pass
+
+
+def _run_streaming(args: list[str], env: dict, cwd: Path, log: Path, timeout: float | None) -> tuple[int, str]:
+    """Run lmms-eval with all of its output into ``log`` and its progress lines (one per benchmark, from
+    :class:`eval.lmms_model.Progress`) echoed as they come; returns the exit code and the last line it printed."""
+    last = ""
+    with open(log, "w") as fh, subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                                                stderr=subprocess.STDOUT, text=True, errors="replace") as p:
+        timer = threading.Timer(timeout, p.kill) if timeout else None
+        if timer:
+            timer.start()
+        try:
+            for line in p.stdout:
+                fh.write(line)
+                if line.strip():
+                    last = line.strip().split("\r")[-1]
+                if line.startswith(PROGRESS_PREFIX):
+                    print(line.rstrip(), file=sys.stderr, flush=True)
+        finally:
+            if timer:
+                timer.cancel()
+        returncode = p.wait()
+    return returncode, last
 
 
 def run_suite(model_dir: str | Path, suite: str, out_dir: str | Path, limit: int | None = None,
@@ -74,13 +100,12 @@ def run_suite(model_dir: str | Path, suite: str, out_dir: str | Path, limit: int
     work = out / "cwd"  # lmms-eval writes some files into its working directory
     work.mkdir(exist_ok=True)
     started = {p.name for p in (out / "raw").rglob("*_results.json")} if (out / "raw").exists() else set()
-    p = subprocess.run(args, env=env, cwd=work, capture_output=True, text=True, timeout=timeout)
-    (out / "lmms_eval.log").write_text(p.stdout + "\n" + p.stderr)
+    returncode, last_line = _run_streaming(args, env, work, out / "lmms_eval.log", timeout)
     new = sorted(f for f in (out / "raw").rglob("*_results.json") if f.name[0].isdigit() and f.name not in started) \
         if (out / "raw").exists() else []
-    if p.returncode != 0 or not new:
-        raise EvalError(f"lmms-eval failed for {model_dir} on {suite} (exit {p.returncode}); see "
-                        f"{out / 'lmms_eval.log'}: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ''}")
+    if returncode != 0 or not new:
+        raise EvalError(f"lmms-eval failed for {model_dir} on {suite} (exit {returncode}); see "
+                        f"{out / 'lmms_eval.log'}: {last_line}")
     got = json.loads(new[-1].read_text())["results"]
     raw = {t: got[run_as[t]] for t in tasks if run_as[t] in got}
     missing = [run_as[t] for t in tasks if t not in raw]

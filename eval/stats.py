@@ -1,4 +1,11 @@
-"""Is a difference between two encoders real? Paired bootstrap over the samples both were scored on."""
+"""Is a difference between two encoders real? Paired bootstrap over the samples both were scored on.
+
+Written here rather than with ``scipy.stats.bootstrap``: scipy is not a dependency of the project (it only arrives with
+lmms-eval's), and two of the three intervals are not statistics of one array that scipy resamples: the paired
+difference resamples the documents both cells answered, and the CIDEr intervals recompute a corpus-level metric (IDF
+weights included) on every resample. For the plain mean, :func:`bootstrap_ci` is the percentile method and agrees
+with ``scipy.stats.bootstrap(method="percentile")`` (``tests/eval/test_eval_stats.py``).
+"""
 
 from __future__ import annotations
 

@@ -2,13 +2,15 @@
 task definitions and metrics) runs offline: questions on generated documents scored by ANLS (DocVQA's task),
 on generated bar charts by relaxed accuracy (ChartQA's task), and generated captions by CIDEr (COCO's task).
 
-Each task file ``include``s the installed lmms-eval task and only points it at local parquet data.
+Each task file ``include``s a copy of lmms-eval's own task definition (made at generation time by
+:func:`vendor_task`, so no path of the virtual environment is written down) and only points it at local parquet data.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -26,6 +28,31 @@ def _lmms_task_file(*parts: str) -> Path:
     if not p.exists():
         raise FileNotFoundError(f"lmms-eval has no {p}; this toolkit expects lmms-eval 0.7.x task files")
     return p
+
+
+def vendor_task(src: Path, dest: Path) -> str:
+    """Copy the lmms-eval task file ``src`` and every file it includes into ``dest`` (under names without ``.yaml``,
+    so lmms-eval does not index the copies as tasks of their own), with a ``utils.py`` that re-exports the task's
+    functions from the installed package by module name. Returns the name to ``include:``. The task files then
+    name no path of the environment lmms-eval was installed in: they survive a moved or rebuilt virtual environment,
+    and prompts, post-processing and metrics stay lmms-eval's own."""
+    dest.mkdir(parents=True, exist_ok=True)
+    tasks_root = next(p for p in src.parents if p.name == "tasks" and p.parent.name == "lmms_eval")
+    if (src.parent / "utils.py").exists():
+        module = ".".join(("lmms_eval", "tasks", *src.parent.relative_to(tasks_root).parts, "utils"))
+        (dest / "utils.py").write_text(f"from {module} import *  # noqa: F401,F403\n")
+    return _copy_chain(src, dest)
+
+
+def _copy_chain(src: Path, dest: Path) -> str:
+    name = "_lmms_" + src.name.removesuffix(".yaml").lstrip("_")
+
+    def include(m: re.Match) -> str:
+        return m.group(1) + _copy_chain(src.parent / m.group(2).strip().strip("\"'"), dest)
+
+    text = re.sub(r"^(include:\s*)(\S.*)$", include, src.read_text(), flags=re.M)
+    (dest / name).write_text(text)
+    return name
 
 
 def _png(img) -> dict:
@@ -77,7 +104,8 @@ def write_synth_benchmarks(out: str | Path, samples: int = 50, seed: int = 1000)
         data = out / "data" / f"synth_{kind}.parquet"
         Dataset.from_list(rows, features=features).to_parquet(str(data))
         include, split, metrics = tasks[kind]
-        cfg = {"include": str(include), "task": f"genlip_synth_{kind}", "dataset_path": "parquet",
+        cfg = {"include": vendor_task(include, out / "tasks" / kind), "task": f"genlip_synth_{kind}",
+               "dataset_path": "parquet",
                "dataset_name": None, "dataset_kwargs": {"data_files": {split: str(data)}}, "test_split": split}
         if metrics:
             cfg["metric_list"] = metrics
@@ -85,8 +113,6 @@ def write_synth_benchmarks(out: str | Path, samples: int = 50, seed: int = 1000)
         if kind == "caption":  # CIDEr only (METEOR and SPICE need Java / the network), with COCO's own aggregation
             text += ("group: []\nmetric_list:\n  - metric: coco_CIDEr\n    aggregation: !function utils.coco_cider\n"
                      "    higher_is_better: true\n")
-        (out / "tasks" / f"genlip_synth_{kind}.yaml").write_text(text)
-    # `!function utils.X` in our task files resolves here: lmms-eval's own COCO caption functions
-    (out / "tasks" / "utils.py").write_text("from lmms_eval.tasks.coco_cap.utils import *  # noqa: F401,F403\n")
+        (out / "tasks" / kind / f"genlip_synth_{kind}.yaml").write_text(text)
     (out / "synth_bench.json").write_text(json.dumps({"samples": samples, "seed": seed, "tasks": list(SYNTH_TASKS)}))
     return out

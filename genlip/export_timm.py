@@ -68,6 +68,7 @@ from torch import nn
 
 from genlip.config import GenLIPConfig
 from genlip.modeling import GenLIPTransformer
+from genlip.run.checkpoint import list_checkpoints, resolve_weights_dir
 
 TIMM_ARCHITECTURE = "naflexvit_base_patch16_gap"  # registry entry whose kwargs rebuild the export
 TIMM_NORM_EPS = 1e-6  # eps of timm.layers.LayerNorm, the only LayerNorm a NaFlexVit config can name
@@ -239,8 +240,11 @@ def _load_genlip(source: str | Path | nn.Module) -> tuple[dict[str, torch.Tensor
             raise TypeError("export_timm needs a GenLIPVisionModel / GenLIPForCaptioning or a directory")
         return source.state_dict(), source.config
     path = Path(source)
+    if not (path / "config.json").is_file() and list_checkpoints(path):
+        path = resolve_weights_dir(path)  # a pretraining run directory: its newest checkpoint
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} has no config.json; expected a GenLIP save_pretrained directory")
+        raise FileNotFoundError(f"{path} has no config.json; expected a GenLIP save_pretrained directory or a "
+                                "pretraining run directory")
     cfg = GenLIPConfig.from_pretrained(path)
     index = path / "model.safetensors.index.json"
     files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file()
@@ -257,8 +261,10 @@ def export_timm(model_dir_or_model: str | Path | nn.Module, out_dir: str | Path,
                 dtype: torch.dtype | None = None) -> Path:
     """Write ``out_dir/model.safetensors`` and a timm ``config.json``; returns ``out_dir``.
 
-    ``model_dir_or_model`` is a GenLIP model or a directory saved by ``save_pretrained`` (vision or captioning
-    model). ``dtype`` casts the weights (default: keep). Load the result with :func:`load_timm_export` or
+    ``model_dir_or_model`` is a GenLIP model, a directory saved by ``save_pretrained`` (vision or captioning model)
+    or a pretraining run directory (its newest checkpoint). The preprocessing written for timm is the training one:
+    the config's size (what stage 1 trained at), bilinear resizing, mean = std = 0.5. ``dtype`` casts the weights
+    (default: keep). Load the result with :func:`load_timm_export` or
     ``timm.create_model(f"local-dir:{out_dir}", pretrained=True)``.
     """
     sd, cfg = _load_genlip(model_dir_or_model)
@@ -281,7 +287,7 @@ def export_timm(model_dir_or_model: str | Path | nn.Module, out_dir: str | Path,
             "custom_load": False,
             "input_size": [cfg.num_channels, cfg.image_size, cfg.image_size],
             "fixed_input_size": False,
-            "interpolation": "bicubic",
+            "interpolation": "bilinear",  # as training resizes (genlip.data.transforms.fixed_resize)
             "crop_pct": 1.0,
             "mean": list(cfg.image_mean),
             "std": list(cfg.image_std),

@@ -29,7 +29,13 @@ Both train with AdamW and a cosine learning-rate schedule. Given several learnin
 train split minus a stratified held-out part, the best on the held-out part is kept and the probe is retrained on the
 whole train split with it. Everything is deterministic under ``seed``.
 
-Python: :func:`run_probe` / :func:`run_probes`; command line: :func:`add_probe_args` + :func:`probe_from_args`.
+Python: :func:`run_probe` / :func:`run_probes`; command line: ``genlip-analyze probe`` (:mod:`genlip.tools.probe_cli`).
+
+Why not torchvision's ``ImageFolder`` and scikit-learn's ``LogisticRegression``: the reader must find files
+recursively, ignore non-images by extension, decode through :func:`genlip.data.decode.decode_image` and count every
+skip by reason instead of raising or substituting, which ``ImageFolder`` does not; the linear probe trains with the
+same AdamW/cosine/learning-rate-sweep protocol as the attentive probe, on the GPU when there is one, so the two are
+comparable, and scikit-learn is not a dependency of the project.
 """
 
 from __future__ import annotations

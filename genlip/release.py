@@ -42,8 +42,17 @@ _IGNORED = re.compile(r"(rotary_emb|inv_freq)")
 
 
 def config_from_release(cfg: dict) -> GenLIPConfig:
-    """Translate a release ``config.json`` into a :class:`GenLIPConfig` (unknown release keys are ignored)."""
+    """Translate a release ``config.json`` into a :class:`GenLIPConfig`. Keys that change what the model computes
+    are checked: a value this model does not implement (a non-SiLU activation, MRoPE that is not interleaved, a plain
+    MLP, a borrowed LLM head) is an error, never a silent substitute; keys that change nothing are ignored."""
     rope = cfg.get("rope_scaling") or {}
+    act = cfg.get("hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        raise ValueError(f"this release checkpoint uses hidden_act={act!r}; GenLIP's SwiGLU implements silu only")
+    interleaved = rope.get("mrope_interleaved", cfg.get("mrope_interleaved", True))
+    if interleaved is not True:
+        raise ValueError(f"this release checkpoint sets mrope_interleaved={interleaved!r}; only the interleaved "
+                         "(Qwen3-VL) channel layout is implemented")
     if cfg.get("use_swiglu_ffn", True) is False:
         raise ValueError("this release checkpoint uses a plain MLP (use_swiglu_ffn=false); GenLIP models use SwiGLU")
     if cfg.get("use_llm_head"):

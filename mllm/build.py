@@ -25,7 +25,7 @@ from transformers import (
 import mllm  # noqa: F401  (registers the native variant)
 from mllm.image_modes import default_pinpoints, resize_num_tokens
 from mllm.native import NativeLlavaConfig, NativeLlavaForConditionalGeneration
-from mllm.processing import IMAGE_PLACEHOLDER, ImageSpec, make_image_processor
+from mllm.processing import CHAT_TEMPLATE, IMAGE_PLACEHOLDER, ImageSpec, make_image_processor
 from mllm.towers import NATIVE_KINDS, load_tower
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,8 @@ def save_processing(directory: str | Path, config, tokenizer, spec: ImageSpec) -
         cls = LlavaProcessor if spec.mode == "resize" else LlavaNextProcessor
         proc = cls(image_processor=ip, tokenizer=tokenizer, patch_size=spec.patch_size,
                    vision_feature_select_strategy=config.vision_feature_select_strategy,
-                   image_token=IMAGE_PLACEHOLDER, num_additional_image_tokens=1 if spec.has_cls else 0)
+                   image_token=IMAGE_PLACEHOLDER, num_additional_image_tokens=1 if spec.has_cls else 0,
+                   chat_template=CHAT_TEMPLATE)
         proc.save_pretrained(directory)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from genlip.data.decode import decode_image
+from genlip.data.decode import SkipSample, decode_image
 from mllm.processing import ConversationEncoder, preprocess_images
 
 
@@ -31,6 +31,18 @@ def answer(model, tokenizer, spec, image_processor, image: Image.Image | list[Im
     return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()
 
 
+class ChatInputError(ValueError):
+    """An image or model directory ``genlip-mllm chat`` cannot use; the message is one line for the user."""
+
+
 def load_image(path: str) -> Image.Image:
-    with open(path, "rb") as f:
-        return decode_image(f.read())
+    """The image at ``path`` in RGB; a missing, unreadable or non-image file is a :class:`ChatInputError`."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ChatInputError(f"cannot read the image {path}: {e.strerror}") from None
+    try:
+        return decode_image(data)
+    except SkipSample as e:
+        raise ChatInputError(f"{path} is not an image this toolkit can decode ({e.reason})") from None

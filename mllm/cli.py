@@ -16,9 +16,9 @@ import shlex
 import sys
 
 from genlip.data.sources import DataError
-from genlip.run.command import execute, load_for_command, print_config, recipe_help
+from genlip.run.command import execute, load_for_command, print_config, recipe_help, schema_keys
 from mllm.build import load_mllm
-from mllm.chat import answer, load_image
+from mllm.chat import ChatInputError, answer, load_image
 from mllm.recipe import MllmRecipe
 from mllm.train import train
 
@@ -34,20 +34,31 @@ def main(argv: list[str] | None = None) -> int:
         s = sub.add_parser(stage, help=f"{stage} an MLLM from a recipe")
         s.add_argument("--recipe", default=DEFAULTS[stage],
                        help=recipe_help("mllm"))
-        s.add_argument("--print-recipe", action="store_true")
-        s.add_argument("overrides", nargs="*")
+        s.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
+        s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. lr.vision_tower=2e-6 train.deepspeed=zero3")
+        s.epilog = "recipe keys (section.key=default):\n" + schema_keys(MllmRecipe)
+        s.formatter_class = argparse.RawDescriptionHelpFormatter
     c = sub.add_parser("chat", help="answer one question about one image")
-    c.add_argument("--model", required=True)
-    c.add_argument("--image")
-    c.add_argument("--prompt", required=True)
-    c.add_argument("--max-new-tokens", type=int, default=128)
-    c.add_argument("--sample", action="store_true")
-    c.add_argument("--temperature", type=float, default=0.7)
-    args = ap.parse_args(argv)
+    c.add_argument("--model", required=True, help="a trained MLLM directory (e.g. runs/mllm_finetune_tiny_cpu/final)")
+    c.add_argument("--image", help="an image file (PNG, JPEG, WebP, ...); without it the question is text only")
+    c.add_argument("--prompt", required=True, help="the question")
+    c.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit (default: %(default)s)")
+    c.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    c.add_argument("--temperature", type=float, default=0.7, help="with --sample (default: %(default)s)")
+    # overrides may come after options too: `finetune --recipe X a=1 --print-recipe b=2`
+    args, extra = ap.parse_known_args(argv)
+    if extra and (args.cmd == "chat" or any("=" not in e or e.startswith("-") for e in extra)):
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.cmd == "chat":
-        model, tok, spec, ip = load_mllm(args.model)
-        image = load_image(args.image) if args.image else None
+        try:
+            image = load_image(args.image) if args.image else None  # before the model: a bad path fails at once
+            model, tok, spec, ip = load_mllm(args.model)
+        except (ChatInputError, FileNotFoundError) as e:
+            print(f"genlip-mllm: {e}", file=sys.stderr)
+            return 2
         print(answer(model, tok, spec, ip, image, args.prompt, args.max_new_tokens, args.sample, args.temperature))
         return 0
     recipe = load_for_command("genlip-mllm", args.recipe, "mllm", args.overrides, MllmRecipe)

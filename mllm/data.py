@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
+from genlip.data.dataset import ignore_preemption_signals
 from genlip.data.decode import SkipSample, decode_image
 from genlip.data.sources import DataError
 from genlip.loss import IGNORE_INDEX
@@ -37,6 +39,9 @@ def read_records(path: str | Path) -> list:
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of LLaVA records")
     return data
+
+
+_QUIET_WORKERS: set[int] = set()
 
 
 class LlavaDataset(Dataset):
@@ -87,6 +92,9 @@ class LlavaDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict:
+        if get_worker_info() is not None and os.getpid() not in _QUIET_WORKERS:  # the Trainer's loader workers
+            ignore_preemption_signals()  # SIGTERM/SIGUSR1 to the process group are the trainer's to handle
+            _QUIET_WORKERS.add(os.getpid())
         paths, conv = self.items[i]
         try:
             images = [decode_image(p.read_bytes()) for p in paths]

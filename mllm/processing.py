@@ -28,6 +28,20 @@ from mllm.image_modes import anyres_num_tokens, native_grid, resize_num_tokens
 
 IMAGE_PLACEHOLDER = "<image>"
 DEFAULT_SYSTEM = "You are a helpful assistant."
+# The processors' chat template: the conversation format ConversationEncoder trains on (Qwen turns, the default
+# system prompt unless the conversation has one), for both message forms transformers users write: a string with
+# ``<image>`` where the image goes, or the standard parts list ``[{"type": "image"}, {"type": "text", "text": ...}]``.
+CHAT_TEMPLATE = (
+    "{% if messages and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\n" + DEFAULT_SYSTEM + "<|im_end|>\n' }}{% endif %}"
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '" + IMAGE_PLACEHOLDER + "' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{ '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from genlip.run.config import bounded
 from genlip.run.resources import resolve_deepspeed
 
 # the Hugging Face Trainer's lr_scheduler_type values that take no extra arguments
@@ -23,9 +24,9 @@ class MllmModelRecipe:
     mode: Literal["resize", "anyres", "native"] = "resize"
     image_size: int | None = None  # resize: the square side; anyres: the tile side (default: the tower's)
     feature_layer: int = -1
-    min_image_tokens: int = 16  # native mode budget
-    max_image_tokens: int = 576
-    max_grid: int = 2  # anyres: up to max_grid x max_grid tiles + the base image
+    min_image_tokens: int = bounded(16, ge=1)  # native mode budget
+    max_image_tokens: int = bounded(576, ge=1)
+    max_grid: int = bounded(2, ge=1)  # anyres: up to max_grid x max_grid tiles + the base image
 
 
 @dataclass
@@ -33,51 +34,57 @@ class MllmDataRecipe:
     path: str = ""  # LLaVA JSON/JSONL
     image_root: str = ""
     synth: dict | None = None  # {"dir", "samples", "seed", "set": captions|instruct}: generate if missing
-    max_length: int = 2048
+    max_length: int = bounded(2048, ge=1)
     system_prompt: str = "You are a helpful assistant."
-    max_skip_fraction: float = 0.1
-    num_workers: int = 0
+    max_skip_fraction: float = bounded(0.1, ge=0, le=1)
+    num_workers: int = bounded(0, ge=0)
 
 
 @dataclass
 class LearningRates:
     """Per module group; 0 freezes the group."""
 
-    projector: float = 1e-3
-    language_model: float = 0.0
-    vision_tower: float = 0.0
+    projector: float = bounded(1e-3, ge=0)
+    language_model: float = bounded(0.0, ge=0)
+    vision_tower: float = bounded(0.0, ge=0)
 
 
 @dataclass
 class LoraRecipe:
     enabled: bool = False
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
+    r: int = bounded(16, ge=1)
+    alpha: int = bounded(32, gt=0)
+    dropout: float = bounded(0.05, ge=0, lt=1)
 
 
 @dataclass
 class MllmTrainRecipe:
     output_dir: str = "runs/mllm"
-    epochs: float = 1.0
+    epochs: float = bounded(1.0, gt=0)
     max_steps: int = -1
-    global_batch: int = 8
-    micro_batch: int = 8
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
+    global_batch: int = bounded(8, ge=1)
+    micro_batch: int = bounded(8, ge=1)
+    warmup_ratio: float = bounded(0.03, ge=0, lt=1)
+    weight_decay: float = bounded(0.0, ge=0)
     scheduler: Literal[SCHEDULERS] = "cosine"
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = bounded(1.0, gt=0)
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     cpu_allocator: Literal["retain", "system"] = "retain"  # retain: keep freed memory (genlip.run.runtime)
     deepspeed: str | None = None  # zero2 | zero3 (bundled) | a DeepSpeed JSON path; resolved to a full path at load
     gradient_checkpointing: bool = False
-    save_steps: int = 500
-    save_total_limit: int = 2
-    logging_steps: int = 10
+    save_steps: int = bounded(500, ge=1)
+    save_total_limit: int = bounded(2, ge=1)
+    logging_steps: int = bounded(10, ge=1)
+    # the Trainer's loggers: tensorboard (the `tensorboard` extra; events in output_dir/runs/), wandb, ... ; a PNG of
+    # the loss and learning-rate curves is written to final/curves.png in any case
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = field(default_factory=list)
     resume: str = "auto"  # auto | none | a checkpoint directory
 
     def __post_init__(self) -> None:
+        if self.global_batch % self.micro_batch:
+            raise ValueError(f"train.global_batch {self.global_batch} is not a multiple of train.micro_batch "
+                             f"{self.micro_batch}")
         if self.deepspeed:  # checked here, before any model is loaded
             self.deepspeed = str(resolve_deepspeed(self.deepspeed))
 

@@ -4,9 +4,11 @@ stages: alignment (projector only) and instruction tuning (projector + LLM, the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -16,11 +18,13 @@ from accelerate import PartialState
 from transformers import AutoModelForImageTextToText, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from genlip.data.dataset import PREEMPTION_SIGNALS
 from genlip.data.synth_sft import write_sft
 from genlip.data.tokenizer import train_tokenizer
 from genlip.run import dist as D
 from genlip.run.checkpoint import list_checkpoints
 from genlip.run.config import recipe_diff, save_recipe
+from genlip.run.curves import plot_curves
 from genlip.run.dirs import generated_dir
 from genlip.run.runtime import configure_cpu_allocator
 from mllm.build import build_mllm, load_mllm, save_mllm, save_processing
@@ -141,6 +145,25 @@ class SaveProcessing(TrainerCallback):
             logs["skipped_samples"] = sum(self.skipped.values())
 
 
+class Preemption(TrainerCallback):
+    """SIGTERM/SIGUSR1 (SLURM pre-emption, ``scancel``): finish the current step, save a checkpoint, stop; the run
+    resumes from it with ``train.resume=auto``. The loader workers ignore these signals (:mod:`mllm.data`)."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        for sig in PREEMPTION_SIGNALS:
+            with contextlib.suppress(ValueError):  # not in the main thread
+                signal.signal(sig, self._set)
+
+    def _set(self, *_):
+        self.flag = True
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.flag:
+            control.should_save = True
+            control.should_training_stop = True
+
+
 class MllmTrainer(Trainer):
     """The HF Trainer with one AdamW group per module group (its own learning rate; 0 = frozen) and a resume that
     maps LLaVA's legacy weight names back."""
@@ -203,10 +226,15 @@ def train(recipe: MllmRecipe) -> Path:
     dataset = LlavaDataset(data_path, image_root, encoder, recipe.data.max_skip_fraction)
     collator = Collator(spec, ip, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     skipped: Counter = Counter()
+    preempt = Preemption()
     trainer = MllmTrainer(model=model, args=training_arguments(recipe, ws, cuda, max(lrs.values())),
                           train_dataset=dataset, data_collator=collator, lrs=lrs, recipe=recipe, skipped=skipped,
-                          callbacks=[SaveProcessing(out, model, tokenizer, spec, recipe, skipped)])
+                          callbacks=[SaveProcessing(out, model, tokenizer, spec, recipe, skipped), preempt])
     trainer.train(resume_from_checkpoint=_resume_point(recipe, out))
+    if preempt.flag:
+        D.print0(f"pre-empted: saved {out / f'checkpoint-{trainer.state.global_step}'}, exiting "
+                 "(train.resume=auto continues)")
+        return out
     if recipe.debug.stop_after_step:
         D.print0(f"stopped after step {recipe.debug.stop_after_step} (debug.stop_after_step)")
         return out
@@ -243,7 +271,7 @@ def training_arguments(recipe: MllmRecipe, ws: int, cuda: bool, max_lr: float) -
         warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps, save_steps=t.save_steps, save_total_limit=t.save_total_limit, seed=t.seed,
         data_seed=t.seed, bf16=cuda and t.precision != "fp32", deepspeed=t.deepspeed,
-        gradient_checkpointing=t.gradient_checkpointing, report_to=[], remove_unused_columns=False,
+        gradient_checkpointing=t.gradient_checkpointing, report_to=list(t.report_to), remove_unused_columns=False,
         dataloader_num_workers=recipe.data.num_workers, use_cpu=not cuda, disable_tqdm=not D.is_main(),
         accelerator_config={"use_configured_state": True} if (not cuda and (t.deepspeed or ws > 1)) else None)
 
@@ -265,22 +293,42 @@ def _resume_point(recipe: MllmRecipe, out: Path) -> str | None:
     return resume
 
 
+def _save_adapter_and_merge(trainer: MllmTrainer, model, adapter_dir: Path):
+    """Rank 0 saves the LoRA adapter, then the model is merged (base + adapter). Under ZeRO-3 every parameter is a
+    shard: all ranks gather them first (collective), and the merged weights are copied out before the shards are
+    restored, so both the adapter and the merged model hold full tensors. Returns ``(merged model, state dict or
+    None)``."""
+    zero3 = any(hasattr(p, "ds_id") for p in model.parameters())
+    if not zero3:
+        if trainer.is_world_process_zero():
+            model.save_pretrained(adapter_dir)
+        return model.merge_and_unload(), None
+    import deepspeed  # optional: only ZeRO-3 runs get here
+
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        if trainer.is_world_process_zero():
+            model.save_pretrained(adapter_dir)
+        merged = model.merge_and_unload()
+        state = ({k: v.detach().cpu().clone() for k, v in merged.state_dict().items()}
+                 if trainer.is_world_process_zero() else None)
+    return merged, state
+
+
 def _save_final(trainer: MllmTrainer, model, tokenizer, spec, recipe: MllmRecipe, skipped: dict) -> Path:
     """Collective: ``final/`` with the full weights (gathered under ZeRO-3; LoRA merged), the processor, the log
     history, the skip counts and, last, the resolved recipe (its presence marks the run finished)."""
     final = Path(recipe.train.output_dir) / "final"
-    to_save = model
+    to_save, state = model, None
     if recipe.lora.enabled:
-        if trainer.is_world_process_zero():
-            model.save_pretrained(Path(recipe.train.output_dir) / "lora_adapter")
-        to_save = model.merge_and_unload()
-    # under ZeRO-3 the weights are sharded: gather them (collective), then rank 0 writes
-    state = trainer.accelerator.get_state_dict(trainer.deepspeed) if trainer.is_deepspeed_enabled else None
-    if recipe.lora.enabled:
-        state = None  # the merged model holds the full weights
+        to_save, state = _save_adapter_and_merge(trainer, model, Path(recipe.train.output_dir) / "lora_adapter")
+    elif trainer.is_deepspeed_enabled:
+        # under ZeRO-3 the weights are sharded: gather them (collective), then rank 0 writes
+        state = trainer.accelerator.get_state_dict(trainer.deepspeed)
     if trainer.is_world_process_zero():
         save_mllm(final, to_save, tokenizer, spec, state_dict=state)
         (final / "log_history.json").write_text(json.dumps(trainer.state.log_history))
+        plot_curves(trainer.state.log_history, final / "curves.png", f"{recipe.name} ({recipe.stage})",
+                    lr_key="learning_rate")
         (final / "skipped.json").write_text(json.dumps(skipped))
         save_recipe(recipe, final / "recipe.yaml")
         D.print0(f"saved {final}")

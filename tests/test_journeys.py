@@ -40,11 +40,11 @@ def journey(tmp_path_factory):
     small = ["data.synth.samples=48", "train.max_steps=2", "train.global_batch=8", "train.micro_batch=8"]
     steps = [
         ("genlip-pretrain", "--recipe", str(RECIPES / "tiny_stage1.yaml"), "train.steps=4",
-         "train.output_dir=runs/s1"),
+         "train.output_dir=runs/s1", "log.tensorboard=true"),
         ("genlip-pretrain", "--recipe", str(RECIPES / "tiny_stage2.yaml"), "train.steps=2", "model.init_from=runs/s1",
          "train.output_dir=runs/s2"),
         ("genlip-mllm", "pretrain", "--recipe", str(RECIPES / "mllm_pretrain.yaml"), "model.vision=runs/s2",
-         "train.output_dir=runs/align", *small),
+         "train.output_dir=runs/align", "train.report_to=[tensorboard]", *small),
         ("genlip-mllm", "finetune", "--recipe", str(RECIPES / "mllm_finetune.yaml"),
          "model.init_from=runs/align/final", "train.output_dir=runs/sft", *small),
         ("genlip-eval", "run", "--model", "runs/sft/final", "--suite", "synth", "--limit", "4",
@@ -65,12 +65,27 @@ def test_the_journey_produces_every_output(journey):
     assert "final weights: runs/s2/checkpoints/step_00000002" in first[1].stdout
     for stage in ("align", "sft"):
         assert (work / f"runs/{stage}/final/recipe.yaml").exists()
+    # loss / learning-rate curves as PNGs, and TensorBoard events where asked for, with the loss in them
+    from PIL import Image
+
+    for png in ("runs/s1/curves.png", "runs/s2/curves.png", "runs/align/final/curves.png", "runs/sft/final/curves.png"):
+        assert Image.open(work / png).size[0] > 500, png
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for events, tag in ((work / "runs/s1/tensorboard", "loss"), (next((work / "runs/align/runs").iterdir()),
+                                                                 "train/loss")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        assert tag in acc.Tags()["scalars"] and len(acc.Scalars(tag)) >= 2, (events, acc.Tags())
     # the real lmms-eval CLI wrote its results file, with lmms-eval's own metric names
     results = sorted(f for f in (work / "results/tiny/raw").rglob("*_results.json") if f.name[0].isdigit())
     assert len(results) == 1
     got = json.loads(results[0].read_text())["results"]
     assert {"genlip_synth_docvqa", "genlip_synth_chartqa", "genlip_synth_caption"} <= set(got)
     assert "anls,none" in got["genlip_synth_docvqa"] and "coco_CIDEr,none" in got["genlip_synth_caption"]
+    # progress per benchmark while lmms-eval runs (its own output goes to the log)
+    for task in ("genlip_synth_docvqa", "genlip_synth_chartqa", "genlip_synth_caption"):
+        assert f"[genlip-eval] {task}: 4/4 answers (100%)" in first[4].stderr, first[4].stderr[-2000:]
     scores = json.loads((work / "results/tiny/scores.json").read_text())
     assert scores["limit"] == 4 and set(scores["benchmarks"]) == {"SynthDoc", "SynthChart", "SynthCap"}
     assert (work / "report/report.md").read_text().count("SynthChart") >= 1

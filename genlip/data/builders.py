@@ -7,6 +7,7 @@ from collections import deque
 from PIL import Image
 
 from genlip.data.dataset import ExampleBuilder
+from genlip.data.decode import SkipSample
 from genlip.data.packing import RowPacker, collate_packed
 from genlip.data.sequence import CaptionEncoder, collate_fixed
 from genlip.data.transforms import fixed_resize, smart_resize, to_tensor
@@ -55,6 +56,9 @@ class NativeResBuilder(ExampleBuilder):
         h, w = smart_resize(image.height, image.width, self.patch_size, self.min_pixels, self.max_pixels)
         pixels = normalize(to_tensor(image.resize((w, h), Image.BILINEAR)), self.mean, self.std)
         patches, grid = patchify(pixels, self.patch_size)
+        n = patches.shape[0] + ids.numel()
+        if n > self.max_seq_len:  # never expected (see __init__), but a sample that cannot fit a row is skipped
+            raise SkipSample("too_long_for_row", f"{n} tokens > data.max_seq_len {self.max_seq_len}")
         return {"patches": patches, "grid": grid, "input_ids": ids, "labels": labels}
 
     def batches(self, examples, batch_size: int, restored=None):

@@ -7,8 +7,11 @@ exactly where every stream stands and resume there without re-decoding anything.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -151,9 +154,40 @@ def _map_positions(tree, fn):
     return [_map_positions(v, fn) for v in tree]
 
 
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def ignore_preemption_signals(worker_id: int = 0) -> None:
+    """In a loader worker: SIGTERM/SIGUSR1 sent to the whole process group (``scancel``, SLURM pre-emption,
+    ``--signal`` without ``B:``) belong to the trainer, which finishes its step and saves; they must not kill the
+    workers first. SIGUSR1 is ignored. SIGTERM is blocked and taken by a thread that reads who sent it: from the
+    worker's own parent it is the loader shutting its workers down (``Process.terminate``), and the worker exits;
+    from anyone else it is ignored. (Where ``sigwaitinfo`` is missing, SIGTERM keeps its default.)"""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def sender_decides() -> None:
+        while True:
+            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+                os._exit(0)
+
+    threading.Thread(target=sender_decides, name="sigterm-from-parent", daemon=True).start()
+
+
+def _init_worker(then: Callable | None, worker_id: int) -> None:
+    ignore_preemption_signals(worker_id)
+    if then is not None:
+        then(worker_id)
+
+
 def make_loader(dataset: PretrainStream, num_workers: int, worker_init: Callable | None = None) -> DataLoader:
-    """A DataLoader over ready batches (``batch_size=None``); workers keep their own streams."""
-    return DataLoader(dataset, batch_size=None, num_workers=num_workers, worker_init_fn=worker_init,
+    """A DataLoader over ready batches (``batch_size=None``); workers keep their own streams and ignore the
+    pre-emption signals (:func:`ignore_preemption_signals`) before running ``worker_init``."""
+    init = functools.partial(_init_worker, worker_init) if num_workers else None
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers, worker_init_fn=init,
                       persistent_workers=False, prefetch_factor=4 if num_workers else None,
                       multiprocessing_context="fork" if num_workers and os.name == "posix" else None)
 

@@ -4,9 +4,12 @@ always leave the process group cleanly."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+import textwrap
+import typing
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -52,3 +55,27 @@ def execute(prog: str, fn: Callable[[Any], Any], recipe: Any, failures: tuple[ty
     finally:
         D.cleanup()
     return 0
+
+
+def _key(f: dataclasses.Field, tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return f"{f.name}={{{'|'.join(str(a) for a in typing.get_args(tp))}}}"
+    default = f.default if f.default is not dataclasses.MISSING else (
+        f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+    return f"{f.name}={default}"
+
+
+def schema_keys(cls: type) -> str:
+    """Every key of a recipe schema with its default (choices in braces), one section a paragraph, for ``--help``."""
+    hints = typing.get_type_hints(cls)
+    top, sections = [], []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            inner = typing.get_type_hints(tp)
+            text = f"{f.name}: " + ", ".join(_key(g, inner[g.name]) for g in dataclasses.fields(tp))
+            sections.append(textwrap.fill(text, 116, initial_indent="  ", subsequent_indent="      ",
+                                           break_long_words=False))
+        else:
+            top.append(_key(f, tp))
+    return "\n".join([textwrap.fill(", ".join(top), 116, initial_indent="  ", subsequent_indent="  "), *sections])

@@ -78,10 +78,33 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+_BOUNDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b), "le": ("<=", lambda v, b: v <= b),
+           "lt": ("<", lambda v, b: v < b)}
+
+
+def bounded(default: Any, **bounds: float) -> Any:
+    """A numeric dataclass field with its valid range (``ge``, ``gt``, ``le``, ``lt``), checked at load::
+
+        steps: int = bounded(100, ge=1)
+    """
+    unknown = set(bounds) - set(_BOUNDS)
+    if unknown:
+        raise TypeError(f"unknown bounds {sorted(unknown)}")
+    return dataclasses.field(default=default, metadata={"bounds": bounds})
+
+
+def _check_bounds(f: dataclasses.Field, value: Any, path: str) -> None:
+    for op, bound in f.metadata.get("bounds", {}).items():
+        sym, ok = _BOUNDS[op]
+        if value is not None and not ok(value, bound):
+            raise RecipeError(f"{path}: {value!r} is out of range (must be {sym} {bound})")
+
+
 def build(cls: type, values: dict, where: str = "") -> Any:
-    """Instantiate dataclass ``cls`` from a nested dict; unknown keys and wrong types are errors."""
+    """Instantiate dataclass ``cls`` from a nested dict; unknown keys, wrong types, choices and ranges are errors."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = set(fields)
     kwargs = {}
     for key, value in values.items():
         path = f"{where}.{key}" if where else key
@@ -90,10 +113,13 @@ def build(cls: type, values: dict, where: str = "") -> Any:
             hint = f"; did you mean {where + '.' if where else ''}{close[0]}?" if close else ""
             raise RecipeError(f"unknown key {path!r}{hint} (known: {sorted(names)})")
         kwargs[key] = _coerce(value, hints[key], path)
+        _check_bounds(fields[key], kwargs[key], path)
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as e:
+    except TypeError as e:  # a required key is missing
         raise RecipeError(f"{where or 'recipe'}: {e}") from e
+    except ValueError as e:  # a schema's own check: its message names the keys
+        raise RecipeError(str(e)) from e
 
 
 def to_dict(obj: Any) -> Any:

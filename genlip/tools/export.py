@@ -22,12 +22,12 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     h = sub.add_parser("hf", help="standalone Hugging Face vision model")
-    h.add_argument("--model", required=True)
-    h.add_argument("--out", required=True)
+    h.add_argument("--model", required=True, help="a GenLIP checkpoint or run directory (its newest checkpoint)")
+    h.add_argument("--out", required=True, help="the directory to write (from_pretrained loads it)")
     h.add_argument("--image-size", type=int, default=None, help="the processor's square size (default: config)")
     t = sub.add_parser("timm", help="timm NaFlexViT weights")
-    t.add_argument("--model", required=True)
-    t.add_argument("--out", required=True)
+    t.add_argument("--model", required=True, help="a GenLIP checkpoint or an exported HF vision model directory")
+    t.add_argument("--out", required=True, help="the directory to write (timm weights + config)")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "hf":

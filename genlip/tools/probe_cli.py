@@ -29,7 +29,7 @@ def add_probe_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--weight-decay", type=float, default=None,
                         help="AdamW weight decay (default: 1e-4 linear, 0.05 attentive)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size of probe training and extraction")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of probe initialisation and data order")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto")
     parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="image decoding threads")

@@ -15,7 +15,7 @@ import sys
 from transformers.utils import logging as hf_logging
 
 from genlip.data.sources import DataError
-from genlip.run.command import execute, load_for_command, print_config, recipe_help
+from genlip.run.command import execute, load_for_command, print_config, recipe_help, schema_keys
 from genlip.train.loop import NonFiniteError, train
 from genlip.train.recipe import Recipe
 
@@ -24,12 +24,13 @@ DEFAULT_RECIPE = "stage1_tiny_cpu"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="genlip-pretrain", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="recipe keys (section.key=default):\n" + schema_keys(Recipe))
     parser.add_argument("--recipe", default=DEFAULT_RECIPE, help=recipe_help("genlip"))
     parser.add_argument("--resume", default=None, help="auto (default in recipes) | none | a checkpoint directory")
     parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=2e-4 train.steps=100")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("genlip.data").setLevel(logging.ERROR)  # skips are counted and reported, not spammed
 

@@ -8,6 +8,7 @@ same update as one big batch.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import signal
@@ -23,11 +24,13 @@ from genlip.config import GenLIPConfig, genlip_config
 from genlip.contrastive import GenLIPForContrastive
 from genlip.data.dataset import PretrainStream, make_loader, split_meta
 from genlip.data.decode import SkipStats
+from genlip.export_hf import image_processor
 from genlip.loss import count_supervised
 from genlip.modeling import GenLIPForCaptioning
 from genlip.run import checkpoint as C
 from genlip.run import dist as D
 from genlip.run.config import RecipeError, recipe_diff
+from genlip.run.curves import plot_curves
 from genlip.run.runtime import configure_cpu_allocator
 from genlip.train.data_setup import build_stream_parts
 from genlip.train.metrics import RunLogger
@@ -49,6 +52,8 @@ def build_model(recipe: Recipe, tokenizer) -> GenLIPForCaptioning:
 
     vocab = int(math.ceil(len(tokenizer) / 64) * 64)
     overrides = {"attn_backend": recipe.model.attn_backend, **recipe.model.overrides}
+    if not recipe.data.native:  # the config records the size it trains at: processors and exports default to it
+        overrides.setdefault("image_size", recipe.data.image_size)
     if recipe.model.init_from:
         src = C.resolve_weights_dir(recipe.model.init_from)
         config = GenLIPConfig.from_pretrained(src)
@@ -159,6 +164,9 @@ def train(recipe: Recipe) -> Path:
             last_saved = step
     finally:
         run.logger.close()
+    if D.is_main() and (Path(t.output_dir) / "metrics.jsonl").exists():
+        rows = [json.loads(x) for x in (Path(t.output_dir) / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        plot_curves(rows, Path(t.output_dir) / "curves.png", f"{recipe.name} (stage {recipe.stage})")
     if preempt.flag:
         D.print0(f"pre-empted: saved step {last_saved}, exiting")
     elif D.is_main() and last_saved == t.steps:
@@ -293,7 +301,14 @@ def save_checkpoint(run: Run, step: int) -> None:
     run.state["data"] = _gather_data_state(run.stream_states, run.consumed)
     run.state["skips"] = _merged_stats(run.state["data"]["streams"]).to_dict()
     C.save(Path(run.recipe.train.output_dir), step, run.wrapped, run.optimizer, run.state, run.recipe,
-           run.recipe.checkpoint.keep, extra_files=lambda d: run.tokenizer.save_pretrained(str(d)))
+           run.recipe.checkpoint.keep, extra_files=lambda d: _processing_files(run, d))
+
+
+def _processing_files(run: Run, d: Path) -> None:
+    """Beside the weights: the tokenizer, and the image processor of the training preprocessing (square resize to
+    the config's size, bilinear, mean = std = 0.5), so ``AutoImageProcessor`` loads a checkpoint as it is."""
+    run.tokenizer.save_pretrained(str(d))
+    image_processor(run.model.config).save_pretrained(str(d))
 
 
 def _finished(recipe: Recipe) -> Path | None:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from genlip.config import PRESETS
 from genlip.data.sources import SourceSpec
+from genlip.run.config import bounded
 from genlip.run.config import load_recipe as _load
 
 
@@ -38,56 +39,66 @@ class DataRecipe:
     synth: dict | None = None  # {"dir": ..., "samples": N, "seed": S}: generate this corpus if missing
     tokenizer: str = "auto"  # a tokenizer directory; auto = the synth corpus' tokenizer
     prompt: str = "Describe the image in detail."
-    image_size: int = 224  # stage 1 (fixed resolution)
+    image_size: int = bounded(224, ge=1)  # stage 1 (fixed resolution)
     native: bool = False  # stage 2: native aspect ratio + packing (batches count rows, not samples)
-    min_image_tokens: int = 16  # stage 2 smart resize bounds, in patches (x patch_size^2 pixels)
-    max_image_tokens: int = 1024
-    max_seq_len: int = 16384  # stage 2 row length (tokens)
-    pack_window: int = 64  # samples packed together (first-fit decreasing)
-    pack_min_fill: float = 0.9  # rows below this fill are re-packed once with the next window
-    max_caption_tokens: int = 128
-    min_image_size: int = 2
-    max_aspect_ratio: float = 200.0
-    max_skip_fraction: float = 0.1
-    num_workers: int = 1
+    min_image_tokens: int = bounded(16, ge=1)  # stage 2 smart resize bounds, in patches (x patch_size^2 pixels)
+    max_image_tokens: int = bounded(1024, ge=1)
+    max_seq_len: int = bounded(16384, ge=1)  # stage 2 row length (tokens)
+    pack_window: int = bounded(64, ge=1)  # samples packed together (first-fit decreasing)
+    pack_min_fill: float = bounded(0.9, ge=0, le=1)  # rows below this fill are re-packed once with the next window
+    max_caption_tokens: int = bounded(128, ge=1)
+    min_image_size: int = bounded(2, ge=1)
+    max_aspect_ratio: float = bounded(200.0, ge=1)
+    max_skip_fraction: float = bounded(0.1, ge=0, le=1)
+    num_workers: int = bounded(1, ge=0)
 
 
 @dataclass
 class OptimRecipe:
-    lr: float = 1e-3
-    min_lr: float = 1e-6
+    lr: float = bounded(1e-3, gt=0)
+    min_lr: float = bounded(1e-6, ge=0)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    weight_decay: float = 0.01
+    eps: float = bounded(1e-8, gt=0)
+    weight_decay: float = bounded(0.01, ge=0)
     no_decay_norm_bias: bool = False  # the release decays every parameter
-    warmup_ratio: float = 0.007
-    clip_grad: float = 1.0
+    warmup_ratio: float = bounded(0.007, ge=0, lt=1)
+    clip_grad: float = bounded(1.0, gt=0)
 
 
 @dataclass
 class TrainRecipe:
     output_dir: str = "runs/genlip"
-    steps: int = 100
-    global_batch: int = 8  # samples per optimizer step (stage 2: rows)
-    micro_batch: int = 8  # samples per forward on one rank
+    steps: int = bounded(100, ge=1)
+    global_batch: int = bounded(8, ge=1)  # samples per optimizer step (stage 2: rows)
+    micro_batch: int = bounded(8, ge=1)  # samples per forward on one rank
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     parallel: Literal["ddp", "fsdp"] = "ddp"  # used when WORLD_SIZE > 1
     skip_nonfinite: bool = False  # skip (and count) a step with a NaN/inf loss or gradient instead of stopping
-    max_nonfinite_skips: int = 10
+    max_nonfinite_skips: int = bounded(10, ge=0)
     cpu_allocator: Literal["retain", "system"] = "retain"  # retain: keep freed memory (genlip.run.runtime)
+
+    def __post_init__(self) -> None:
+        if self.global_batch % self.micro_batch:
+            raise ValueError(f"train.global_batch {self.global_batch} is not a multiple of train.micro_batch "
+                             f"{self.micro_batch}")
 
 
 @dataclass
 class CheckpointRecipe:
-    every: int = 50
-    keep: int = 3
+    every: int = bounded(50, ge=1)
+    keep: int = bounded(3, ge=1)
     resume: str = "auto"  # auto | none | a checkpoint directory
+
+    def __post_init__(self) -> None:
+        if self.resume not in ("auto", "none") and not (Path(self.resume) / "trainer_state.json").is_file():
+            raise ValueError(f"checkpoint.resume={self.resume!r} is not a checkpoint directory (no "
+                             "trainer_state.json); use auto, none or a checkpoints/step_* directory")
 
 
 @dataclass
 class LogRecipe:
-    every: int = 1
+    every: int = bounded(1, ge=1)
     tensorboard: bool = True
     wandb_project: str | None = None
     progress: bool = True
@@ -116,6 +127,10 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.model.objective == "sigmoid" and self.data.native:
             raise ValueError("model.objective=sigmoid trains at a fixed resolution (stage 1); set data.native=false")
+        if self.model.preset and not self.model.init_from and not self.data.native:
+            patch = int(self.model.overrides.get("patch_size", PRESETS[self.model.preset].get("patch_size", 16)))
+            if self.data.image_size % patch:
+                raise ValueError(f"data.image_size {self.data.image_size} is not a multiple of the patch size {patch}")
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] = (), cls: type = Recipe) -> Any:

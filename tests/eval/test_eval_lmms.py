@@ -3,6 +3,7 @@ computation from its own answers, and the in-process path keeps the live model."
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -212,9 +213,25 @@ def test_synth_task_files_name_their_data_by_absolute_path(tmp_path, monkeypatch
     Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
     monkeypatch.chdir(tmp_path)
     bench = write_synth_benchmarks("runs/bench", samples=2)
-    files = sorted((bench / "tasks").glob("*.yaml"))
-    assert files
+    files = sorted((bench / "tasks").rglob("*.yaml"))
+    assert len(files) == 3
     for f in files:
         cfg = yaml.load(f.read_text(), Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
         for path in cfg["dataset_kwargs"]["data_files"].values():
             assert Path(path).is_absolute() and Path(path).exists(), (f.name, path)
+
+
+def test_generated_task_files_name_no_path_of_the_environment(setup):
+    """The task files include copies of lmms-eval's definitions by relative name and import its functions by module
+    name: nothing in them points into the virtual environment, so moving or rebuilding it does not break them."""
+    import lmms_eval
+
+    _, bench, _ = setup
+    env_root = str(Path(lmms_eval.__file__).parents[1])
+    files = [f for f in (bench / "tasks").rglob("*") if f.is_file()]
+    assert len([f for f in files if f.suffix == ".yaml"]) == 3
+    for f in files:
+        text = f.read_text()
+        assert env_root not in text and "site-packages" not in text, f
+        for inc in re.findall(r"^include:\s*(\S+)", text, flags=re.M):
+            assert "/" not in inc and (f.parent / inc).is_file(), (f, inc)

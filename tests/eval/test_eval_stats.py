@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from eval.stats import paired_bootstrap
+from eval.stats import bootstrap_ci, paired_bootstrap
 
 
 def test_identical_models_are_not_different():
@@ -37,3 +37,12 @@ def test_clear_difference_is_significant_and_noise_is_not():
 def test_mismatched_inputs_are_errors():
     with pytest.raises(ValueError, match=r"two equal-length 1-D sequences, got \(2,\) and \(1,\)"):
         paired_bootstrap([1, 0], [1])
+
+
+def test_percentile_interval_agrees_with_scipy():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    values = np.random.default_rng(3).binomial(1, 0.63, size=400).astype(float)
+    ours = bootstrap_ci(values, n_resamples=20000)
+    ref = scipy_stats.bootstrap((values,), np.mean, n_resamples=20000, method="percentile", confidence_level=0.95,
+                                random_state=np.random.default_rng(0)).confidence_interval
+    assert ours[0] == pytest.approx(ref.low, abs=0.006) and ours[1] == pytest.approx(ref.high, abs=0.006)

@@ -165,3 +165,29 @@ def test_a_bad_choice_on_the_command_line_is_one_line_before_anything_runs(tmp_p
     p = subprocess.run([str(BIN / "genlip-mllm"), "finetune", "model.mode=anyress"], cwd=tmp_path,
                        capture_output=True, text=True, env=env)
     assert p.returncode == 2 and "did you mean 'anyres'" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("override,words", [
+    ("train.steps=-5", "train.steps: -5 is out of range (must be >= 1)"),
+    ("train.steps=0", "train.steps: 0 is out of range"),
+    ("train.micro_batch=0", "train.micro_batch: 0 is out of range"),
+    ("train.precision=fp8", "train.precision: 'fp8' is not one of"),
+    ("train.global_batch=33", "train.global_batch 33 is not a multiple of train.micro_batch 32"),
+    ("optim.lr=-1", "optim.lr: -1.0 is out of range (must be > 0)"),
+    ("data.image_size=50", "data.image_size 50 is not a multiple of the patch size 16"),
+    ("checkpoint.resume=.", "is not a checkpoint directory"),
+    ("optim.betas=[0.9", "not valid YAML"),
+])
+def test_a_bad_value_is_one_line_and_exit_2_before_anything_is_built(tmp_path, override, words):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GENLIP_HOME": str(tmp_path / "home")}
+    p = subprocess.run([str(BIN / "genlip-pretrain"), override], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and words in p.stderr, p.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "home").exists()
+
+
+def test_overrides_may_follow_options():
+    for cmd in (["genlip-pretrain", "--resume", "auto", "train.steps=3", "--print-recipe", "optim.lr=0.5"],
+                ["genlip-mllm", "finetune", "--print-recipe", "train.max_steps=3", "--recipe", "finetune_tiny_cpu",
+                 "lr.projector=0.5"]):
+        out = subprocess.run([str(BIN / cmd[0]), *cmd[1:]], capture_output=True, text=True, check=True).stdout
+        assert ("steps: 3" in out or "max_steps: 3" in out) and ("lr: 0.5" in out or "projector: 0.5" in out), out

@@ -17,6 +17,31 @@ def test_smart_resize_bounds_and_aspect(h, w):
         assert abs((nh / nw) / (h / w) - 1) < 0.35
 
 
+def test_smart_resize_respects_the_token_budget_for_every_accepted_aspect_ratio():
+    """Property over random sizes with aspect <= 200 (what decoding accepts) and random budgets: never above
+    max_pixels (the 3980 x 20 image at 64 patches used to become 112), and the same answer as transformers' Qwen2-VL
+    rule whenever that one stays within the budget."""
+    import random
+
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as qwen_smart_resize
+
+    assert smart_resize(20, 3980, 16, 16 * 256, 64 * 256) == (16, 1024)  # the reported case: 64 patches
+    rng = random.Random(0)
+    for _ in range(20000):
+        short = rng.randint(2, 400)
+        long = min(int(short * rng.uniform(1, 200)), 200 * short)
+        h, w = (short, long) if rng.random() < 0.5 else (long, short)
+        lo, hi = rng.choice([(4, 64), (16, 1024), (16, 256), (1, 16)])
+        nh, nw = smart_resize(h, w, 16, lo * 256, hi * 256)
+        assert nh % 16 == 0 and nw % 16 == 0 and nh * nw <= hi * 256, (h, w, lo, hi, nh, nw)
+        try:
+            qh, qw = qwen_smart_resize(h, w, 16, lo * 256, hi * 256)
+        except ValueError:  # transformers refuses some inputs (e.g. aspect > 200 after rounding)
+            continue
+        if qh * qw <= hi * 256 and min(h, w) >= 16:  # (below one patch, Qwen2-VL first rounds a side to 0)
+            assert (nh, nw) == (qh, qw), (h, w, lo, hi)
+
+
 def test_packer_places_every_sample_once_within_capacity():
     lengths = simulate_stage2_lengths(2000)
     items = list(enumerate(lengths))

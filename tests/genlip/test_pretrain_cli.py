@@ -175,3 +175,62 @@ def test_nan_step_is_skipped_and_counted_when_asked(home, tmp_path):
 def test_bad_recipe_key_is_reported(home, tmp_path):
     p = _run(home, tmp_path / "x", "optim.learning_rate=1", check=False)
     assert p.returncode == 2 and "unknown key 'optim.learning_rate'" in p.stderr
+
+
+def test_checkpoints_and_exports_carry_the_training_preprocessing(reference_run, tmp_path):
+    """The tiny recipe trains at 32 px with bilinear resizing: a checkpoint's AutoImageProcessor, the HF export and the
+    timm export (through timm's own data config and transforms) all reproduce that input, so features match."""
+    timm = pytest.importorskip("timm")
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    from genlip.data.transforms import fixed_resize
+    from genlip.export_hf import export_hf
+    from genlip.export_timm import export_timm
+    from genlip.modeling import GenLIPVisionModel
+
+    ckpt = sorted((reference_run / "checkpoints").glob("step_*"))[-1]
+    img = Image.new("RGB", (48, 48))
+    img.putdata([((7 * i) % 256, (13 * i) % 256, (29 * i) % 256) for i in range(48 * 48)])
+    ours = fixed_resize(img, 32, [0.5] * 3, [0.5] * 3)[None]
+    assert torch.allclose(AutoImageProcessor.from_pretrained(ckpt)(img, return_tensors="pt")["pixel_values"], ours,
+                          atol=1e-6)
+    enc = GenLIPVisionModel.from_pretrained(ckpt).eval()
+    with torch.no_grad():
+        want = enc(pixel_values=ours).last_hidden_state
+    hf = export_hf(reference_run, tmp_path / "hf")  # a run directory, as the --help example gives it
+    assert torch.allclose(AutoImageProcessor.from_pretrained(hf)(img, return_tensors="pt")["pixel_values"], ours,
+                          atol=1e-6)
+    out = export_timm(reference_run, tmp_path / "timm")
+    model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    cfg = timm.data.resolve_data_config({}, model=model)
+    assert (cfg["input_size"], cfg["interpolation"]) == ((3, 32, 32), "bilinear")
+    x = timm.data.create_transform(**cfg)(img)[None]
+    assert torch.allclose(x, ours, atol=1e-6)
+    with torch.no_grad():
+        got = model.forward_features(x)
+    torch.testing.assert_close(got, want, atol=3e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_preemption_signal_to_the_whole_process_group_saves_and_resumes_exactly(home, tmp_path, sig):
+    """What scancel and SLURM pre-emption do: the signal reaches every process of the job, the loader workers too.
+    The workers ignore it, the trainer finishes its step, saves and exits 0; the resumed run ends where an
+    uninterrupted one does."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "genlip.train.cli", "--recipe", RECIPE, f"train.output_dir={out}",
+           "data.num_workers=2", "checkpoint.every=100"]
+    proc = subprocess.Popen(cmd, env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a job step has
+    deadline = time.time() + 300
+    while not ((out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be signalled"
+        time.sleep(0.02)
+    os.killpg(proc.pid, sig)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    saved = sorted((out / "checkpoints").glob("step_*"))
+    assert saved and "pre-empted: saved step" in stdout and int(saved[-1].name[5:]) < 12
+    _run(home, out, "data.num_workers=2", "checkpoint.every=100", "--resume", "auto")
+    _run(home, tmp_path / "ref", "data.num_workers=2", "checkpoint.every=100")  # the same run, uninterrupted
+    _assert_same_curve(_losses(out), _losses(tmp_path / "ref"), 12)

@@ -63,3 +63,20 @@ def test_unknown_or_misshapen_release_keys_are_errors(tmp_path):
     _write(tmp_path, cfg, bad)
     with pytest.raises(ValueError, match="shape mismatch"):
         load_release_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
+    ({"mrope_interleaved": False}, "mrope_interleaved=False"),
+    ({"rope_scaling": {"mrope_interleaved": False}}, "mrope_interleaved=False"),
+    ({"use_swiglu_ffn": False}, "plain MLP"),
+])
+def test_config_values_the_model_does_not_implement_are_refused(tmp_path, change, match):
+    """A checkpoint that computes something else must not load as if it were ours."""
+    cfg = release_config()
+    _write(tmp_path, {**cfg, **change}, random_release_checkpoint(cfg))
+    with pytest.raises(ValueError, match=match):
+        load_release_checkpoint(tmp_path)
+    # the values this model implements load
+    _write(tmp_path, {**cfg, "hidden_act": "silu", "mrope_interleaved": True}, random_release_checkpoint(cfg))
+    assert load_release_checkpoint(tmp_path) is not None

@@ -95,14 +95,22 @@ def test_unfrozen_tower_changes(env, aligned, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
-def test_lora_trains_saves_and_reloads(env, aligned, tmp_path):
+@pytest.mark.parametrize("launch", ["single", "zero3x2"])
+def test_lora_trains_saves_and_reloads(env, aligned, tmp_path, launch):
+    """One process, and LoRA under ZeRO-3 on two (its parameters are shards until gathered for saving and merging):
+    the adapter holds full tensors, loads with PEFT, and base + adapter equals the merged model."""
     from peft import PeftModel
+    from safetensors.torch import load_file
 
     from mllm.build import load_mllm
 
     out = tmp_path / "lora"
-    run(env, "finetune", out, f"model.init_from={aligned}", "lora.enabled=true", "lora.r=4")
+    extra = ["train.deepspeed=zero3"] if launch == "zero3x2" else []
+    run(env, "finetune", out, f"model.init_from={aligned}", "lora.enabled=true", "lora.r=4", *extra,
+        torchrun=2 if launch == "zero3x2" else 0)
     assert (out / "lora_adapter" / "adapter_config.json").exists()
+    adapter = load_file(str(out / "lora_adapter" / "adapter_model.safetensors"))
+    assert adapter and all(v.numel() > 0 for v in adapter.values()), "adapter tensors saved as empty shards"
     merged = weights(out / "final", "model.language_model.")
     base = weights(aligned, "model.language_model.")
     assert any(not torch.equal(merged[k], base[k]) for k in base), "the adapters changed the LLM"
@@ -141,3 +149,31 @@ def test_zero2_and_zero3_with_two_processes_match(env, aligned, tmp_path):
     single = tmp_path / "single"
     run(env, "finetune", single, f"model.init_from={aligned}")
     assert losses(single / "final") == pytest.approx(curves["zero2"], rel=1e-3)
+
+
+def test_preemption_signal_to_the_process_group_saves_a_checkpoint_and_resumes(env, aligned, tmp_path):
+    """SIGTERM to the whole process group, loader workers included: the trainer saves after its current step and
+    exits 0 without a final model; train.resume=auto then finishes the run."""
+    import signal
+
+    out = tmp_path / "pre"
+    cmd = [sys.executable, "-m", "mllm.cli", "finetune", "--recipe", str(RECIPES / "mllm_finetune.yaml"),
+           f"train.output_dir={out}", f"model.init_from={aligned}", "train.max_steps=40", "train.save_steps=100",
+           "train.logging_steps=1", "data.num_workers=2"]
+    proc = subprocess.Popen(cmd, env=env[0], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    seen = []
+    for line in proc.stdout:  # the Trainer logs every step: signal once training is under way
+        seen.append(line)
+        if "'loss'" in line:
+            break
+    os.killpg(proc.pid, signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=600)
+    log = "".join(seen) + rest
+    assert proc.returncode == 0, log[-3000:]
+    ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert "pre-empted: saved" in log and ckpts and int(ckpts[-1].name.split("-")[1]) < 40
+    assert not (out / "final").exists()
+    run(env, "finetune", out, f"model.init_from={aligned}", "train.max_steps=40", "train.save_steps=100",
+        "data.num_workers=2")
+    assert json.loads((out / "final" / "log_history.json").read_text())[-1]["step"] == 40

@@ -1,0 +1,82 @@
+"""``genlip-eval report`` names cells so that two result directories are never one cell: ``A/synth`` and
+``B/synth`` compare as two cells with their real difference; duplicate names and a cell compared with itself are
+errors; sample counts print as integers."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eval.report import compare, load_cells, write_report
+from eval.suites import SUITES, averages
+
+BIN = Path(sys.executable).parent
+
+
+def _cell(d: Path, chart_correct: int, n: int = 20, name: str | None = None, constant: bool = False) -> Path:
+    """A result directory as ``genlip-eval run`` writes it: scores.json and lmms-eval's per-sample logs."""
+    samples = d / "raw" / "m"
+    samples.mkdir(parents=True)
+    per = {"genlip_synth_docvqa": ("anls", [1.0] * (n // 2) + [0.0] * (n - n // 2)),
+           "genlip_synth_chartqa": ("relaxed_overall", [1.0] * chart_correct + [0.0] * (n - chart_correct))}
+    for task, (key, vals) in per.items():
+        (samples / f"x_samples_{task}.jsonl").write_text("\n".join(
+            json.dumps({"doc_id": i, key: v, "filtered_resps": ["4" if constant else f"answer {i}"]})
+            for i, v in enumerate(vals)))
+    bench = {"SynthDoc": 50.0, "SynthChart": 100.0 * chart_correct / n, "SynthCap": 10.0}
+    cell = {"suite": "synth", "benchmarks": bench, "averages": averages(SUITES["synth"], bench),
+            "samples_dir": str(samples), "limit": n}
+    if name:
+        cell["name"] = name
+    (d / "scores.json").write_text(json.dumps(cell))
+    return d
+
+
+def test_same_leaf_directories_are_two_cells_with_their_real_difference(tmp_path):
+    a, b = _cell(tmp_path / "A" / "synth", 14), _cell(tmp_path / "B" / "synth", 10)
+    cells = load_cells([a, b])
+    assert [c["name"] for c in cells] == ["A/synth", "B/synth"]
+    out = write_report(cells, tmp_path / "report", ("A/synth", "B/synth"))
+    rows = {r["benchmark"]: r for r in csv.DictReader((out / "compare.csv").read_text().splitlines())}
+    assert float(rows["SynthChart"]["diff"]) == pytest.approx(20.0) and float(rows["SynthDoc"]["diff"]) == 0.0
+    table = (out / "report.md").read_text().split("## A/synth - B/synth")[1]
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    header, chart = ([c.strip() for c in line.split("|")] for line in (lines[0], lines[-2]))
+    assert chart[1] == "SynthChart" and dict(zip(header, chart))["n"] == "20"  # a count of samples: no decimals
+
+
+def test_one_answer_to_every_question_is_never_significant(tmp_path):
+    a = _cell(tmp_path / "A", 20, n=40, constant=True)  # "4" to every question, right on every chart question
+    b = _cell(tmp_path / "B", 0, n=40)
+    rows = {r["benchmark"]: r for r in compare(*load_cells([a, b]))}
+    chart = rows["SynthChart"]
+    assert chart["diff"] == pytest.approx(50.0) and chart["ci_low"] > 0  # a clear difference in the numbers ...
+    assert chart["significant"] is False and "do not depend on the image" in chart["note"]  # ... not in seeing
+    out = write_report(load_cells([a, b]), tmp_path / "r", ("A", "B"))
+    md = (out / "report.md").read_text()
+    assert "do not depend on the image" in md and "- A: at most 40 samples per task (`--limit`)" in md
+    assert (out / "synth.png").stat().st_size > 10_000
+
+
+def test_duplicate_names_and_self_comparison_are_refused(tmp_path):
+    a = _cell(tmp_path / "A" / "synth", 14, name="genlip")
+    b = _cell(tmp_path / "B" / "synth", 10, name="genlip")
+    with pytest.raises(ValueError, match=r"named \['genlip'\]"):
+        load_cells([a, b])
+    with pytest.raises(ValueError, match="two or more cells"):
+        load_cells([tmp_path / "A" / "synth", tmp_path / "A" / "synth"])
+    c = _cell(tmp_path / "C" / "synth", 10)
+    with pytest.raises(ValueError, match="two different cells"):
+        write_report(load_cells([a, c]), tmp_path / "r", ("genlip", "genlip"))
+
+
+def test_the_command_says_so_in_one_line(tmp_path):
+    a = _cell(tmp_path / "A" / "synth", 14, name="same")
+    b = _cell(tmp_path / "B" / "synth", 10, name="same")
+    p = subprocess.run([str(BIN / "genlip-eval"), "report", str(a), str(b), "--out", str(tmp_path / "r")],
+                       capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "same" in p.stderr, p.stderr

@@ -1,0 +1,30 @@
+"""``genlip-mllm chat`` with an image or model it cannot use: one line naming the file, exit code 2, no traceback."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize("kind,words", [("missing", "No such file"), ("text", "is not an image"),
+                                        ("broken_png", "is not an image"), ("no_model", "is not an MLLM directory")])
+def test_unusable_inputs_are_one_line(tmp_path, kind, words):
+    image = tmp_path / "x.png"
+    if kind == "text":
+        image.write_text("not an image")
+    elif kind == "broken_png":
+        image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    elif kind == "no_model":
+        from PIL import Image
+
+        Image.new("RGB", (8, 8)).save(image)
+    args = ["chat", "--model", str(tmp_path / "no_model"), "--prompt", "hi", "--image", str(image)]
+    p = subprocess.run([str(BIN / "genlip-mllm"), *args], capture_output=True, text=True,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    lines = [x for x in p.stderr.strip().splitlines() if " INFO " not in x]
+    assert p.returncode == 2 and len(lines) == 1 and words in lines[0] and "Traceback" not in p.stderr, p.stderr
+    assert str(tmp_path) in lines[0]  # names the file
