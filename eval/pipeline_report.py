@@ -45,11 +45,14 @@ def verdict(cells: dict[str, dict], cmp: dict[str, list[dict]]) -> list[str]:
         lines.append("- Answers that do not depend on the image (one and the same answer to every question of a "
                      "benchmark), so those scores say nothing about the encoder: " + "; ".join(
                          f"{n}: {', '.join(v)}" for n, v in const.items() if v) + ".")
-    sig = [r for r in cmp["contrastive"] if r.get("significant")]
+    # a benchmark where either MLLM gives one answer to everything says nothing about the encoders: not counted
+    blind = set(const.get("genlip", [])) | set(const.get("contrastive", []))
+    sig = [r for r in cmp["contrastive"] if r.get("significant") and r["benchmark"] not in blind]
     lines.append(f"- Per benchmark (95% paired bootstrap), GenLIP - contrastive is significant on "
                  f"{len(sig)} of {len(cmp['contrastive'])}: " + (", ".join(
                      f"{r['benchmark']} {r['diff']:+.1f} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]" for r in sig)
-                     or "none") + ".")
+                     or "none") + (f" (not counted: {', '.join(sorted(blind))}, answered without looking at the "
+                                   "image)" if blind else "") + ".")
     gaps = {b.name: g["benchmarks"][b.name] - c["benchmarks"][b.name] for b in suite}
     reading = [b.name for b in suite if b.group == READING_GROUP]
     other = [b.name for b in suite if b.group != READING_GROUP]

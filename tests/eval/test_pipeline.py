@@ -137,3 +137,17 @@ def test_reading_gap_verdict_needs_image_dependent_answers(tmp_path, case, expec
     lines = verdict(cells, {"contrastive": []})
     gap_line = next(line for line in lines if "Largest gap on a reading task" in line)
     assert expect in gap_line, gap_line
+
+
+def test_a_difference_on_answers_that_ignore_the_image_is_not_counted_as_significant(tmp_path):
+    from eval.pipeline_report import verdict
+
+    zero = {"SynthDoc": 0.0, "SynthChart": 0.0, "SynthCap": 0.0}
+    varied = {n: ["a", "b", "c"] for n in zero}
+    blind_cap = {**varied, "SynthCap": ["a", "a", "a"]}
+    cells = {"genlip": _cell(tmp_path, "g", zero, blind_cap), "contrastive": _cell(tmp_path, "c", zero, varied),
+             "random": _cell(tmp_path, "r", zero, varied)}
+    rows = [{"benchmark": "SynthCap", "diff": -3.7, "ci_low": -7.3, "ci_high": -0.6, "significant": True},
+            {"benchmark": "SynthDoc", "diff": 2.0, "ci_low": 0.5, "ci_high": 3.5, "significant": True}]
+    line = next(x for x in verdict(cells, {"contrastive": rows}) if "is significant on" in x)
+    assert "significant on 1 of 2: SynthDoc" in line and "not counted: SynthCap" in line, line
