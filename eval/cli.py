@@ -113,6 +113,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 2
         print((out / "report.md").read_text())
         return 0
+    if not (Path(args.model) / "genlip_mllm_image.json").is_file():  # before lmms-eval's half-minute start-up
+        print(f"genlip-eval: {args.model} is not an MLLM directory of this toolkit (no genlip_mllm_image.json; "
+              "give genlip-mllm's final/)", file=sys.stderr)
+        return 2
+    if args.limit is not None and args.limit < 1:
+        print(f"genlip-eval: --limit must be at least 1, got {args.limit}", file=sys.stderr)
+        return 2
     out = args.out or str(Path("results") / Path(args.model).resolve().parent.name / args.suite)
     try:
         res = run_suite(args.model, args.suite, out, args.limit, args.max_new_tokens, tasks_dir=args.tasks_dir,

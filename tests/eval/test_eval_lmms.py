@@ -169,7 +169,10 @@ def test_genlip_eval_run_reports_the_suite(setup, tmp_path):
 
 def test_genlip_eval_run_detects_a_failed_evaluation(setup, tmp_path):
     root, bench, env = setup
-    p = subprocess.run([sys.executable, "-m", "eval.cli", "run", "--model", str(tmp_path / "no-such-model"),
+    broken = tmp_path / "broken-model"  # passes the CLI's own check, then lmms-eval cannot load it
+    broken.mkdir()
+    (broken / "genlip_mllm_image.json").write_text((root / "model" / "genlip_mllm_image.json").read_text())
+    p = subprocess.run([sys.executable, "-m", "eval.cli", "run", "--model", str(broken),
                         "--suite", "synth", "--out", str(tmp_path / "res")], env=env, capture_output=True, text=True,
                        timeout=900)
     assert p.returncode == 1 and "lmms-eval failed" in p.stderr

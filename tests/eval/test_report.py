@@ -80,3 +80,14 @@ def test_the_command_says_so_in_one_line(tmp_path):
     p = subprocess.run([str(BIN / "genlip-eval"), "report", str(a), str(b), "--out", str(tmp_path / "r")],
                        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "same" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("args,words", [(["--model", "{tmp}/none"], "is not an MLLM directory"),
+                                        (["--model", "{tmp}/m", "--limit", "0"], "--limit must be at least 1")])
+def test_run_refuses_a_wrong_model_or_limit_before_starting_lmms_eval(tmp_path, args, words):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "genlip_mllm_image.json").write_text("{}")
+    p = subprocess.run([str(BIN / "genlip-eval"), "run", *[a.format(tmp=tmp_path) for a in args]], cwd=tmp_path,
+                       capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and words in p.stderr, p.stderr
+    assert not (tmp_path / "results").exists()
