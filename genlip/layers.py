@@ -73,15 +73,28 @@ class GatedAttention(nn.Module):
         v = self.v_proj(x).view(B, L, H, hd).transpose(1, 2)
         cos, sin = rope
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:  # KV cache: [k, v] per layer, grown along the sequence axis
-            if cache:
-                k = torch.cat([cache[0], k], dim=2)
-                v = torch.cat([cache[1], v], dim=2)
-            cache[:] = [k, v]
+        if cache is not None:
+            k, v = cache_update(cache, k, v)
         out = plan(q, k, v).transpose(1, 2).reshape(B, L, D)  # (B, L, D), heads concatenated
         if self.gated:
             out = out * torch.sigmoid(gate)
         return self.out_proj(out)
+
+
+def cache_update(cache, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append this step's keys/values to a layer's KV cache and return the whole sequence's.
+
+    ``cache`` is either ``[k, v]`` (a list grown in place: :func:`genlip.generation.generate`) or ``(store, layer)``
+    with a transformers ``Cache`` (``GenerationMixin.generate``).
+    """
+    if isinstance(cache, list):
+        if cache:
+            k = torch.cat([cache[0], k], dim=2)
+            v = torch.cat([cache[1], v], dim=2)
+        cache[:] = [k, v]
+        return k, v
+    store, layer = cache
+    return store.update(k, v, layer)
 
 
 class SwiGLU(nn.Module):

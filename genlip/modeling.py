@@ -13,17 +13,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers import PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
-from genlip.attention import AttentionPlan, build_plan
+from genlip.attention import AttentionPlan, MaskPlan, build_plan, dense_plan
 from genlip.config import GenLIPConfig
 from genlip.generation import generate
 from genlip.layers import Block, LayerScale, PatchEmbed
 from genlip.loss import IGNORE_INDEX, gather_supervised, supervised_ce
 from genlip.masks import Layout, fixed_layout, image_only_layout, packed_layout
+from genlip.positions import image_position_ids, text_start_position
 from genlip.rope import MRoPE, mrope_axis_of_channel
 
 
@@ -43,14 +44,16 @@ class GenLIPTransformer(nn.Module):
         return build_plan(layout, backend or self.config.attn_backend)
 
     def forward(self, h: torch.Tensor, layout: Layout, plan: AttentionPlan | None = None,
-                collect: bool = False, caches: list[list] | None = None):
-        """Run the blocks on embeddings ``h`` ``(B, L, d)``. Returns ``(norm(h_last), [h_0, ..., h_N] or None)``."""
+                collect: bool = False, caches=None):
+        """Run the blocks on embeddings ``h`` ``(B, L, d)``. Returns ``(norm(h_last), [h_0, ..., h_N] or None)``.
+
+        ``caches``: a list of per-layer ``[k, v]`` lists or a transformers ``Cache`` (see :func:`cache_update`)."""
         plan = plan or self.plan(layout)
         rope = self.rope(layout.position_ids, dtype=h.dtype)
         sample_ids = layout.sample_ids if self.training else None
         states = [h] if collect else None
         for i, block in enumerate(self.blocks):
-            cache = caches[i] if caches is not None else None
+            cache = None if caches is None else caches[i] if isinstance(caches, list) else (caches, i)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 h = checkpoint(block, h, rope, plan, sample_ids, cache, use_reentrant=False)
             else:
@@ -112,9 +115,10 @@ class GenLIPOutput(ModelOutput):
     logits: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    cache: object | None = None  # the transformers Cache of a generation step
 
 
-class GenLIPForCaptioning(GenLIPPreTrainedModel):
+class GenLIPForCaptioning(GenLIPPreTrainedModel, GenerationMixin):
     """GenLIP pretraining model: the ViT plus text embedding, optional text projections and an untied LM head.
 
     Two input formats share one forward:
@@ -127,9 +131,16 @@ class GenLIPForCaptioning(GenLIPPreTrainedModel):
       ``position_ids``) describes the rows (see :mod:`genlip.masks`).
 
     ``labels`` are aligned with the tokens as in Hugging Face models; shifting happens inside, never across samples.
+
+    **Generation** (transformers' ``generate``): ``model.generate(input_ids=prompt, pixel_values=images,
+    attention_mask=mask)`` with same-size images ``(B, C, H, W)`` and the prompt left-padded by ``mask``; greedy,
+    sampling, beam search and the KV cache work as for any transformers language model, and the result equals
+    :meth:`caption` (which also takes images of different sizes in one batch). As in transformers' decoder models,
+    the returned sequences start with the prompt.
     """
 
     _keys_to_ignore_on_load_unexpected = [r"\.rope\."]
+    main_input_name = "input_ids"  # generate() treats the main input as the prompt
 
     def __init__(self, config: GenLIPConfig) -> None:
         super().__init__(config)
@@ -188,9 +199,14 @@ class GenLIPForCaptioning(GenLIPPreTrainedModel):
                 image_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 num_items_in_batch: int | torch.Tensor | None = None, loss_impl: str = "plain",
                 loss_chunk_size: int = 1024, logits_to_keep: int = 0, output_hidden_states: bool = False,
-                attn_backend: str | None = None, **kwargs) -> GenLIPOutput:
+                attn_backend: str | None = None, cache=None, past_key_values=None, use_cache: bool | None = None,
+                **kwargs) -> GenLIPOutput:
+        kwargs.pop("return_dict", None)
         if kwargs:
             raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
+        cache = cache if cache is not None else past_key_values
+        if cache is not None or use_cache is not None:  # a step of transformers' generate()
+            return self._generation_step(input_ids, pixel_values, attention_mask, cache, logits_to_keep)
         if layout is None and sample_ids is not None:
             layout = Layout(sample_ids, image_ids, position_ids)
         h, layout, labels = self.build_inputs(input_ids, pixel_values, attention_mask, labels, layout)
@@ -210,6 +226,59 @@ class GenLIPForCaptioning(GenLIPPreTrainedModel):
     def caption(self, pixel_values, prompt_ids, **generate_kwargs) -> list[list[int]]:
         """Greedy (or sampled) captions with a KV cache; see :func:`genlip.generation.generate`."""
         return generate(self, pixel_values, prompt_ids, **generate_kwargs)
+
+    def _image_grid(self, pixel_values: torch.Tensor | None) -> tuple[int, int]:
+        if pixel_values is None or pixel_values.dim() != 4:
+            raise ValueError("generate() needs pixel_values (B, C, H, W): every sequence starts with its image")
+        return self.vit.patch_embed.grid(*pixel_values.shape[-2:])
+
+    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, cache=None, past_key_values=None,
+                                      attention_mask: torch.Tensor | None = None,
+                                      pixel_values: torch.Tensor | None = None, use_cache: bool | None = True,
+                                      logits_to_keep: int | None = None, **kwargs) -> dict:
+        """The tokens the cache does not hold yet; the images ride along (embedded only at the first step)."""
+        cache = cache if cache is not None else past_key_values
+        gh, gw = self._image_grid(pixel_values)
+        if cache is not None and cache.get_seq_length() > 0:
+            input_ids = input_ids[:, cache.get_seq_length() - gh * gw:]
+        return {"input_ids": input_ids, "pixel_values": pixel_values, "attention_mask": attention_mask,
+                "cache": cache, "use_cache": bool(use_cache), "logits_to_keep": logits_to_keep or 0}
+
+    def _generation_step(self, input_ids, pixel_values, attention_mask, cache, logits_to_keep) -> GenLIPOutput:
+        """``[image] + text`` with the text left-padded by ``attention_mask`` (which covers all text so far).
+
+        Text positions count real tokens only, so a padded prompt is computed exactly as the same prompt alone.
+        Without a cache (or with an empty one) the image and all text are run; with one, only the new tokens.
+        """
+        gh, gw = self._image_grid(pixel_values)
+        n_img = gh * gw
+        B, T = input_ids.shape
+        device = input_ids.device
+        past = cache.get_seq_length() if cache is not None else 0
+        n_text = past - n_img + T if past else T
+        text_mask = (torch.ones(B, n_text, dtype=torch.bool, device=device) if attention_mask is None
+                     else attention_mask[:, -n_text:].bool())
+        text_pos = text_start_position(gh, gw) + text_mask.long().cumsum(-1) - 1
+        new_pos = text_pos[:, -T:].clamp(min=0)
+        if past == 0:
+            img_pos = image_position_ids(gh, gw).to(device)
+            pos = torch.cat([img_pos[:, None].expand(3, B, n_img), new_pos[None].expand(3, B, T)], dim=2)
+            zeros = torch.zeros(B, n_img, dtype=torch.long, device=device)
+            layout = Layout(torch.cat([zeros, torch.where(text_mask, 0, -1)], dim=1),
+                            torch.cat([zeros, torch.full((B, T), -1, dtype=torch.long, device=device)], dim=1), pos)
+            img = self.vit.patch_embed(pixel_values.to(self.vit.patch_embed.proj.weight.dtype))
+            txt = self.embed_text(input_ids)
+            h, plan = torch.cat([img.to(txt.dtype), txt], dim=1), dense_plan(layout)
+        else:
+            key_valid = torch.cat([torch.ones(B, n_img, dtype=torch.bool, device=device), text_mask], dim=1)
+            causal = torch.ones(T, past + T, dtype=torch.bool, device=device).tril(past)
+            plan = MaskPlan(key_valid[:, None, None, :] & causal[None, None])
+            layout = Layout(torch.zeros(B, T, dtype=torch.long, device=device),
+                            torch.full((B, T), -1, dtype=torch.long, device=device), new_pos[None].expand(3, B, T))
+            h = self.embed_text(input_ids)
+        hidden, _ = self.vit(h, layout, plan, caches=cache)
+        keep = hidden if logits_to_keep <= 0 else hidden[:, -logits_to_keep:]
+        return GenLIPOutput(logits=self.lm_head(self.head_input(keep)), last_hidden_state=hidden, cache=cache)
 
 
 class GenLIPVisionModel(GenLIPPreTrainedModel):
