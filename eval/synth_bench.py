@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from pathlib import Path
 
 import yaml
 from datasets import Dataset, Features, Image, Sequence, Value
 
+from eval.local_tasks import vendor_task
 from genlip.data.synth import synth_sample
 
 SYNTH_TASKS = ("genlip_synth_docvqa", "genlip_synth_chartqa", "genlip_synth_caption")
@@ -28,31 +28,6 @@ def _lmms_task_file(*parts: str) -> Path:
     if not p.exists():
         raise FileNotFoundError(f"lmms-eval has no {p}; this toolkit expects lmms-eval 0.7.x task files")
     return p
-
-
-def vendor_task(src: Path, dest: Path) -> str:
-    """Copy the lmms-eval task file ``src`` and every file it includes into ``dest`` (under names without ``.yaml``,
-    so lmms-eval does not index the copies as tasks of their own), with a ``utils.py`` that re-exports the task's
-    functions from the installed package by module name. Returns the name to ``include:``. The task files then
-    name no path of the environment lmms-eval was installed in: they survive a moved or rebuilt virtual environment,
-    and prompts, post-processing and metrics stay lmms-eval's own."""
-    dest.mkdir(parents=True, exist_ok=True)
-    tasks_root = next(p for p in src.parents if p.name == "tasks" and p.parent.name == "lmms_eval")
-    if (src.parent / "utils.py").exists():
-        module = ".".join(("lmms_eval", "tasks", *src.parent.relative_to(tasks_root).parts, "utils"))
-        (dest / "utils.py").write_text(f"from {module} import *  # noqa: F401,F403\n")
-    return _copy_chain(src, dest)
-
-
-def _copy_chain(src: Path, dest: Path) -> str:
-    name = "_lmms_" + src.name.removesuffix(".yaml").lstrip("_")
-
-    def include(m: re.Match) -> str:
-        return m.group(1) + _copy_chain(src.parent / m.group(2).strip().strip("\"'"), dest)
-
-    text = re.sub(r"^(include:\s*)(\S.*)$", include, src.read_text(), flags=re.M)
-    (dest / name).write_text(text)
-    return name
 
 
 def _png(img) -> dict:

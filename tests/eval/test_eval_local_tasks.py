@@ -3,6 +3,7 @@
 and GQA tasks on the exported data through ``run_suite``."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,6 +83,23 @@ def test_layouts_groups_and_missing(tmp_path):
     assert eval_main(["local-tasks", "--exports", str(ex), "--out", str(tmp_path / "t3"),
                       "--tasks", "docvqa_val,chartqa"]) == 0
     assert read_manifest(tmp_path / "t3")["tasks"] == {"docvqa_val": "docvqa_val_local", "chartqa": "chartqa_local"}
+
+
+def test_task_files_name_no_path_of_the_environment(tmp_path):
+    """The generated files include copies of lmms-eval's definitions, not the installed package's files, so a moved
+    or rebuilt virtual environment leaves them working."""
+    import lmms_eval
+    from lmms_eval.utils import load_yaml_config
+
+    ex = make_exports(tmp_path)
+    write_local_tasks(ex, tmp_path / "tasks", ["docvqa_val", "gqa"])
+    env = str(Path(lmms_eval.__file__).parent)
+    for f in (tmp_path / "tasks").rglob("*"):
+        if f.is_file() and f.suffix != ".json":
+            assert env not in f.read_text(), f
+    cfg = load_yaml_config(str(tmp_path / "tasks" / "docvqa_val" / "docvqa_val_local.yaml"))
+    assert cfg["task"] == "docvqa_val_local" and cfg["dataset_path"] == "parquet"
+    assert "anls" in str(cfg["metric_list"])  # lmms-eval's own metric came through the vendored chain
 
 
 def test_join_images_attaches_the_referenced_image(tmp_path):
