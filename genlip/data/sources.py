@@ -13,11 +13,16 @@ Either way one epoch visits every record exactly once across all streams. A stre
 
 from __future__ import annotations
 
+import bz2
 import glob
+import gzip
 import json
+import lzma
 import os
 import random
+import re
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +30,6 @@ from typing import Literal
 
 import pyarrow.parquet as pq
 from braceexpand import braceexpand
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from genlip.data.decode import IMAGE_EXTS
 
@@ -72,27 +76,174 @@ class SourceSpec:
             self.name = str(self.path if isinstance(self.path, str) else self.path[0])
 
 
-def read_wds_shard(path: str, on_error) -> Iterator[tuple[str, dict]]:
-    """Samples of one tar shard grouped by key (``key.jpg`` + ``key.txt`` + ``key.json``)."""
-    def handler(exc: Exception) -> bool:
-        on_error("truncated_shard", f"{path}: {exc}")
-        return False  # stop reading this shard; what was read before stays
+_BLOCK = 512
+_ZEROS = bytes(_BLOCK)
+_META = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members (``__info__.json``), not records
+_FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
 
+
+class _Cut(Exception):
+    """The tar stream ends before its end-of-archive marker."""
+
+
+class _Corrupt(Exception):
+    """Bytes that are not a tar archive where a header should be."""
+
+
+def _read_exact(f, n: int) -> bytes:
+    buf = f.read(n)
+    while len(buf) < n:  # a short read is only final when the next one is empty
+        more = f.read(n - len(buf))
+        if not more:
+            break
+        buf += more
+    return buf
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    """``"LEN key=value\\n"`` records of a pax extended header."""
+    out, pos = {}, 0
     try:
-        stream = open(path, "rb")  # noqa: SIM115 (closed by the with-block below)
+        while pos < len(data) and data[pos] != 0:  # some writers pad the records with NULs
+            space = data.index(b" ", pos)
+            n = int(data[pos:space])
+            key, eq, value = data[space + 1:pos + n - 1].partition(b"=")
+            if n <= space - pos or not eq or data[pos + n - 1:pos + n] != b"\n":
+                raise ValueError(f"malformed record at byte {pos}")
+            out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+            pos += n
+    except ValueError as e:
+        raise _Corrupt(f"bad pax header: {e}") from None
+    return out
+
+
+class _TarReader:
+    """The regular files of an uncompressed tar stream, in order: :meth:`next_file` reads the next one's header,
+    :meth:`payload` its bytes. Raises :class:`_Cut` where the stream ends before the end-of-archive marker and
+    :class:`_Corrupt` where a header is not one."""
+
+    def __init__(self, f) -> None:
+        self.f, self.offset = f, 0  # offset: where the next header starts
+        self._name, self._size, self._unread = "", 0, 0  # the current file; _unread: its padded bytes not yet read
+
+    def _read(self, n: int, what: str) -> bytes:
+        buf = _read_exact(self.f, n)
+        if len(buf) < n:
+            raise _Cut(f"the file ends inside {what}")
+        return buf
+
+    def next_file(self) -> str | None:
+        """The next regular file's name, or ``None`` after the end-of-archive marker (two zero blocks; the padding
+        after it is not read). Extension headers (pax, GNU long names) apply to the member that follows them."""
+        if self._unread:  # the previous file's payload was skipped
+            self._read(self._unread, f"member {self._name!r}")
+            self._unread = 0
+        long_name, pax = None, {}
+        while True:
+            at = self.offset
+            block = _read_exact(self.f, _BLOCK)
+            if len(block) < _BLOCK:
+                raise _Cut(f"the file ends inside a header at byte {at}" if block else
+                           f"no end-of-archive marker: the file ends after {at} bytes")
+            if block == _ZEROS:
+                second = self._read(_BLOCK, f"the end-of-archive marker at byte {at}")
+                if second == _ZEROS:
+                    return None
+                raise _Corrupt(f"a lone zero block at byte {at}")
+            try:
+                info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+            except tarfile.HeaderError as e:
+                raise _Corrupt(f"bad header at byte {at}: {e}") from None
+            try:
+                size = int(pax.get("size", info.size))
+            except ValueError:
+                raise _Corrupt(f"bad pax size {pax['size']!r} for the member at byte {at}") from None
+            padded = -(-size // _BLOCK) * _BLOCK
+            self.offset = at + _BLOCK + padded
+            self._name = long_name or pax.get("path") or info.name
+            if info.type in (tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME):  # extension of the next member
+                data = self._read(padded, f"the extension header at byte {at}")[:size]
+                if info.type == tarfile.XHDTYPE:
+                    pax = _pax_records(data)
+                else:
+                    long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                continue
+            if info.type in _FILE_TYPES:
+                self._size, self._unread = size, padded
+                return self._name
+            self._read(padded, f"member {self._name!r}")  # directories, links, global pax headers, ...
+            if info.type not in (tarfile.XGLTYPE, tarfile.GNUTYPE_LONGLINK):
+                long_name, pax = None, {}
+
+    def payload(self) -> bytes:
+        """The bytes of the file :meth:`next_file` returned."""
+        data = self._read(self._unread, f"member {self._name!r}")[:self._size]
+        self._unread = 0
+        return data
+
+
+def _open_tar_stream(f):
+    """``f`` itself, or a decompressing reader for a gzip, bzip2 or xz compressed shard."""
+    head = f.peek(6)[:6]
+    if head.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=f, mode="rb")
+    if head.startswith(b"BZh"):
+        return bz2.BZ2File(f, mode="rb")
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(f, mode="rb")
+    return f
+
+
+def read_wds_shard(path: str, on_error) -> Iterator[tuple[str, dict]]:
+    """Samples of one tar shard grouped by key (``key.jpg`` + ``key.txt`` + ``key.json``): ``(key, {"image": bytes
+    or None, ext: bytes, ...})``. The key is a member's name up to the first dot of its base name (webdataset's
+    convention), the extension is the rest, lower-cased.
+
+    A shard is whole only if its end-of-archive marker is there. A shard cut before it (an interrupted download or
+    copy, wherever the cut falls) is counted once as ``truncated_shard``: the records before the cut are yielded, the
+    record at the cut is not, even when the cut falls right after one of its members (nothing tells whether more of
+    it followed). Bytes that are not tar headers, or a member repeated within a record, count as ``corrupt_shard``
+    and end the shard the same way.
+    """
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 (closed by the with-block below)
     except OSError as e:
         on_error("unreadable_shard", f"{path}: {e}")
         return
-    with stream:
-        files = tar_file_iterator(stream, handler=handler)
+    key, sample = None, {}
+    with raw:
         try:
-            for sample in group_by_keys(({**f, "__url__": path} for f in files), handler=handler):
-                key = sample.pop("__key__")
-                sample.pop("__url__", None)
-                image = next((sample.pop(e) for e in IMAGE_EXTS if e in sample), None)
-                yield key, {"image": image, **sample}
-        except (tarfile.TarError, OSError, EOFError) as e:  # raised by the tar stream itself
-            handler(e)
+            tar = _TarReader(_open_tar_stream(raw))
+            while (name := tar.next_file()) is not None:
+                folder, _, base = name.rpartition("/")
+                stem, dot, ext = base.partition(".")
+                if not dot or not stem or _META.match(name):
+                    continue
+                k = f"{folder}/{stem}" if folder else stem
+                ext = ext.lower()
+                if k != key:  # a new key starts: the record before it is whole
+                    if key is not None:
+                        yield key, _record(sample)
+                    key, sample = k, {}
+                if ext in sample:
+                    raise _Corrupt(f"member {name!r} repeats {ext!r} in record {k!r}")
+                sample[ext] = tar.payload()
+        except (_Cut, EOFError) as e:  # EOFError: a compressed stream that ends early
+            on_error("truncated_shard", f"{path}: {e}")
+            return
+        except (_Corrupt, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as e:
+            on_error("corrupt_shard", f"{path}: {e}")
+            return
+        except OSError as e:
+            on_error("unreadable_shard", f"{path}: {e}")
+            return
+    if key is not None:
+        yield key, _record(sample)
+
+
+def _record(sample: dict) -> dict:
+    image = next((sample.pop(e) for e in IMAGE_EXTS if e in sample), None)
+    return {"image": image, **sample}
 
 
 def _load_image_ref(value, root: str | None) -> bytes | None:

@@ -1,16 +1,19 @@
 """Readers and the data stream: every record exactly once per epoch across ranks and workers, counted skips,
 weighted mixing, exact resume."""
 
+import gzip
+import io
 import re
+import tarfile
 from collections import Counter
 
 import pytest
 import torch
 
 from genlip.data.dataset import ExampleBuilder, PretrainStream
-from genlip.data.decode import SkipStats
-from genlip.data.sources import DataError, SourceSpec, SourceStream, expand_paths
-from tests.datagen import write_jsonl, write_parquet, write_wds
+from genlip.data.decode import SkipSample, SkipStats, caption_from_record, decode_image
+from genlip.data.sources import DataError, SourceSpec, SourceStream, expand_paths, read_wds_shard
+from tests.datagen import caption_of, png, write_jsonl, write_parquet, write_wds
 
 
 class IndexBuilder(ExampleBuilder):
@@ -158,3 +161,167 @@ def test_ranks_and_workers_partition_the_data(tmp_path):
         for _ in range(4):  # 32 records / 4 streams / 4 per batch = 2 batches per stream, 4 per rank
             seen.update(next(it)["index"].tolist())
     assert sorted(seen) == list(range(32)) and set(seen.values()) == {1}
+
+
+# --- where a tar shard ends: a complete shard reads whole and clean, a cut one counts once as truncated_shard ---
+
+def _pairs_shard(path, n=6, writer="webdataset", fmt=tarfile.PAX_FORMAT, key=lambda i: f"{i:06d}"):
+    """``n`` records of an image and a caption only (no JSON to fall back on), written by webdataset's TarWriter
+    or by Python's tarfile in ``fmt``."""
+    if writer == "webdataset":
+        from webdataset import TarWriter
+
+        with open(path, "wb") as f, TarWriter(f, mtime=0.0) as tw:
+            for i in range(n):
+                tw.write({"__key__": key(i), "png": png(), "txt": caption_of(i)})
+        return path
+    with tarfile.open(path, "w", format=fmt) as tf:
+        for i in range(n):
+            for ext, data in (("png", png()), ("txt", caption_of(i).encode())):
+                ti = tarfile.TarInfo(f"{key(i)}.{ext}")
+                ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+    return path
+
+
+def _member(path, name) -> tarfile.TarInfo:
+    with tarfile.open(path) as tf:
+        return tf.getmember(name)
+
+
+def _read_epoch(path):
+    """Indices of the records one epoch yields through caption and image decoding, and every reason counted."""
+    reasons, got = Counter(), []
+    spec = SourceSpec(path=str(path))
+    st = SourceStream(spec, 0, 1, seed=0, on_error=lambda reason, where: reasons.update([reason]))
+    for _, rec in st:
+        if st.epoch > 0:
+            break
+        try:
+            caption = caption_from_record(rec, spec.caption_fields)
+            decode_image(rec["image"])
+        except SkipSample as e:
+            reasons[e.reason] += 1
+            continue
+        got.append(int(re.search(r"number (\d+)", caption).group(1)))
+    return got, reasons
+
+
+@pytest.mark.parametrize("writer,fmt", [("webdataset", None), ("tarfile", tarfile.USTAR_FORMAT),
+                                        ("tarfile", tarfile.GNU_FORMAT), ("tarfile", tarfile.PAX_FORMAT)])
+def test_complete_shards_read_whole_with_nothing_counted(tmp_path, writer, fmt):
+    path = _pairs_shard(tmp_path / "s.tar", writer=writer, fmt=fmt)
+    assert _read_epoch(path) == (list(range(6)), Counter())
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_long_member_names_are_read_whole(tmp_path, fmt):
+    """Keys past the 100-byte ustar name field go in a GNU long-name or a pax member."""
+    key = lambda i: f"{'d' * 70}/{'k' * 80}-{i:06d}"  # noqa: E731
+    path = _pairs_shard(tmp_path / "s.tar", writer="tarfile", fmt=fmt, key=key)
+    recs = list(read_wds_shard(str(path), lambda *a: pytest.fail(f"counted {a}")))
+    assert [k for k, _ in recs] == [key(i) for i in range(6)]
+    assert all(set(r) == {"image", "txt"} and r["image"] == png() for _, r in recs)
+
+
+def test_padding_after_the_end_marker_is_not_needed(tmp_path):
+    """Two zero blocks end the archive; the zeros that pad the file to a 10 KiB record may be missing."""
+    path = _pairs_shard(tmp_path / "s.tar", n=3, writer="tarfile", fmt=tarfile.USTAR_FORMAT)
+    data = path.read_bytes()
+    end = _member(path, "000002.txt").offset_data + 512  # the caption fits one block
+    assert data[end:] == bytes(len(data) - end) and len(data) - end > 1024
+    path.write_bytes(data[: end + 1024])
+    assert _read_epoch(path) == ([0, 1, 2], Counter())
+
+
+def _cut(path, at):
+    path.write_bytes(path.read_bytes()[:at])
+    return path
+
+
+def test_cut_on_a_block_boundary_after_a_complete_member(tmp_path):
+    """An interrupted copy: the file ends right after record 3's image, where record 3's caption header starts."""
+    path = _pairs_shard(tmp_path / "s.tar")
+    at = _member(path, "000003.txt").offset  # its pax header, then its ustar header
+    assert at % 512 == 0
+    assert _read_epoch(_cut(path, at)) == ([0, 1, 2], Counter({"truncated_shard": 1}))
+
+
+def test_cut_at_the_end_marker_is_seen(tmp_path):
+    """Every member is there but the end-of-archive marker is not: the last record is not known to be whole."""
+    path = _pairs_shard(tmp_path / "s.tar", writer="tarfile", fmt=tarfile.USTAR_FORMAT)
+    at = _member(path, "000005.txt").offset_data + 512
+    assert _read_epoch(_cut(path, at)) == ([0, 1, 2, 3, 4], Counter({"truncated_shard": 1}))
+
+
+@pytest.mark.parametrize("writer,fmt", [("webdataset", None), ("tarfile", tarfile.USTAR_FORMAT)])
+def test_cut_inside_a_member_header(tmp_path, writer, fmt):
+    path = _pairs_shard(tmp_path / "s.tar", writer=writer, fmt=fmt)
+    at = _member(path, "000003.txt").offset + 200
+    assert _read_epoch(_cut(path, at)) == ([0, 1, 2], Counter({"truncated_shard": 1}))
+
+
+def test_cut_inside_a_caption_counts_once(tmp_path):
+    """Record 3 loses its caption: the cut is counted, and record 3 is neither yielded nor counted again."""
+    path = _pairs_shard(tmp_path / "s.tar")
+    at = _member(path, "000003.txt").offset_data + 20
+    assert _read_epoch(_cut(path, at)) == ([0, 1, 2], Counter({"truncated_shard": 1}))
+
+
+def test_cut_inside_an_image(tmp_path):
+    path = _pairs_shard(tmp_path / "s.tar")
+    at = _member(path, "000003.png").offset_data + 30
+    assert _read_epoch(_cut(path, at)) == ([0, 1, 2], Counter({"truncated_shard": 1}))
+
+
+def test_resume_inside_a_cut_shard_counts_the_cut_once(tmp_path):
+    path = _cut(_pairs_shard(tmp_path / "s.tar"), _member(tmp_path / "s.tar", "000003.txt").offset_data + 20)
+    reasons = []
+    spec = SourceSpec(path=str(path))
+    st = SourceStream(spec, 0, 1, seed=0, on_error=lambda reason, where: reasons.append(reason))
+    first = [w for w, _ in _read(st, 2)]
+    st2 = SourceStream(spec, 0, 1, seed=0, on_error=lambda reason, where: reasons.append(reason))
+    st2.load_state(st.state())
+    rest = [w for w, _ in _read(st2, 2)]  # record 2, then the next epoch's record 0
+    assert [w.rsplit(":", 1)[1] for w in first + rest] == ["000000", "000001", "000002", "000000"]
+    assert reasons == ["truncated_shard"]
+
+
+def test_a_header_that_is_not_one_counts_as_corrupt(tmp_path):
+    """Record 3's first header is garbage: record 2 is not known to be whole (that header could have been its)."""
+    path = _pairs_shard(tmp_path / "s.tar", writer="tarfile", fmt=tarfile.USTAR_FORMAT)
+    data = bytearray(path.read_bytes())
+    at = _member(path, "000003.png").offset
+    data[at:at + 512] = b"<html>not found</html>".ljust(512, b" ")
+    path.write_bytes(bytes(data))
+    assert _read_epoch(path) == ([0, 1], Counter({"corrupt_shard": 1}))
+
+
+def test_a_member_repeated_in_a_record_counts_as_corrupt(tmp_path):
+    path = tmp_path / "s.tar"
+    with tarfile.open(path, "w") as tf:
+        for name, data in (("0.png", png()), ("0.txt", caption_of(0).encode()), ("1.png", png()),
+                           ("1.txt", caption_of(1).encode()), ("1.TXT", b"another caption")):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    assert _read_epoch(path) == ([0], Counter({"corrupt_shard": 1}))
+
+
+def test_gzipped_shard_complete_and_cut(tmp_path):
+    raw = _pairs_shard(tmp_path / "s.tar").read_bytes()
+    whole = tmp_path / "whole.tar.gz"
+    whole.write_bytes(gzip.compress(raw))
+    assert _read_epoch(whole) == (list(range(6)), Counter())
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(whole.read_bytes()[: len(whole.read_bytes()) * 2 // 3])
+    got, reasons = _read_epoch(cut)
+    assert got == list(range(len(got))) and len(got) < 6 and reasons == Counter({"truncated_shard": 1})
+
+
+def test_empty_file_is_a_cut_shard(tmp_path):
+    path = tmp_path / "s.tar"
+    path.write_bytes(b"")
+    reasons = []
+    assert list(read_wds_shard(str(path), lambda reason, where: reasons.append(reason))) == []
+    assert reasons == ["truncated_shard"]
