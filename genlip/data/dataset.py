@@ -123,8 +123,9 @@ class PretrainStream(IterableDataset):
                 yield ex
 
         def replay(pos: dict) -> dict:
-            """Rebuild an example that was read before the checkpoint but not yet trained on."""
-            st = SourceStream(self.sources[pos["source"]], sid, n_streams, self.seed, on_error)
+            """Rebuild an example that was read before the checkpoint but not yet trained on. What it reads past (a
+            cut shard between the cursor and the record) was counted then, and is in the restored stats already."""
+            st = SourceStream(self.sources[pos["source"]], sid, n_streams, self.seed, lambda reason, where: None)
             st.load_state(pos["cursor"])
             where, rec = next(iter(st))
             try:
