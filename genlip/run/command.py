@@ -48,8 +48,10 @@ def execute(prog: str, fn: Callable[[Any], Any], recipe: Any, failures: tuple[ty
         return 2
     except failures as e:
         msg = str(e).strip()
-        if "Original Traceback" in msg:  # raised in a data-loader worker: its own last line
+        if "Original Traceback" in msg:  # raised in a data-loader worker: its own last line, without the type
             msg = msg.splitlines()[-1]
+            prefix = f"{type(e).__module__}.{type(e).__name__}: "
+            msg = msg[len(prefix):] if msg.startswith(prefix) else msg
         print(f"{prog}: {type(e).__name__}: {msg}", file=sys.stderr)
         return 1
     finally:

@@ -208,7 +208,8 @@ def setup(recipe: Recipe, device: torch.device) -> Run:
     dataset = PretrainStream(sources, builder, t.micro_batch, seed=t.seed, rank=rank, world_size=ws,
                              num_workers=recipe.data.num_workers, min_image_size=recipe.data.min_image_size,
                              max_aspect_ratio=recipe.data.max_aspect_ratio,
-                             max_skip_fraction=recipe.data.max_skip_fraction, resume=state["data"]["streams"])
+                             max_skip_fraction=recipe.data.max_skip_fraction,
+                             min_seen_for_check=recipe.data.skip_check_after, resume=state["data"]["streams"])
     dataset.rotation = consumed % dataset.streams_per_rank
     accum = t.global_batch // (t.micro_batch * ws)
     c = model.config

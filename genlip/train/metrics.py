@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -16,6 +17,18 @@ from genlip.train.recipe import Recipe
 log = logging.getLogger(__name__)
 
 
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Keep the rows of ``path`` up to ``step`` (the checkpoint a run resumes from); rewritten atomically."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    keep = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= step]
+    if len(keep) != len(lines):
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(x + "\n" for x in keep))
+        os.replace(tmp, path)
+
+
 class RunLogger:
     def __init__(self, run_dir: Path, recipe: Recipe, total_steps: int, start_step: int) -> None:
         self.enabled = D.is_main()
@@ -25,6 +38,7 @@ class RunLogger:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / "metrics.jsonl"
+        _drop_rows_after(self.path, start_step)  # steps redone after a resume are logged once, by the new run
         self.file = open(self.path, "a")  # noqa: SIM115 (open for the whole run, closed in close())
         cfg = recipe.log
         if cfg.progress:
@@ -33,7 +47,7 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter  # optional: needs the tensorboard package
 
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
             except ImportError:
                 log.debug("tensorboard is not installed; logging to %s only", self.path)
         if cfg.wandb_project:

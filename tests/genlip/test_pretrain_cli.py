@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,13 +93,23 @@ def _kill_and_resume(home, out, recipe, *overrides, total):
 def _assert_same_curve(got, ref, total):
     assert sorted(got) == list(range(1, total + 1))
     for step, values in got.items():
-        for v in values:  # steps logged before the kill and again after the resume all match
-            assert v == pytest.approx(ref[step][0], rel=1e-6, abs=1e-7), (step, values, ref[step])
+        assert len(values) == 1, f"step {step} logged {len(values)} times"  # redone steps replace their rows
+        assert values[0] == pytest.approx(ref[step][0], rel=1e-6, abs=1e-7), (step, values, ref[step])
 
 
 def test_killed_run_resumes_to_the_same_loss_sequence(home, reference_run, tmp_path):
     got = _kill_and_resume(home, tmp_path / "run", RECIPE, "checkpoint.every=2", total=12)
     _assert_same_curve(got, _losses(reference_run), 12)
+
+
+def test_steps_redone_after_a_resume_are_logged_once(home, tmp_path):
+    out = tmp_path / "run"
+    _run(home, out, "train.steps=4", "checkpoint.every=2")
+    shutil.rmtree(out / "checkpoints" / "step_00000004")  # as if killed after logging step 4, before saving it
+    assert sorted(_losses(out)) == [1, 2, 3, 4]
+    _run(home, out, "train.steps=4", "checkpoint.every=2", "--resume", "auto")
+    got = _losses(out)
+    assert {s: len(v) for s, v in got.items()} == {1: 1, 2: 1, 3: 1, 4: 1}
 
 
 @pytest.fixture(scope="module")
