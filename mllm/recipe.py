@@ -63,7 +63,8 @@ class MllmTrainRecipe:
     epochs: float = bounded(1.0, gt=0)
     max_steps: int = -1
     global_batch: int = bounded(8, ge=1)
-    micro_batch: int = bounded(8, ge=1)
+    micro_batch: int = bounded(8, ge=1)  # at most this many per GPU and forward pass
+    batch_rounding: Literal["nearest", "exact"] = "nearest"  # as genlip-pretrain's (genlip.run.batching)
     warmup_ratio: float = bounded(0.03, ge=0, lt=1)
     weight_decay: float = bounded(0.0, ge=0)
     scheduler: Literal[SCHEDULERS] = "cosine"
@@ -82,9 +83,6 @@ class MllmTrainRecipe:
     resume: str = "auto"  # auto | none | a checkpoint directory
 
     def __post_init__(self) -> None:
-        if self.global_batch % self.micro_batch:
-            raise ValueError(f"train.global_batch {self.global_batch} is not a multiple of train.micro_batch "
-                             f"{self.micro_batch}")
         if self.deepspeed:  # checked here, before any model is loaded
             self.deepspeed = str(resolve_deepspeed(self.deepspeed))
 

@@ -22,8 +22,9 @@ from genlip.data.dataset import PREEMPTION_SIGNALS
 from genlip.data.synth_sft import write_sft
 from genlip.data.tokenizer import train_tokenizer
 from genlip.run import dist as D
+from genlip.run.batching import BatchError, plan_batches
 from genlip.run.checkpoint import list_checkpoints
-from genlip.run.config import recipe_diff, save_recipe
+from genlip.run.config import RecipeError, recipe_diff, save_recipe
 from genlip.run.curves import plot_curves
 from genlip.run.dirs import generated_dir
 from genlip.run.runtime import configure_cpu_allocator
@@ -207,9 +208,14 @@ def train(recipe: MllmRecipe) -> Path:
     if t.resume != "none" and (out / "final" / "recipe.yaml").exists():  # the last file a finished run writes
         D.print0(f"already finished: {out / 'final'} holds the trained model (train.resume=none trains it again)")
         return out / "final"
-    if t.global_batch % (t.micro_batch * ws):
-        raise ValueError(f"train.global_batch {t.global_batch} is not a multiple of train.micro_batch "
-                         f"{t.micro_batch} x world size {ws}")
+    try:  # epochs fix the budget; with max_steps the steps are rescaled like genlip-pretrain's
+        plan = plan_batches(t.global_batch, t.micro_batch, ws, max(t.max_steps, 1), t.batch_rounding)
+    except BatchError as e:
+        raise RecipeError(str(e)) from None
+    t.micro_batch, t.global_batch = plan.micro_batch, plan.global_batch
+    if t.max_steps > 0:
+        t.max_steps = plan.steps
+    D.print0(f"batches: {plan.describe()}")
     _process_state(t, ws, cuda)
     torch.manual_seed(t.seed)
     data_path, image_root = ensure_sft_data(recipe)

@@ -29,6 +29,7 @@ from genlip.loss import count_supervised
 from genlip.modeling import GenLIPForCaptioning
 from genlip.run import checkpoint as C
 from genlip.run import dist as D
+from genlip.run.batching import BatchError, BatchPlan, plan_batches
 from genlip.run.config import RecipeError, recipe_diff
 from genlip.run.curves import plot_curves
 from genlip.run.runtime import configure_cpu_allocator
@@ -136,12 +137,13 @@ def train(recipe: Recipe) -> Path:
     """Set up (or resume), loop ``train_step`` until ``train.steps``, logging and saving on the way; a finished run
     given again only says so. SIGTERM/SIGUSR1 finish the current step, save and return."""
     device = D.init()
+    plan = resolve_batches(recipe.train, D.world()[2])
     done = _finished(recipe)
     if done is not None:
         D.print0(f"already finished: {recipe.train.output_dir} reached step {recipe.train.steps}; final weights: "
                  f"{done} (raise train.steps to train on, or --resume none to start again)")
         return Path(recipe.train.output_dir)
-    run = setup(recipe, device)
+    run = setup(recipe, device, plan)
     preempt = _Preempt()
     t = recipe.train
     step = last_saved = run.state["step"]
@@ -177,16 +179,25 @@ def train(recipe: Recipe) -> Path:
     return Path(t.output_dir)
 
 
-def setup(recipe: Recipe, device: torch.device) -> Run:
+def resolve_batches(t, world_size: int) -> BatchPlan:
+    """Split ``train.global_batch`` over the ranks (see :mod:`genlip.run.batching`) and write the result into the
+    recipe (micro-batch, global batch and steps as trained), so checkpoints hold what was run."""
+    try:
+        plan = plan_batches(t.global_batch, t.micro_batch, world_size, t.steps, t.batch_rounding)
+    except BatchError as e:
+        raise RecipeError(str(e)) from None
+    t.micro_batch, t.global_batch, t.steps = plan.micro_batch, plan.global_batch, plan.steps
+    return plan
+
+
+def setup(recipe: Recipe, device: torch.device, plan: BatchPlan | None = None) -> Run:
     """Model, optimizer, data and trainer state, from scratch or from the run's checkpoint; prints the set-up."""
     t = recipe.train
     allocator = configure_cpu_allocator(t.cpu_allocator) if device.type == "cpu" else "cuda caching"
     if t.precision == "bf16" and device.type != "cuda":
         raise RecipeError("train.precision=bf16 needs CUDA; bf16 matmuls are far slower than fp32 on CPUs")
     rank, _, ws = D.world()
-    if t.global_batch % (t.micro_batch * ws):
-        raise RecipeError(f"train.global_batch {t.global_batch} must be a multiple of micro_batch {t.micro_batch} x "
-                          f"world size {ws}")
+    plan = plan or resolve_batches(t, ws)
     run_dir = Path(t.output_dir)
     torch.manual_seed(t.seed)  # identical initial weights on every rank
     sources, tokenizer, builder = build_stream_parts(recipe)
@@ -211,11 +222,11 @@ def setup(recipe: Recipe, device: torch.device) -> Run:
                              max_skip_fraction=recipe.data.max_skip_fraction,
                              min_seen_for_check=recipe.data.skip_check_after, resume=state["data"]["streams"])
     dataset.rotation = consumed % dataset.streams_per_rank
-    accum = t.global_batch // (t.micro_batch * ws)
+    accum = plan.accum
     c = model.config
     D.print0(f"GenLIP stage {recipe.stage} | {recipe.model.preset or 'init_from'} ({c.num_hidden_layers} x "
-             f"{c.hidden_size}) {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params | world {ws} x "
-             f"micro {t.micro_batch} x accum {accum} = {t.global_batch} per step | {t.steps} steps | "
+             f"{c.hidden_size}) {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params | "
+             f"{plan.describe()} | {t.steps} steps | "
              f"{ws * dataset.streams_per_rank} data streams | device {device.type} (allocator: {allocator}) | "
              f"run dir {run_dir}")
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and t.precision != "fp32"

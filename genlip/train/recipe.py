@@ -71,18 +71,16 @@ class TrainRecipe:
     output_dir: str = "runs/genlip"
     steps: int = bounded(100, ge=1)
     global_batch: int = bounded(8, ge=1)  # samples per optimizer step (stage 2: rows)
-    micro_batch: int = bounded(8, ge=1)  # samples per forward on one rank
+    micro_batch: int = bounded(8, ge=1)  # at most this many samples per forward on one rank
+    # nearest: a global batch that does not split over the world size becomes the nearest that does, and the steps
+    # are rescaled to keep steps x global_batch (genlip.run.batching); exact: refuse instead
+    batch_rounding: Literal["nearest", "exact"] = "nearest"
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     parallel: Literal["ddp", "fsdp"] = "ddp"  # used when WORLD_SIZE > 1
     skip_nonfinite: bool = False  # skip (and count) a step with a NaN/inf loss or gradient instead of stopping
     max_nonfinite_skips: int = bounded(10, ge=0)
     cpu_allocator: Literal["retain", "system"] = "retain"  # retain: keep freed memory (genlip.run.runtime)
-
-    def __post_init__(self) -> None:
-        if self.global_batch % self.micro_batch:
-            raise ValueError(f"train.global_batch {self.global_batch} is not a multiple of train.micro_batch "
-                             f"{self.micro_batch}")
 
 
 @dataclass

@@ -172,7 +172,7 @@ def test_a_bad_choice_on_the_command_line_is_one_line_before_anything_runs(tmp_p
     ("train.steps=0", "train.steps: 0 is out of range"),
     ("train.micro_batch=0", "train.micro_batch: 0 is out of range"),
     ("train.precision=fp8", "train.precision: 'fp8' is not one of"),
-    ("train.global_batch=33", "train.global_batch 33 is not a multiple of train.micro_batch 32"),
+    ("train.global_batch=33 train.batch_rounding=exact", "train.global_batch 33 does not split over 1 ranks"),
     ("optim.lr=-1", "optim.lr: -1.0 is out of range (must be > 0)"),
     ("data.image_size=50", "data.image_size 50 is not a multiple of the patch size 16"),
     ("checkpoint.resume=.", "is not a checkpoint directory"),
@@ -180,7 +180,8 @@ def test_a_bad_choice_on_the_command_line_is_one_line_before_anything_runs(tmp_p
 ])
 def test_a_bad_value_is_one_line_and_exit_2_before_anything_is_built(tmp_path, override, words):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GENLIP_HOME": str(tmp_path / "home")}
-    p = subprocess.run([str(BIN / "genlip-pretrain"), override], cwd=tmp_path, capture_output=True, text=True, env=env)
+    p = subprocess.run([str(BIN / "genlip-pretrain"), *override.split()], cwd=tmp_path, capture_output=True,
+                       text=True, env=env)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and words in p.stderr, p.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "home").exists()
 
