@@ -122,6 +122,15 @@ def preprocess_images(spec: ImageSpec, images: list[Image.Image], image_processo
     return {"pixel_values": torch.cat(patches), "image_grid_hw": torch.tensor(grids)}
 
 
+class EncodeError(ValueError):
+    """A conversation that cannot be encoded; ``reason`` is a short stable label the data statistics count by (the
+    same labels :class:`mllm.data.LlavaDataset` uses when it checks records)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class ConversationEncoder:
     """Tokenizes a LLaVA conversation into ``input_ids`` and assistant-only ``labels``."""
 
@@ -142,14 +151,16 @@ class ConversationEncoder:
         for i, part in enumerate(parts):
             if i > 0:
                 if cursor[0] >= len(images):
-                    raise ValueError(f"the conversation has more {IMAGE_PLACEHOLDER} than images ({len(images)})")
+                    raise EncodeError("image_placeholder_mismatch",
+                                      f"the conversation has more {IMAGE_PLACEHOLDER} than images ({len(images)})")
                 ids += [self.image_token_id] * self.spec.num_tokens(images[cursor[0]])
                 cursor[0] += 1
             ids += self._text(part)
         return ids
 
     def encode(self, conversations: list[dict], images: list[Image.Image], add_generation_prompt: bool = False):
-        """``(input_ids, labels)`` as lists; raises ``ValueError`` for malformed conversations."""
+        """``(input_ids, labels)`` as lists; raises :class:`EncodeError` (a ``ValueError``) for malformed
+        conversations and for truncation that would cut an image."""
         ids: list[int] = []
         labels: list[int] = []
         cursor = [0]
@@ -158,10 +169,10 @@ class ConversationEncoder:
         for m in msgs + list(conversations):
             role = ROLES.get(m.get("from", m.get("role")))
             if role is None:
-                raise ValueError(f"unknown conversation role {m.get('from', m.get('role'))!r}")
+                raise EncodeError("bad_role", f"unknown conversation role {m.get('from', m.get('role'))!r}")
             value = m.get("value", m.get("content"))
             if not isinstance(value, str):
-                raise ValueError("a conversation turn has no text")
+                raise EncodeError("bad_value", "a conversation turn has no text")
             head = [self.im_start] + self._text(role) + self.newline
             body = self._content(value, images, cursor) + [self.im_end]
             tail = self.newline
@@ -170,7 +181,8 @@ class ConversationEncoder:
             labels += [IGNORE_INDEX] * len(head) + (body if sup else [IGNORE_INDEX] * len(body)) + \
                 [IGNORE_INDEX] * len(tail)
         if cursor[0] != len(images):
-            raise ValueError(f"{len(images)} images but {cursor[0]} {IMAGE_PLACEHOLDER} placeholders")
+            raise EncodeError("image_placeholder_mismatch",
+                              f"{len(images)} images but {cursor[0]} {IMAGE_PLACEHOLDER} placeholders")
         if add_generation_prompt:
             gen = [self.im_start] + self._text("assistant") + self.newline
             ids += gen
@@ -178,6 +190,7 @@ class ConversationEncoder:
         if len(ids) > self.max_length:
             n_img = sum(1 for t in ids[self.max_length:] if t == self.image_token_id)
             if n_img:
-                raise ValueError(f"truncating at {self.max_length} tokens would cut an image; raise max_length")
+                raise EncodeError("too_long",
+                                  f"truncating at {self.max_length} tokens would cut an image; raise max_length")
             ids, labels = ids[: self.max_length], labels[: self.max_length]
         return ids, labels

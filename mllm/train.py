@@ -123,11 +123,10 @@ def _cpu_deepspeed_state() -> None:
 
 class SaveProcessing(TrainerCallback):
     """Every Trainer checkpoint gets the processor, tokenizer, image spec and resolved recipe (so each one loads by
-    itself); the logs count skipped samples; ``debug.stop_after_step`` stops as if killed after that checkpoint."""
+    itself); ``debug.stop_after_step`` stops as if killed after that checkpoint."""
 
-    def __init__(self, out: Path, model, tokenizer, spec, recipe: MllmRecipe, skipped: Counter) -> None:
-        self.out, self.model, self.tokenizer, self.spec, self.recipe, self.skipped = (
-            out, model, tokenizer, spec, recipe, skipped)
+    def __init__(self, out: Path, model, tokenizer, spec, recipe: MllmRecipe) -> None:
+        self.out, self.model, self.tokenizer, self.spec, self.recipe = out, model, tokenizer, spec, recipe
 
     def on_save(self, args, state, control, **kw):
         if state.is_world_process_zero:
@@ -140,10 +139,6 @@ class SaveProcessing(TrainerCallback):
         if stop and state.global_step >= stop:
             control.should_training_stop = True
             control.should_save = True
-
-    def on_log(self, args, state, control, logs=None, **kw):
-        if logs is not None:
-            logs["skipped_samples"] = sum(self.skipped.values())
 
 
 class Preemption(TrainerCallback):
@@ -166,8 +161,8 @@ class Preemption(TrainerCallback):
 
 
 class MllmTrainer(Trainer):
-    """The HF Trainer with one AdamW group per module group (its own learning rate; 0 = frozen) and a resume that
-    maps LLaVA's legacy weight names back."""
+    """The HF Trainer with one AdamW group per module group (its own learning rate; 0 = frozen), a resume that
+    maps LLaVA's legacy weight names back, and the samples its collator dropped counted by reason and logged."""
 
     def __init__(self, *args, lrs: dict[str, float], recipe: MllmRecipe, skipped: Counter, **kw) -> None:
         super().__init__(*args, **kw)
@@ -194,10 +189,14 @@ class MllmTrainer(Trainer):
         (model or self.model).load_state_dict(loaded.state_dict(), strict=True)
         D.print0(f"resumed weights from {resume_from_checkpoint}")
 
+    def log(self, logs: dict[str, float], *args, **kw) -> None:
+        """Every log line (and ``log_history``) carries ``skipped_samples`` and ``skipped_<reason>`` so far."""
+        logs["skipped_samples"] = sum(self.skipped.values())
+        logs.update({f"skipped_{r}": n for r, n in sorted(self.skipped.items())})
+        super().log(logs, *args, **kw)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        n = inputs.pop("n_skipped", None)
-        if n is not None and int(n):
-            self.skipped["decode"] += int(n)
+        self.skipped.update(inputs.pop("skip_reasons", None) or ())  # the collator's dropped samples, by reason
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
@@ -235,7 +234,7 @@ def train(recipe: MllmRecipe) -> Path:
     preempt = Preemption()
     trainer = MllmTrainer(model=model, args=training_arguments(recipe, ws, cuda, max(lrs.values())),
                           train_dataset=dataset, data_collator=collator, lrs=lrs, recipe=recipe, skipped=skipped,
-                          callbacks=[SaveProcessing(out, model, tokenizer, spec, recipe, skipped), preempt])
+                          callbacks=[SaveProcessing(out, model, tokenizer, spec, recipe), preempt])
     trainer.train(resume_from_checkpoint=_resume_point(recipe, out))
     if preempt.flag:
         D.print0(f"pre-empted: saved {out / f'checkpoint-{trainer.state.global_step}'}, exiting "
@@ -244,8 +243,10 @@ def train(recipe: MllmRecipe) -> Path:
     if recipe.debug.stop_after_step:
         D.print0(f"stopped after step {recipe.debug.stop_after_step} (debug.stop_after_step)")
         return out
+    if skipped:
+        D.print0(f"dropped from their batches during training: {dict(skipped)}")
     return _save_final(trainer, model, tokenizer, spec, recipe, {"records": dict(dataset.skipped),
-                                                                  "decode": dict(skipped)})
+                                                                  "training": dict(skipped)})
 
 
 def _process_state(t, ws: int, cuda: bool) -> None:

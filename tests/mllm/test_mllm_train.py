@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.mllm_fixtures import make_towers
+from tests.mllm_fixtures import make_llm, make_towers
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 
@@ -177,3 +177,32 @@ def test_preemption_signal_to_the_process_group_saves_a_checkpoint_and_resumes(e
     run(env, "finetune", out, f"model.init_from={aligned}", "train.max_steps=40", "train.save_steps=100",
         "data.num_workers=2")
     assert json.loads((out / "final" / "log_history.json").read_text())[-1]["step"] == 40
+
+
+def test_samples_dropped_in_training_are_counted_by_reason(env, tmp_path):
+    """A corrupt image file (present, so the record passes when the data opens) and a conversation that truncation
+    would cut through its image: both dropped from their batches (in a loader worker) and counted in
+    ``final/skipped.json`` under the reasons SkipSample and the encoder give them."""
+    from PIL import Image
+
+    root = tmp_path / "data"
+    root.mkdir()
+    for i in range(14):
+        Image.new("RGB", (32, 32), (18 * i, 0, 255 - 18 * i)).save(root / f"{i}.png")
+    (root / "corrupt.png").write_bytes(b"these bytes are not an image")
+    qa = [{"from": "human", "value": "<image>\ndescribe the image."}, {"from": "gpt", "value": "a red square"}]
+    records = [{"image": f"{i}.png", "conversations": qa} for i in range(14)]
+    records.append({"image": "corrupt.png", "conversations": qa})
+    records.append({"image": "0.png", "conversations": [{"from": "human", "value": "describe the image " * 60 +
+                                                          "<image>"}, {"from": "gpt", "value": "a red square"}]})
+    (root / "d.json").write_text(json.dumps(records))
+    out = tmp_path / "ft"
+    run(env, "finetune", out, f"model.vision={env[1]['genlip']}", f"model.llm={make_llm(tmp_path / 'llm')}",
+        "model.mode=resize", "model.image_size=32", "data.synth=null", f"data.path={root / 'd.json'}",
+        f"data.image_root={root}", "data.max_length=96", "data.num_workers=1", "train.max_steps=2",
+        "train.global_batch=8", "train.micro_batch=8")
+    assert json.loads((out / "final" / "skipped.json").read_text()) == {
+        "records": {}, "training": {"corrupt_image": 1, "too_long": 1}}
+    last = [r for r in json.loads((out / "final" / "log_history.json").read_text()) if "loss" in r][-1]
+    assert (last["skipped_samples"], last["skipped_corrupt_image"], last["skipped_too_long"]) == (2, 1, 1)
+
