@@ -8,6 +8,7 @@ penultimate layer.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -55,12 +56,32 @@ def tower_info(vcfg: PretrainedConfig) -> TowerInfo:
     return TowerInfo(kind, int(vcfg.patch_size), image_size, int(vcfg.hidden_size), kind == "clip", mean, std)
 
 
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` can only be a local path, never a Hugging Face Hub id (``name`` or ``owner/name``): it starts
+    with ``/``, ``.`` or ``~``, or has more than one path separator, or ends with one."""
+    seps = tuple({"/", os.sep, *(os.altsep or "")})
+    return name.startswith((".", "~", *seps)) or sum(map(name.count, seps)) > 1 or name.endswith(seps)
+
+
 def load_vision_config(path: str) -> PretrainedConfig:
-    return vision_config_of(AutoConfig.from_pretrained(path))
+    """The vision config of a checkpoint directory (or Hub id). A path that is not a directory, or anything
+    transformers cannot load a config from, is a one-line :class:`FileNotFoundError`."""
+    path = os.path.expanduser(path)
+    if looks_like_path(path) and not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such directory")
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{path}: not a model directory (no config.json)")
+    try:
+        return vision_config_of(AutoConfig.from_pretrained(path))
+    except OSError as e:  # a name that is no local directory and that the Hub does not give (offline, say)
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FileNotFoundError(f"{path}: neither a local directory nor a model the Hugging Face Hub gives ({why})") \
+            from e
 
 
 def load_tower(path: str, dtype: torch.dtype = torch.float32):
     """The vision model of a local checkpoint (a vision-only or an image-text directory) and its :class:`TowerInfo`."""
+    path = os.path.expanduser(path)
     vcfg = load_vision_config(path)
     info = tower_info(vcfg)
     model = AutoModel.from_pretrained(path, config=vcfg, dtype=dtype) if info.kind != "genlip" else None

@@ -34,6 +34,7 @@ from mllm.image_modes import default_pinpoints
 from mllm.processing import ConversationEncoder, make_image_processor
 from mllm.recipe import MllmRecipe
 from mllm.tiny import make_tiny_llm
+from mllm.towers import load_vision_config, looks_like_path
 
 log = logging.getLogger(__name__)
 GROUPS = {"projector": ("model.multi_modal_projector.", "model.image_newline"),
@@ -69,8 +70,24 @@ def apply_trainable(model, lrs: dict[str, float], lora: bool = False) -> dict[st
 
 
 def _resolve_vision(path: str) -> str:
+    path = os.path.expanduser(path)
     ckpts = list_checkpoints(Path(path))
     return str(ckpts[-1]) if ckpts else path
+
+
+def check_model_paths(recipe: MllmRecipe) -> None:
+    """Before anything is generated or built: ``model.vision`` must give a vision config and a path-like
+    ``model.llm`` must exist; otherwise a :class:`RecipeError` (one line, exit code 2)."""
+    m = recipe.model
+    if m.init_from:
+        return  # vision and llm are not used
+    if m.vision:
+        try:
+            load_vision_config(_resolve_vision(m.vision))
+        except FileNotFoundError as e:
+            raise RecipeError(f"model.vision: {e}") from None
+    if m.llm and looks_like_path(m.llm) and not os.path.isdir(os.path.expanduser(m.llm)):
+        raise RecipeError(f"model.llm: {m.llm}: no such directory")
 
 
 def ensure_sft_data(recipe: MllmRecipe) -> tuple[str, str]:
@@ -215,6 +232,7 @@ def train(recipe: MllmRecipe) -> Path:
     if t.max_steps > 0:
         t.max_steps = plan.steps
     D.print0(f"batches: {plan.describe()}")
+    check_model_paths(recipe)
     _process_state(t, ws, cuda)
     torch.manual_seed(t.seed)
     data_path, image_root = ensure_sft_data(recipe)

@@ -135,3 +135,22 @@ def test_saved_model_reloads_and_generates_the_same_tokens(ckpts, tower, mode, t
 
         plain = AutoModelForImageTextToText.from_pretrained(tmp_path)
         assert type(plain).__module__.startswith("transformers.")
+
+
+def test_a_tower_that_is_not_there_is_one_line(ckpts, tmp_path):
+    """A path-like ``model.vision`` that does not exist never reaches the Hub; a ``owner/name`` Hub id still goes to
+    transformers, and if it cannot be had either, that too is one line."""
+    from mllm.towers import load_vision_config, looks_like_path
+
+    assert all(looks_like_path(p) for p in ("/no/such", "./x", "../x", "~/x", "runs/a/b", "runs/a/"))
+    assert not any(looks_like_path(p) for p in ("google/siglip-so400m-patch14-384", "gpt2"))
+    towers, _ = ckpts
+    assert load_vision_config(str(towers["siglip"])).model_type == "siglip_vision_model"
+    with pytest.raises(FileNotFoundError, match=r"^/no/such/dir: no such directory$"):
+        load_vision_config("/no/such/dir")
+    with pytest.raises(FileNotFoundError, match="^no-such-owner/no-such-tower: neither a local directory") as e:
+        load_vision_config("no-such-owner/no-such-tower")  # offline in tests (conftest): not in the cache
+    assert "\n" not in str(e.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty: not a model directory \(no config.json\)$"):
+        load_vision_config(str(tmp_path / "empty"))

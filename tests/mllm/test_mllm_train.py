@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from tests.mllm_fixtures import make_llm, make_towers
 
 RECIPES = Path(__file__).parents[1] / "recipes"
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +207,13 @@ def test_samples_dropped_in_training_are_counted_by_reason(env, tmp_path):
     last = [r for r in json.loads((out / "final" / "log_history.json").read_text()) if "loss" in r][-1]
     assert (last["skipped_samples"], last["skipped_corrupt_image"], last["skipped_too_long"]) == (2, 1, 1)
 
+
+def test_missing_vision_directory_is_one_line_and_exit_2(tmp_path):
+    p = subprocess.run([str(BIN / "genlip-mllm"), "pretrain", "--recipe", str(RECIPES / "mllm_pretrain.yaml"),
+                        "model.vision=/no/such/dir", f"train.output_dir={tmp_path / 'out'}"],
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "GENLIP_HOME": str(tmp_path / "home")})
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert lines[0] == "genlip-mllm: bad recipe: model.vision: /no/such/dir: no such directory"
+    assert not (tmp_path / "home").exists(), "checked before any data is generated"
