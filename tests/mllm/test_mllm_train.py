@@ -208,12 +208,15 @@ def test_samples_dropped_in_training_are_counted_by_reason(env, tmp_path):
     assert (last["skipped_samples"], last["skipped_corrupt_image"], last["skipped_too_long"]) == (2, 1, 1)
 
 
-def test_missing_vision_directory_is_one_line_and_exit_2(tmp_path):
+@pytest.mark.parametrize("key", ["vision", "llm"])
+def test_missing_model_directory_is_one_line_and_exit_2(env, tmp_path, key):
+    given = {"vision": f"model.vision={env[1]['genlip']}", "llm": "model.llm=tiny"}
+    given[key] = f"model.{key}=/no/such/dir"
     p = subprocess.run([str(BIN / "genlip-mllm"), "pretrain", "--recipe", str(RECIPES / "mllm_pretrain.yaml"),
-                        "model.vision=/no/such/dir", f"train.output_dir={tmp_path / 'out'}"],
+                        *given.values(), f"train.output_dir={tmp_path / 'out'}"],
                        capture_output=True, text=True, timeout=300,
                        env={**os.environ, "HF_HUB_OFFLINE": "1", "GENLIP_HOME": str(tmp_path / "home")})
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
-    assert lines[0] == "genlip-mllm: bad recipe: model.vision: /no/such/dir: no such directory"
+    assert lines[0] == f"genlip-mllm: bad recipe: model.{key}: /no/such/dir: no such directory"
     assert not (tmp_path / "home").exists(), "checked before any data is generated"
