@@ -1,4 +1,5 @@
-"""The paper's reference rows (frozen encoder, LLaVA-NeXT, Qwen2.5; Tables 3 and 4), printed beside our numbers."""
+"""The paper's reference rows (frozen encoder, LLaVA-NeXT, Qwen2.5; Tables 3 and 4, and the equal-budget comparison
+with OpenVision2), printed beside our numbers."""
 
 from __future__ import annotations
 
@@ -27,3 +28,14 @@ PAPER_7B_ALL_AVG = {"CLIP L/14": 58.8, "AIMv2 L/14": 58.6, "SigLIP L/16": 64.5, 
 def paper_rows_1p5b() -> dict[str, dict[str, float]]:
     """``{encoder: {benchmark: value, ..., "ALL AVG (reported)": value}}`` for Qwen2.5-1.5B."""
     return {enc: {**dict(zip(_COLS, vals)), "ALL AVG (reported)": avg} for enc, (vals, avg) in _TABLE3.items()}
+
+# The same 2B-sample pretraining budget for every encoder, So/16, frozen protocol: only ALL AVG is given
+PAPER_2B_BUDGET_ALL_AVG = {"GenLIP So/16": 57.2, "OpenVision2 So/16": 55.9, "SigLIP So/16": 54.4}
+
+
+def paper_all_avg_rows() -> dict[str, float]:
+    """``{row label: ALL AVG}`` for the paper's rows that report only the average: Qwen2.5-7B (Table 4) and the
+    equal 2B-sample budget comparison (GenLIP, OpenVision2, SigLIP)."""
+    rows = {f"{enc} (Qwen2.5-7B)": v for enc, v in PAPER_7B_ALL_AVG.items()}
+    rows.update({f"{enc} (2B samples each)": v for enc, v in PAPER_2B_BUDGET_ALL_AVG.items()})
+    return rows

@@ -132,12 +132,19 @@ class EncodeError(ValueError):
 
 
 class ConversationEncoder:
-    """Tokenizes a LLaVA conversation into ``input_ids`` and assistant-only ``labels``."""
+    """Tokenizes a LLaVA conversation into ``input_ids`` and assistant-only ``labels``.
+
+    ``template="chat"``: the LLM's own chat format (``<|im_start|>role ... <|im_end|>``, with a system prompt).
+    ``template="plain"``: LLaVA's alignment format: the image tokens, then the first answer and a newline; no roles,
+    no system prompt, the question dropped (only its images kept); the answer and the newline are supervised.
+    """
 
     def __init__(self, tokenizer, spec: ImageSpec, image_token_id: int, system: str | None = DEFAULT_SYSTEM,
-                 max_length: int = 2048) -> None:
+                 max_length: int = 2048, template: str = "chat") -> None:
+        if template not in ("chat", "plain"):
+            raise ValueError(f"unknown conversation template {template!r}; use chat or plain")
         self.tok, self.spec, self.image_token_id = tokenizer, spec, image_token_id
-        self.system, self.max_length = system, max_length
+        self.system, self.max_length, self.template = system, max_length, template
         self.im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
         self.im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.newline = tokenizer("\n", add_special_tokens=False).input_ids
@@ -161,6 +168,8 @@ class ConversationEncoder:
     def encode(self, conversations: list[dict], images: list[Image.Image], add_generation_prompt: bool = False):
         """``(input_ids, labels)`` as lists; raises :class:`EncodeError` (a ``ValueError``) for malformed
         conversations and for truncation that would cut an image."""
+        if self.template == "plain":
+            return self._encode_plain(conversations, images)
         ids: list[int] = []
         labels: list[int] = []
         cursor = [0]
@@ -190,6 +199,25 @@ class ConversationEncoder:
         if len(ids) > self.max_length:
             n_img = sum(1 for t in ids[self.max_length:] if t == self.image_token_id)
             if n_img:
+                raise EncodeError("too_long",
+                                  f"truncating at {self.max_length} tokens would cut an image; raise max_length")
+            ids, labels = ids[: self.max_length], labels[: self.max_length]
+        return ids, labels
+
+    def _encode_plain(self, conversations: list[dict], images: list[Image.Image]):
+        turns = [(ROLES.get(m.get("from", m.get("role"))), m.get("value", m.get("content"))) for m in conversations]
+        answers = [v for r, v in turns if r == "assistant"]
+        if not answers or not isinstance(answers[0], str):
+            raise EncodeError("no_answer", "the plain template needs an assistant turn")
+        n_placeholders = sum(v.count(IMAGE_PLACEHOLDER) for r, v in turns if r != "assistant" and isinstance(v, str))
+        if n_placeholders != len(images):
+            raise EncodeError("image_placeholder_mismatch",
+                              f"{len(images)} images but {n_placeholders} {IMAGE_PLACEHOLDER} placeholders")
+        prefix = self._content(IMAGE_PLACEHOLDER * len(images), images, [0])
+        answer = self._text(answers[0]) + self.newline
+        ids, labels = prefix + answer, [IGNORE_INDEX] * len(prefix) + answer
+        if len(ids) > self.max_length:
+            if len(prefix) >= self.max_length:
                 raise EncodeError("too_long",
                                   f"truncating at {self.max_length} tokens would cut an image; raise max_length")
             ids, labels = ids[: self.max_length], labels[: self.max_length]

@@ -36,6 +36,8 @@ class MllmDataRecipe:
     synth: dict | None = None  # {"dir", "samples", "seed", "set": captions|instruct}: generate if missing
     max_length: int = bounded(2048, ge=1)
     system_prompt: str = "You are a helpful assistant."
+    # chat: the LLM's chat template; plain: LLaVA's alignment format (image tokens + caption + newline, no roles)
+    template: Literal["chat", "plain"] = "chat"
     max_skip_fraction: float = bounded(0.1, ge=0, le=1)
     num_workers: int = bounded(0, ge=0)
 

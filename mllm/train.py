@@ -245,7 +245,8 @@ def train(recipe: MllmRecipe) -> Path:
              f"{'LoRA on the LLM' if recipe.lora.enabled else 'full weights'}")
     apply_trainable(model, lrs, lora=recipe.lora.enabled)
     encoder = ConversationEncoder(tokenizer, spec, tokenizer.convert_tokens_to_ids("<image>"),
-                                  system=recipe.data.system_prompt, max_length=recipe.data.max_length)
+                                  system=recipe.data.system_prompt, max_length=recipe.data.max_length,
+                                  template=recipe.data.template)
     dataset = LlavaDataset(data_path, image_root, encoder, recipe.data.max_skip_fraction)
     collator = Collator(spec, ip, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     skipped: Counter = Counter()

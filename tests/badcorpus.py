@@ -4,7 +4,8 @@
 JSONL with one defect per bad record (corrupt, truncated and empty images, odd image modes that must *not* be
 skipped, empty, missing and non-UTF-8 captions, broken JSON, cut tar files, a cut parquet file, non-UTF-8 JSONL
 lines, answers of the wrong type, missing and corrupt image files). Each returns a manifest: the number of usable
-records and the count each skip reason must reach after one pass over the data.
+records, the count each skip reason must reach after one pass over the data, and (``used``) where the usable
+records' captions came from and how many were cut.
 
 Every shard ends with a usable record, so a run that has trained on exactly ``good`` records has read every bad one.
 """
@@ -38,7 +39,8 @@ WDS_KINDS = {
     "cmyk": None,
     "i16": None,
     "la": None,
-    "huge_caption": None,  # cut to data.max_caption_tokens, not skipped
+    "huge_caption": None,  # cut to data.max_caption_tokens, not skipped (counted as caption_cut)
+    "json_caption": None,  # no .txt: the caption comes from the next field, json.caption (counted as such)
 }
 
 
@@ -88,6 +90,8 @@ def _wds_record(i: int, kind: str) -> dict:
         rec[ext] = _image({"palette": "P", "cmyk": "CMYK", "i16": "I;16", "la": "LA"}[kind])
     elif kind == "huge_caption":
         rec["txt"] = (" ".join(["word"] * 20000)).encode()
+    elif kind == "json_caption":
+        del rec["txt"]
     return rec
 
 
@@ -140,8 +144,9 @@ def write_wds_corpus(root: Path) -> dict:
     m = _member(root / "shard-002.tar", f"{20_000:06d}.png")
     _truncate(root / "shard-002.tar", m.offset_data + -(-m.size // 512) * 512)
     expected["truncated_shard"] += 1
-    _write_tar(root / "shard-003.tar", records(["good"] * 3))
-    return {"pattern": str(root / "shard-{000..003}.tar"), "good": good, "skipped": dict(expected)}
+    _write_tar(root / "shard-003.tar", records(["good"] * 5))
+    used = {"caption:txt": good - 1, "caption:json.caption": 1, "caption_cut": 1}
+    return {"pattern": str(root / "shard-{000..003}.tar"), "good": good, "skipped": dict(expected), "used": used}
 
 
 def _truncate(path: Path, n: int) -> None:
@@ -188,3 +193,52 @@ def write_parquet_corpus(root: Path) -> dict:
     _truncate(root / "part-2.parquet", len((root / "part-2.parquet").read_bytes()) // 2)
     expected["corrupt_shard"] += 1
     return {"pattern": str(root / "part-*.parquet"), "good": good, "skipped": dict(expected)}
+
+
+def write_llava_corpus(root: Path) -> dict:
+    """A LLaVA JSONL file with every kind of bad record (found when the data opens) and of bad sample (found in
+    training: images present but not decodable). Returns ``{"path", "image_root", "good", "skipped"}`` where
+    ``skipped`` is ``genlip-mllm``'s ``final/skipped.json`` after one epoch: ``{"records": ..., "training": ...}``."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(4):
+        (root / f"{i}.png").write_bytes(png((60 * i, 90, 30), size=(32, 32)))
+    (root / "corrupt.png").write_bytes(b"these bytes are not an image")
+    (root / "cut.png").write_bytes(png(size=(64, 64))[:70])
+    (root / "empty.png").write_bytes(b"")
+    (root / "odd.png").write_bytes(_image("P", (32, 32)))  # palette: converted, used
+
+    def qa(answer="a small picture", image=True):
+        q = ("<image>\n" if image else "") + "Describe the image."
+        return [{"from": "human", "value": q}, {"from": "gpt", "value": answer}]
+
+    good = [{"id": f"g{i}", "image": f"{i % 4}.png", "conversations": qa()} for i in range(12)]
+    good.append({"id": "odd", "image": "odd.png", "conversations": qa()})
+    good.append({"id": "text-only", "conversations": qa(image=False)})
+    lines = [json.dumps(r).encode() for r in good]
+    records = Counter()
+
+    def bad(reason, line: bytes):
+        lines.append(line)
+        records[reason] += 1
+
+    bad("bad_encoding", json.dumps({"id": "l1", "image": "0.png", "conversations": qa("caf_")}).encode()
+        .replace(b"caf_", b"caf\xe9"))
+    bad("bad_json", b'{"id": "broken", "conversations": [')
+    bad("bad_record", b'["not", "an", "object"]')
+    bad("no_conversation", json.dumps({"id": "nc", "image": "0.png"}).encode())
+    bad("bad_turn", json.dumps({"id": "bt", "conversations": ["hello", {"from": "gpt", "value": "x"}]}).encode())
+    bad("bad_role", json.dumps({"id": "br", "conversations": [{"from": "robot", "value": "x"}]}).encode())
+    bad("bad_value", json.dumps({"id": "bv", "image": "0.png", "conversations": qa(42)}).encode())
+    bad("no_answer", json.dumps({"id": "na", "image": "0.png", "conversations": qa("   ")}).encode())
+    bad("image_placeholder_mismatch", json.dumps({"id": "pm", "image": ["0.png", "1.png"],
+                                                  "conversations": qa()}).encode())
+    bad("missing_image", json.dumps({"id": "mi", "image": "gone.png", "conversations": qa()}).encode())
+    training = Counter()
+    for name, reason in (("corrupt.png", "corrupt_image"), ("cut.png", "corrupt_image"),
+                         ("empty.png", "empty_image")):
+        lines.append(json.dumps({"id": name, "image": name, "conversations": qa()}).encode())
+        training[reason] += 1
+    path = root / "data.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return {"path": str(path), "image_root": str(root), "good": len(good),
+            "skipped": {"records": dict(records), "training": dict(training)}}

@@ -1,6 +1,7 @@
 """Bad data end to end through the console entry points: a generated corpus of every defect (``tests/badcorpus.py``)
-trained on by ``genlip-pretrain`` (stages 1 and 2, WebDataset and parquet); the skips each run reports, by reason,
-equal the generator's manifest, and too many bad records stop a run with one line."""
+trained on by ``genlip-pretrain`` (stages 1 and 2, WebDataset and parquet) and ``genlip-mllm finetune`` (LLaVA
+JSONL); the skips each run reports, by reason, equal the generator's manifest, and too many bad records stop a run
+with one line."""
 
 import json
 import os
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.badcorpus import write_parquet_corpus, write_wds_corpus
+from tests.badcorpus import write_llava_corpus, write_parquet_corpus, write_wds_corpus
 
 RECIPES = Path(__file__).parent / "recipes"
 
@@ -37,7 +38,7 @@ def _pretrain(home, recipe: Path, out: Path, *overrides, check=True):
 
 def _skips(run: Path, step: int) -> dict:
     state = json.loads((run / "checkpoints" / f"step_{step:08d}" / "trainer_state.json").read_text())
-    return state["skips"]["skipped"], state["samples"]
+    return state["skips"]["skipped"], state["samples"], state["skips"]["used"]
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +55,13 @@ def test_stage1_counts_every_bad_shard_record_once(home, wds, tmp_path):
     good = wds["good"]
     assert good % 4 == 0
     recipe = _recipe(tmp_path, "tiny_stage1.yaml", "bad-wds", sources=[{"path": wds["pattern"], "type": "wds"}],
-                     max_skip_fraction=0.9)
+                     max_skip_fraction=0.9, max_caption_tokens=64)
     _pretrain(home, recipe, tmp_path / "run", f"train.steps={good // 4}", "train.global_batch=4",
               "train.micro_batch=4", f"checkpoint.every={good // 4}")
-    skipped, samples = _skips(tmp_path / "run", good // 4)
+    skipped, samples, used = _skips(tmp_path / "run", good // 4)
     assert samples == good
     assert skipped == wds["skipped"]
+    assert used == wds["used"]  # where each caption came from, and the one caption cut to max_caption_tokens
 
 
 def test_stage1_parquet_counts_bad_rows_and_a_cut_file(home, tmp_path):
@@ -67,12 +69,12 @@ def test_stage1_parquet_counts_bad_rows_and_a_cut_file(home, tmp_path):
     good = pq["good"]
     recipe = _recipe(tmp_path, "tiny_stage1.yaml", "bad-pq",
                      sources=[{"path": pq["pattern"], "type": "parquet", "caption_fields": ["caption"]}],
-                     max_skip_fraction=0.9)
+                     max_skip_fraction=0.9, max_caption_tokens=64)
     _pretrain(home, recipe, tmp_path / "run", f"train.steps={good // 2}", "train.global_batch=2",
               "train.micro_batch=2", f"checkpoint.every={good // 2}")
-    skipped, samples = _skips(tmp_path / "run", good // 2)
+    skipped, samples, used = _skips(tmp_path / "run", good // 2)
     assert samples == good
-    assert skipped == pq["skipped"]
+    assert skipped == pq["skipped"] and used == {"caption:caption": good}
 
 
 def test_stage2_counts_every_bad_shard_record_once(home, wds, tmp_path):
@@ -81,11 +83,11 @@ def test_stage2_counts_every_bad_shard_record_once(home, wds, tmp_path):
     init = tmp_path / "init"
     _pretrain(home, RECIPES / "tiny_stage1.yaml", init, "train.steps=1", "checkpoint.every=1")
     recipe = _recipe(tmp_path, "tiny_stage2.yaml", "bad-wds2", sources=[{"path": wds["pattern"], "type": "wds"}],
-                     max_skip_fraction=0.9, pack_window=wds["good"], pack_min_fill=0.0)
+                     max_skip_fraction=0.9, pack_window=wds["good"], pack_min_fill=0.0, max_caption_tokens=None)
     _pretrain(home, recipe, tmp_path / "run", f"model.init_from={init}", "train.steps=1", "train.global_batch=1",
               "train.micro_batch=1", "checkpoint.every=1")
-    skipped, _ = _skips(tmp_path / "run", 1)
-    assert skipped == wds["skipped"]
+    skipped, _, used = _skips(tmp_path / "run", 1)
+    assert skipped == wds["skipped"] and used == wds["used"]
 
 
 def test_too_many_bad_records_stop_the_run_in_one_line(home, wds, tmp_path):
@@ -99,3 +101,19 @@ def test_too_many_bad_records_stop_the_run_in_one_line(home, wds, tmp_path):
     # the default check waits for 200 records, more than this corpus has: the same data trains
     p = _pretrain(home, recipe, tmp_path / "run2", "train.steps=4", "data.skip_check_after=200")
     assert "Traceback" not in p.stderr
+
+
+def test_mllm_finetune_counts_every_bad_record_and_sample(tmp_path):
+    from tests.mllm_fixtures import make_llm, make_towers
+
+    corpus = write_llava_corpus(tmp_path / "llava")
+    towers, llm = make_towers(tmp_path / "towers"), make_llm(tmp_path / "llm")
+    out = tmp_path / "ft"
+    cmd = [sys.executable, "-m", "mllm.cli", "finetune", "--recipe", str(RECIPES / "mllm_finetune.yaml"),
+           f"train.output_dir={out}", f"model.vision={towers['genlip']}", f"model.llm={llm}", "model.mode=resize",
+           "model.image_size=32", "data.synth=null", f"data.path={corpus['path']}",
+           f"data.image_root={corpus['image_root']}", "data.max_skip_fraction=0.9", "data.num_workers=1",
+           "train.epochs=1", "train.max_steps=-1", "train.global_batch=4", "train.micro_batch=4"]
+    p = subprocess.run(cmd, env=_env(tmp_path / "home"), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((out / "final" / "skipped.json").read_text()) == corpus["skipped"]

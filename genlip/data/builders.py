@@ -21,9 +21,9 @@ class FixedResBuilder(ExampleBuilder):
         self.encoder, self.image_size, self.mean, self.std = encoder, image_size, mean, std
 
     def build(self, image, caption: str) -> dict:
-        ids, labels = self.encoder(caption)
+        ids, labels, cut = self.encoder.encode(caption)
         return {"pixel_values": fixed_resize(image, self.image_size, self.mean, self.std), "input_ids": ids,
-                "labels": labels}
+                "labels": labels, "_caption_cut": cut}
 
     def collate(self, examples: list[dict]) -> dict:
         return collate_fixed(examples, self.encoder.pad_id)
@@ -44,22 +44,24 @@ class NativeResBuilder(ExampleBuilder):
         self.min_pixels, self.max_pixels, self.max_seq_len = min_pixels, max_pixels, max_seq_len
         self.mean, self.std = mean or [0.5] * 3, std or [0.5] * 3
         self.window, self.min_fill = window, min_fill
-        longest = max_pixels // patch_size**2 + len(encoder.prompt_ids) + encoder.max_caption_tokens + len(
-            encoder.eos_ids)
+        self.fixed = len(encoder.prompt_ids) + len(encoder.eos_ids)  # text tokens besides the caption
+        cap = encoder.max_caption_tokens or 1
+        longest = max_pixels // patch_size**2 + self.fixed + cap
         if longest > max_seq_len:
             raise ValueError(f"data.max_seq_len {max_seq_len} cannot hold the longest sample ({longest} tokens: "
-                             f"{max_pixels // patch_size**2} image + prompt + {encoder.max_caption_tokens} caption "
+                             f"{max_pixels // patch_size**2} image + prompt + {cap} caption "
                              f"+ EOS); raise max_seq_len or lower max_pixels / max_caption_tokens")
 
     def build(self, image, caption: str) -> dict:
-        ids, labels = self.encoder(caption)
         h, w = smart_resize(image.height, image.width, self.patch_size, self.min_pixels, self.max_pixels)
         pixels = normalize(to_tensor(image.resize((w, h), Image.BILINEAR)), self.mean, self.std)
         patches, grid = patchify(pixels, self.patch_size)
-        n = patches.shape[0] + ids.numel()
-        if n > self.max_seq_len:  # never expected (see __init__), but a sample that cannot fit a row is skipped
-            raise SkipSample("too_long_for_row", f"{n} tokens > data.max_seq_len {self.max_seq_len}")
-        return {"patches": patches, "grid": grid, "input_ids": ids, "labels": labels}
+        room = self.max_seq_len - patches.shape[0] - self.fixed  # a caption never overflows its row: it is cut
+        if room < 1:  # never expected (see __init__), but a sample that cannot fit a row is skipped
+            raise SkipSample("too_long_for_row", f"{patches.shape[0]} image tokens > data.max_seq_len "
+                             f"{self.max_seq_len}")
+        ids, labels, cut = self.encoder.encode(caption, room)
+        return {"patches": patches, "grid": grid, "input_ids": ids, "labels": labels, "_caption_cut": cut}
 
     def batches(self, examples, batch_size: int, restored=None):
         packer = RowPacker(self.max_seq_len, self.window, self.min_fill)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from genlip.data.decode import SkipSample, SkipStats, caption_from_record, decode_image
+from genlip.data.decode import SkipSample, SkipStats, decode_image, find_caption
 from genlip.data.sources import DataError, SourceSpec, SourceStream
 
 log = logging.getLogger(__name__)
@@ -96,9 +96,11 @@ class PretrainStream(IterableDataset):
         def load(k: int, where: str, rec: dict) -> dict:
             if "__bad__" in rec:
                 raise SkipSample(*rec["__bad__"].split(": ", 1))
-            caption = caption_from_record(rec, self.sources[k].caption_fields)
+            caption, fld = find_caption(rec, self.sources[k].caption_fields)
             image = decode_image(rec.get("image"), self.min_image_size, self.max_aspect_ratio)
-            return self.builder.build(image, caption)
+            ex = self.builder.build(image, caption)
+            ex["_used"] = (f"caption:{fld}", "caption_cut") if ex.pop("_caption_cut", False) else (f"caption:{fld}",)
+            return ex
 
         def examples() -> Iterator[dict]:
             nonlocal draws
@@ -119,6 +121,7 @@ class PretrainStream(IterableDataset):
                             f"max_skip_fraction {self.max_skip_fraction:.1%}) in stream {sid}; reasons "
                             f"{dict(stats.skipped)}; last: {stats.last}") from e
                     continue
+                stats.used.update(ex.pop("_used"))
                 ex["_pos"] = pos
                 yield ex
 
@@ -132,6 +135,7 @@ class PretrainStream(IterableDataset):
                 ex = load(pos["source"], where, rec)
             except SkipSample as e:
                 raise DataError(f"cannot rebuild {where} on resume: {e}") from e
+            ex.pop("_used")  # counted when it was first read
             ex["_pos"] = pos
             return ex
 

@@ -30,6 +30,9 @@ class SkipStats:
     seen: int = 0
     skipped: Counter = field(default_factory=Counter)
     last: str = ""
+    # what happened to the records that were used: "caption:<field>" (where each caption came from) and
+    # "caption_cut" (captions cut to data.max_caption_tokens or to fit a row)
+    used: Counter = field(default_factory=Counter)
 
     def skip(self, reason: str, where: str) -> None:
         self.skipped[reason] += 1
@@ -43,14 +46,15 @@ class SkipStats:
         return self.n_skipped / max(self.seen, 1)
 
     def to_dict(self) -> dict:
-        return {"seen": self.seen, "skipped": dict(self.skipped), "last": self.last}
+        return {"seen": self.seen, "skipped": dict(self.skipped), "last": self.last, "used": dict(self.used)}
 
     @classmethod
     def from_dict(cls, d: dict) -> SkipStats:
-        return cls(d.get("seen", 0), Counter(d.get("skipped", {})), d.get("last", ""))
+        return cls(d.get("seen", 0), Counter(d.get("skipped", {})), d.get("last", ""), Counter(d.get("used", {})))
 
     def merge(self, other: SkipStats) -> SkipStats:
-        return SkipStats(self.seen + other.seen, self.skipped + other.skipped, other.last or self.last)
+        return SkipStats(self.seen + other.seen, self.skipped + other.skipped, other.last or self.last,
+                         self.used + other.used)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -108,8 +112,30 @@ def decode_image(data: bytes | None, min_size: int = 2, max_aspect_ratio: float 
 
 
 def caption_from_record(record: dict, fields: list[str]) -> str:
-    """The first non-empty caption among ``fields``. A field is ``txt`` (a ``.txt`` member), or ``json.KEY`` /
-    ``KEY`` looked up in the record's JSON metadata (``json`` member or a parquet/JSONL row)."""
+    """The first non-empty caption among ``fields`` (see :func:`find_caption`)."""
+    return find_caption(record, fields)[0]
+
+
+def _conversation_text(turns: list) -> str | None:
+    """The assistant's text of a LLaVA/OpenAI-style conversation (``from: gpt`` / ``role: assistant`` turns)."""
+    out = []
+    for t in turns:
+        if not isinstance(t, dict):
+            return None
+        role = t.get("from", t.get("role"))
+        value = t.get("value", t.get("content"))
+        if role in ("gpt", "assistant") and isinstance(value, str):
+            out.append(value)
+    return "\n".join(out)
+
+
+def find_caption(record: dict, fields: list[str]) -> tuple[str, str]:
+    """``(caption, field)``: the first non-empty caption among ``fields``, and the field it came from.
+
+    A field is ``txt`` (a ``.txt`` member), or ``json.KEY`` / ``KEY`` looked up in the record's JSON metadata
+    (``json`` member or a parquet/JSONL row). A value that is a conversation (a list of ``{from, value}`` or
+    ``{role, content}`` turns, as in the reference release's stage-2 shards: ``json.conversations``) gives the
+    assistant's text."""
     meta = record.get("json")
     if isinstance(meta, (bytes, bytearray)):
         try:
@@ -130,9 +156,11 @@ def caption_from_record(record: dict, fields: list[str]) -> str:
                 value = value.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise SkipSample("bad_caption", "not UTF-8") from e
+        if isinstance(value, list):
+            value = _conversation_text(value)
         if not isinstance(value, str):
             continue
         value = value.strip()
         if value:
-            return value
+            return value, f
     raise SkipSample("empty_caption" if present else "missing_caption", f"fields {fields}")

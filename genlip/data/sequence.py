@@ -16,9 +16,10 @@ __all__ = ["DEFAULT_PROMPT", "CaptionEncoder", "collate_fixed"]
 
 
 class CaptionEncoder:
-    """Turns a caption into ``(input_ids, labels)``; captions longer than ``max_caption_tokens`` are truncated."""
+    """Turns a caption into ``(input_ids, labels)``. ``max_caption_tokens=None`` keeps every caption whole (the
+    paper's stage 1); otherwise longer captions are cut, and :meth:`encode` says when it cut one."""
 
-    def __init__(self, tokenizer, prompt: str = DEFAULT_PROMPT, max_caption_tokens: int = 128,
+    def __init__(self, tokenizer, prompt: str = DEFAULT_PROMPT, max_caption_tokens: int | None = 128,
                  eos: str = "<|im_end|>\n") -> None:
         self.tokenizer = tokenizer
         self.prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids if prompt else []
@@ -29,14 +30,24 @@ class CaptionEncoder:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def __call__(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, labels, _ = self.encode(caption)
+        return ids, labels
+
+    def encode(self, caption: str, room: int | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """``(input_ids, labels, cut)``: the caption cut to ``max_caption_tokens`` and to ``room`` tokens (what is
+        left of a packed row), whichever is smaller; ``cut`` tells whether anything was cut."""
+        limits = [n for n in (self.max_caption_tokens, room) if n is not None]
+        limit = min(limits) if limits else None
         # cut absurdly long strings before tokenizing them (a token is rarely longer than 16 characters)
-        ids = self.tokenizer(caption[: self.max_caption_tokens * 16], add_special_tokens=False).input_ids
-        ids = ids[: self.max_caption_tokens]
+        text = caption if limit is None else caption[: limit * 16]
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        cut = len(text) < len(caption) or (limit is not None and len(ids) > limit)
+        ids = ids if limit is None else ids[:limit]
         if not ids:
-            raise SkipSample("empty_caption", "no tokens")
+            raise SkipSample("empty_caption" if not cut else "too_long_for_row", "no tokens")
         seq = self.prompt_ids + ids + self.eos_ids
         labels = [IGNORE_INDEX] * len(self.prompt_ids) + ids + self.eos_ids
-        return torch.tensor(seq), torch.tensor(labels)
+        return torch.tensor(seq), torch.tensor(labels), cut
 
 
 def collate_fixed(examples: list[dict], pad_id: int, pad_to_multiple: int = 8) -> dict:

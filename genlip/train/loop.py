@@ -51,7 +51,6 @@ def build_model(recipe: Recipe, tokenizer) -> GenLIPForCaptioning:
     ``model.objective=sigmoid`` builds the SigLIP-style baseline (:mod:`genlip.contrastive`) instead."""
     cls = GenLIPForContrastive if recipe.model.objective == "sigmoid" else GenLIPForCaptioning
 
-    vocab = int(math.ceil(len(tokenizer) / 64) * 64)
     overrides = {"attn_backend": recipe.model.attn_backend, **recipe.model.overrides}
     if not recipe.data.native:  # the config records the size it trains at: processors and exports default to it
         overrides.setdefault("image_size", recipe.data.image_size)
@@ -61,15 +60,20 @@ def build_model(recipe: Recipe, tokenizer) -> GenLIPForCaptioning:
         for k, v in overrides.items():
             setattr(config, k, v)
         if config.vocab_size < len(tokenizer):
-            raise ValueError(f"{src} has a vocabulary of {config.vocab_size} but the tokenizer has {len(tokenizer)}")
+            raise RecipeError(f"{src} has a vocabulary of {config.vocab_size} but the tokenizer has "
+                              f"{len(tokenizer)} tokens")
         _check_preset(recipe, config, src)
         model = cls(config)
         C.load_weights(src, model)
         D.print0(f"initialised weights from {src} (fresh optimizer and schedule)")
-    else:
-        model = cls(genlip_config(
-            recipe.model.preset, vocab_size=vocab, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-            pad_token_id=tokenizer.pad_token_id, **overrides))
+    else:  # the vocabulary is the preset's (151,936 at paper scale) or model.overrides.vocab_size, never resized
+        config = genlip_config(recipe.model.preset, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                               pad_token_id=tokenizer.pad_token_id, **overrides)
+        if config.vocab_size < len(tokenizer):
+            raise RecipeError(f"the tokenizer has {len(tokenizer)} tokens, more than the vocabulary of "
+                              f"{config.vocab_size} (model.preset {recipe.model.preset}); set "
+                              f"model.overrides.vocab_size (at least {len(tokenizer)}) or use another tokenizer")
+        model = cls(config)
     if recipe.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model
@@ -174,7 +178,7 @@ def train(recipe: Recipe) -> Path:
     elif D.is_main() and last_saved == t.steps:
         stats = _merged_stats(run.stream_states)
         D.print0(f"done: {t.steps} steps, final loss {loss:.4f}; skipped records: {stats.n_skipped} "
-                 f"{dict(stats.skipped)}; final weights: "
+                 f"{dict(stats.skipped)}; used records: {dict(stats.used)}; final weights: "
                  f"{Path(t.output_dir) / 'checkpoints' / f'{C.STEP_PREFIX}{step:08d}'}")
     return Path(t.output_dir)
 
@@ -300,7 +304,7 @@ def _log_step(run: Run, step: int, micro: list[dict], loss: float, grad_norm: fl
     lr = lr_at(step - 1, recipe.train.steps, recipe.optim.lr, recipe.optim.min_lr, recipe.optim.warmup_ratio)
     row = {"loss": loss, "lr": lr, "grad_norm": grad_norm,
            "supervised_tokens": n_global, "samples/s": samples * every / seconds, "tok/s": tokens * every / seconds,
-           "skipped": stats.n_skipped, "skip_reasons": dict(stats.skipped),
+           "skipped": stats.n_skipped, "skip_reasons": dict(stats.skipped), "used": dict(stats.used),
            "nonfinite_skips": run.state["nonfinite_skips"]}
     if "sample_ids" in micro[0]:
         row["fill"] = tokens / (sum(m["sample_ids"].numel() for m in micro) * ws)

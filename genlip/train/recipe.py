@@ -46,7 +46,9 @@ class DataRecipe:
     max_seq_len: int = bounded(16384, ge=1)  # stage 2 row length (tokens)
     pack_window: int = bounded(64, ge=1)  # samples packed together (first-fit decreasing)
     pack_min_fill: float = bounded(0.9, ge=0, le=1)  # rows below this fill are re-packed once with the next window
-    max_caption_tokens: int = bounded(128, ge=1)
+    # captions longer than this are cut (counted as caption_cut); null: never cut (the paper's stage 1); in stage 2
+    # a caption is also cut to what is left of its row
+    max_caption_tokens: int | None = bounded(128, ge=1)
     min_image_size: int = bounded(2, ge=1)
     max_aspect_ratio: float = bounded(200.0, ge=1)
     max_skip_fraction: float = bounded(0.1, ge=0, le=1)  # of a loader stream's records; above it the run stops

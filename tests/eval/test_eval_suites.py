@@ -52,3 +52,32 @@ def test_raw_lmms_eval_values_map_to_the_papers_scale():
     assert by["DocVQA"].paper_value(0.511) == pytest.approx(51.1)
     assert by["MME-P"].paper_value(1258.0) == 1258.0
     assert by["COCO"].paper_value(1.314) == pytest.approx(131.4)
+
+
+def test_every_benchmark_is_one_lmms_eval_task_not_a_group():
+    """A group (lmms-eval 0.7's ``mathvista_testmini`` is three prompt variants with no aggregate) has no single score
+    to read; each benchmark names the one task the paper reports."""
+    pytest.importorskip("lmms_eval")
+    from eval.local_tasks import _index
+
+    index = _index()
+    for name, suite in SUITES.items():
+        if name == "synth":
+            continue
+        for b in suite:
+            kind = index.get(b.task, ("missing", None))[0]
+            assert kind == "task", f"{name}: {b.name} -> {b.task} is {kind}"
+    mathvista = next(b for b in CAMBRIAN_16 if b.name == "MathVista")
+    assert mathvista.task == "mathvista_testmini_format"
+
+
+def test_reference_rows_include_the_equal_budget_openvision2_comparison():
+    from eval.paper import paper_all_avg_rows
+    from eval.report import table
+
+    cell = {"name": "ours", "suite": "paper14", "benchmarks": {}, "averages": {}}
+    rows = table([cell]).set_index("cell")["ALL AVG (reported)"]
+    assert rows["OpenVision2 So/16 (2B samples each)"] == 55.9
+    assert rows["GenLIP So/16 (2B samples each)"] > rows["OpenVision2 So/16 (2B samples each)"] > rows[
+        "SigLIP So/16 (2B samples each)"]
+    assert rows["GenLIP g/16 (Qwen2.5-7B)"] == 73.6 and len(paper_all_avg_rows()) == 11

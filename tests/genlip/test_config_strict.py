@@ -134,7 +134,7 @@ def test_grid_and_pipeline_defaults_are_filled_and_bad_values_refused(tmp_path):
 
 def test_paper_recipes_are_short_diffs_from_their_bases():
     for kind, names in (("genlip", ["stage1_So16", "stage1_g16", "stage2_So16", "stage2_g16"]),
-                        ("mllm", ["finetune_qwen2.5-1.5b_unfrozen"])):
+                        ("mllm", ["finetune_qwen2.5-7b_frozen", "pretrain_qwen2.5-7b"])):
         for name in names:
             text = resolve_recipe(name, kind).read_text()
             lines = [x for x in text.splitlines() if x.strip() and not x.lstrip().startswith("#")]

@@ -90,3 +90,49 @@ def test_caption_fields_fallback_and_empty():
     with pytest.raises(SkipSample) as e:
         caption_from_record({"txt": b"\xff\xfe\xfa"}, ["txt"])
     assert e.value.reason == "bad_caption"
+
+
+def test_the_field_a_caption_came_from_is_reported_and_release_formats_read():
+    from genlip.data.decode import find_caption
+
+    rec = {"txt": b"alt text", "json": json.dumps({"re_caption": ""}).encode()}
+    assert find_caption(rec, ["json.re_caption", "txt"]) == ("alt text", "txt")  # a fallback, and it says so
+    with pytest.raises(SkipSample) as e:  # naming one field requires it
+        find_caption(rec, ["json.re_caption"])
+    assert e.value.reason == "empty_caption"
+    # the reference release's stage-1 shards: the caption in json.caption
+    stage1 = {"json": json.dumps({"caption": "a red bus"}).encode()}
+    assert find_caption(stage1, ["json.caption"]) == ("a red bus", "json.caption")
+    # its stage-2 shards: the caption is the assistant's turn of the record's conversation
+    conv = [{"from": "human", "value": "<image>\nDescribe the image in detail."},
+            {"from": "gpt", "value": "A long description of a red bus."}]
+    stage2 = {"json": json.dumps({"conversations": conv}).encode()}
+    assert find_caption(stage2, ["json.conversations"]) == ("A long description of a red bus.",
+                                                            "json.conversations")
+    chat = {"json": json.dumps({"messages": [{"role": "user", "content": "x"},
+                                             {"role": "assistant", "content": "y"}]}).encode()}
+    assert find_caption(chat, ["json.messages"])[0] == "y"
+
+
+def test_captions_are_cut_only_when_asked_and_cuts_are_reported():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from genlip.data.sequence import CaptionEncoder
+
+    words = {f"w{i}": i for i in range(300)}
+    tk = Tokenizer(models.WordLevel(words, unk_token="w0"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk)
+    tok.add_special_tokens({"eos_token": "<|im_end|>"})
+    caption = " ".join(f"w{i % 300}" for i in range(1000))
+    whole = CaptionEncoder(tok, prompt="", max_caption_tokens=None, eos="<|im_end|>")
+    ids, _, cut = whole.encode(caption)
+    assert ids.numel() == 1001 and not cut  # the paper's stage 1: no cap
+    capped = CaptionEncoder(tok, prompt="", max_caption_tokens=128, eos="<|im_end|>")
+    ids, _, cut = capped.encode(caption)
+    assert ids.numel() == 129 and cut
+    ids, _, cut = capped.encode("w1 w2 w3")
+    assert ids.numel() == 4 and not cut
+    ids, _, cut = whole.encode(caption, room=50)  # stage 2: what is left of the row
+    assert ids.numel() == 51 and cut

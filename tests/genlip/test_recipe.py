@@ -63,8 +63,36 @@ def test_mllm_paper_recipes_use_llava_next_defaults():
     ft = load_recipe(resolve_mllm("finetune_qwen2.5-1.5b_frozen"), cls=MllmRecipe)
     assert (ft.lr.language_model, ft.train.global_batch, ft.train.warmup_ratio, ft.train.scheduler) == (
         2e-5, 128, 0.03, "cosine")
-    unf = load_recipe(resolve_mllm("finetune_qwen2.5-1.5b_unfrozen"), cls=MllmRecipe)
-    assert unf.lr.vision_tower == 2e-6
+    assert pre.data.template == "plain" and ft.data.template == "chat"
+    for budget in ("576", "729"):
+        unf = load_recipe(resolve_mllm(f"finetune_qwen2.5-7b_unfrozen{budget}"), cls=MllmRecipe)
+        assert unf.lr.vision_tower == 2e-6 and unf.train.max_steps == -1 and "LLaVA-NeXT" in unf.data.path
+        align = load_recipe(resolve_mllm(f"pretrain_qwen2.5-7b_anyres{budget}"), cls=MllmRecipe)
+        assert align.model.mode == "anyres" and align.model.max_grid == 2 and align.data.template == "plain"
+        assert (align.model.image_size // 16) ** 2 == int(budget)  # tokens per tile for patch-16 towers
+        assert unf.model.init_from == f"runs/{align.train.output_dir.split('/')[-1]}/final"
+
+
+@pytest.mark.parametrize("table,names", [
+    ("Table 3", ["pretrain_qwen2.5-1.5b", "finetune_qwen2.5-1.5b_frozen"]),
+    ("Table 4", ["pretrain_qwen2.5-7b", "finetune_qwen2.5-7b_frozen"]),
+    ("Table 6", ["pretrain_qwen2.5-7b_anyres576", "finetune_qwen2.5-7b_unfrozen576",
+                 "pretrain_qwen2.5-7b_anyres729", "finetune_qwen2.5-7b_unfrozen729"]),
+])
+def test_each_paper_protocol_has_recipes_whose_header_names_it(table, names):
+    from genlip.run.batching import plan_batches
+    from mllm.recipe import MllmRecipe
+
+    for name in names:
+        path = resolve_mllm(name)
+        assert table in path.read_text().splitlines()[0], name
+        r = load_recipe(path, cls=MllmRecipe)
+        if r.stage == "pretrain":  # the LLM is chosen at alignment; finetuning continues that model
+            assert ("Qwen2.5-7B" if "7b" in name else "Qwen2.5-1.5B") in r.model.llm, name
+        if r.stage == "finetune" and r.train.max_steps > 0:  # the frozen protocol: LLaVA-NeXT's SFT iterations
+            for ws in (8, 16, 32, 64, 128):
+                plan = plan_batches(r.train.global_batch, r.train.micro_batch, ws, r.train.max_steps)
+                assert abs(plan.budget - 779_000) / 779_000 < 0.01, (name, ws, plan.describe())
 
 
 def resolve_mllm(name):
@@ -79,3 +107,29 @@ def test_recipe_diff_names_changed_keys():
     diff = recipe_diff(a, b)
     assert any(d.startswith("optim.lr: 0.002 -> 0.0005") for d in diff)
     assert any(d.startswith("data.sources") for d in diff) and len(diff) == 2
+
+
+def test_vocabulary_is_the_presets_never_the_tokenizers_length():
+    """The paper's (and the release's) 151,936 rows, whatever the tokenizer's length; a tokenizer that does not fit
+    is an error, not a silent resize."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from genlip.train.loop import build_model
+
+    def tokenizer(n):
+        tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({f"w{i}": i for i in range(n)},
+                                                                                  unk_token="w0")))
+        tok.add_special_tokens({"eos_token": "<|im_end|>"})
+        return tok
+
+    small = ["model.overrides={num_hidden_layers: 1, hidden_size: 64, num_attention_heads: 4, "
+             "intermediate_size: 128, mrope_section: [2, 3, 3]}", "data.image_size=32"]
+    r = load_recipe(resolve_recipe("stage1_L16"), small)
+    model = build_model(r, tokenizer(151_668))
+    assert model.config.vocab_size == 151_936 and model.lm_head.weight.shape[0] == 151_936
+    assert model.embed_tokens.weight.shape[0] == 151_936
+    with pytest.raises(RecipeError, match="more than the vocabulary of 512"):
+        build_model(load_recipe(None, ["model.preset=tiny"]), tokenizer(600))
+    r = load_recipe(None, ["model.preset=tiny", "model.overrides.vocab_size=640"])
+    assert build_model(r, tokenizer(600)).config.vocab_size == 640

@@ -174,3 +174,21 @@ def test_training_time_skips_carry_their_reasons(setup, tmp_path):
     assert batch["skip_reasons"] == ["corrupt_image", "too_long"] and batch["input_ids"].shape[0] == 1
     with pytest.raises(DataError, match=r"every sample of a batch was unusable: \['corrupt_image', 'too_long'\]"):
         Collator(spec, make_image_processor(spec), 0)([ds[1], ds[2]])
+
+
+def test_plain_template_is_llavas_alignment_format(setup):
+    """LLaVA's ``plain``: the image, then the caption and a newline; no roles, no system prompt, no question."""
+    tok, spec, img_id = setup
+    enc = ConversationEncoder(tok, spec, img_id, template="plain")
+    conv = [{"from": "human", "value": "Render a clear and concise summary of the photo.\n<image>"},
+            {"from": "gpt", "value": "a red square on a table"}]
+    ids, labels = enc.encode(conv, [Image.new("RGB", (32, 32))])
+    n_img = spec.num_tokens(Image.new("RGB", (32, 32)))
+    assert ids[:n_img] == [img_id] * n_img and labels[:n_img] == [IGNORE_INDEX] * n_img
+    assert tok.decode(ids[n_img:]) == "a red square on a table\n"
+    assert labels[n_img:] == ids[n_img:]  # the caption and its newline are supervised
+    assert tok.convert_tokens_to_ids("<|im_start|>") not in ids
+    chat = ConversationEncoder(tok, spec, img_id).encode(conv, [Image.new("RGB", (32, 32))])[0]
+    assert len(chat) > len(ids) + 10  # the chat template adds the system prompt, roles and the question
+    with pytest.raises(ValueError, match="placeholders"):
+        enc.encode(conv, [])
