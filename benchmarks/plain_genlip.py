@@ -14,9 +14,9 @@ from torch import nn
 def rope_angles(head_dim: int, sections: list[int], pos: torch.Tensor, theta: float = 10000.0):
     """``pos`` (3, L) -> cos/sin (L, head_dim) for interleaved MRoPE (T on j%3==0, H on 1, W on 2), rotate-half."""
     half = head_dim // 2
-    inv = theta ** (-torch.arange(half, dtype=torch.float32) * 2 / head_dim)
-    j = torch.arange(half)
-    axis = torch.zeros(half, dtype=torch.long)
+    inv = theta ** (-torch.arange(half, dtype=torch.float32, device=pos.device) * 2 / head_dim)
+    j = torch.arange(half, device=pos.device)
+    axis = torch.zeros(half, dtype=torch.long, device=pos.device)
     axis[(j % 3 == 1) & (j < 3 * sections[1])] = 1
     axis[(j % 3 == 2) & (j < 3 * sections[2])] = 2
     ang = pos[axis].float().t() * inv  # (L, half)
@@ -68,15 +68,16 @@ class PlainGenLIP(nn.Module):
         gh, gw = pixels.shape[-2] // self.cfg.patch_size, pixels.shape[-1] // self.cfg.patch_size
         n_img, T = img.shape[1], ids.shape[1]
         x = torch.cat([img, self.embed(ids)], dim=1)
-        r = torch.arange(gh).repeat_interleave(gw)
-        c = torch.arange(gw).repeat(gh)
+        dev = pixels.device  # every table on the model's device
+        r = torch.arange(gh, device=dev).repeat_interleave(gw)
+        c = torch.arange(gw, device=dev).repeat(gh)
         t0 = max(gh, gw)
-        txt = torch.arange(t0, t0 + T)
-        pos = torch.stack([torch.cat([torch.zeros(n_img, dtype=torch.long), txt]), torch.cat([r, txt]),
+        txt = torch.arange(t0, t0 + T, device=dev)
+        pos = torch.stack([torch.cat([torch.zeros(n_img, dtype=torch.long, device=dev), txt]), torch.cat([r, txt]),
                            torch.cat([c, txt])])
         cos, sin = rope_angles(self.cfg.head_dim, self.cfg.mrope_section, pos, self.cfg.rope_theta)
         L = n_img + T
-        mask = torch.ones(L, L, dtype=torch.bool).tril()
+        mask = torch.ones(L, L, dtype=torch.bool, device=dev).tril()
         mask[:n_img, :n_img] = True
         for blk in self.blocks:
             x = blk(x, cos, sin, mask)

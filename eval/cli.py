@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="answer length limit (default: each task's own generation settings)")
     r.add_argument("--tasks-dir", default=None, help="task files from `genlip-eval local-tasks` (local exports)")
     r.add_argument("--force", action="store_true", help="run lmms-eval again even if --out already holds these scores")
+    r.add_argument("--batch-size", type=int, default=1, help="questions answered together (left-padded; answers "
+                   "equal batch size 1's; 16 or more on a GPU)")
     sw = sub.add_parser("sweep", help="a grid of encoders x LLMs x protocols x suites (resumable)")
     sw.add_argument("--grid", required=True, help="a grid YAML (see eval/sweep.py), checked before anything runs")
     rp = sub.add_parser("report", help="tables, charts and pairwise comparisons of evaluated cells")
@@ -120,10 +122,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         print(f"genlip-eval: --limit must be at least 1, got {args.limit}", file=sys.stderr)
         return 2
+    if args.batch_size < 1:
+        print(f"genlip-eval: --batch-size must be at least 1, got {args.batch_size}", file=sys.stderr)
+        return 2
     out = args.out or str(Path("results") / Path(args.model).resolve().parent.name / args.suite)
     try:
         res = run_suite(args.model, args.suite, out, args.limit, args.max_new_tokens, tasks_dir=args.tasks_dir,
-                        reuse=not args.force)
+                        reuse=not args.force, batch_size=args.batch_size)
     except (EvalError, KeyError, FileNotFoundError) as e:
         print(f"genlip-eval: {e}", file=sys.stderr)
         return 1

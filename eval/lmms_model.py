@@ -18,7 +18,7 @@ from lmms_eval.models.registry_v2 import ModelManifest
 
 from eval.run import PROGRESS_PREFIX
 from mllm.build import load_mllm
-from mllm.chat import answer
+from mllm.chat import answer_batch
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,9 @@ class GenlipMllm(lmms):
         super().__init__()
         if kwargs:
             log.warning("genlip_mllm ignores unknown model_args %s", sorted(kwargs))
-        if int(batch_size) != 1:
-            raise ValueError("genlip_mllm evaluates with batch_size=1 (scores of some tasks change with padding)")
+        self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.max_new_tokens, self.system_prompt, self.keep_alive = int(max_new_tokens), system_prompt, keep_alive
         self.parts = None
         if pretrained is not None:
@@ -79,24 +80,38 @@ class GenlipMllm(lmms):
             super().clean()
 
     def generate_until(self, requests) -> list[str]:
+        """Answers in batches of ``batch_size`` requests with the same generation settings (left-padded prompts;
+        greedy answers equal batch size 1's), returned in the requests' order."""
         model, tok, spec, ip = self.parts
-        out = []
+        out: list[str | None] = [None] * len(requests)
         progress = Progress([req.args[4] for req in requests])
-        for req in requests:
-            context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
-            doc = self.task_dict[task][split][doc_id]
-            visuals = [v.convert("RGB") for v in (doc_to_visual(doc) or [])]
-            gen_kwargs = dict(gen_kwargs or {})
+        groups: dict[tuple, list[int]] = {}
+        settings = []
+        for i, req in enumerate(requests):
+            gen_kwargs = dict(req.args[1] or {})
             temperature = float(gen_kwargs.get("temperature", 0) or 0)
-            text = answer(model, tok, spec, ip, visuals or None, context,
-                          max_new_tokens=int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)),
-                          do_sample=bool(gen_kwargs.get("do_sample", False)) and temperature > 0,
-                          temperature=temperature or 1.0, system=self.system_prompt)
-            for stop in gen_kwargs.get("until", []) or []:
-                if stop and stop in text:
-                    text = text.split(stop)[0]
-            out.append(text)
-            progress.step(task)
+            s = (int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)),
+                 bool(gen_kwargs.get("do_sample", False)) and temperature > 0, temperature or 1.0,
+                 tuple(x for x in (gen_kwargs.get("until", []) or []) if x))
+            settings.append(s)
+            groups.setdefault(s, []).append(i)
+        for (max_new, sample, temperature, until), idx in groups.items():
+            for start in range(0, len(idx), self.batch_size):
+                chunk = idx[start:start + self.batch_size]
+                items = []
+                for i in chunk:
+                    context, _, doc_to_visual, doc_id, task, split = requests[i].args
+                    doc = self.task_dict[task][split][doc_id]
+                    visuals = [v.convert("RGB") for v in (doc_to_visual(doc) or [])]
+                    items.append((visuals or None, context))
+                texts = answer_batch(model, tok, spec, ip, items, max_new_tokens=max_new, do_sample=sample,
+                                     temperature=temperature, system=self.system_prompt)
+                for i, text in zip(chunk, texts):
+                    for stop in until:
+                        if stop in text:
+                            text = text.split(stop)[0]
+                    out[i] = text
+                    progress.step(requests[i].args[4])
         return out
 
     def loglikelihood(self, requests):

@@ -49,12 +49,14 @@ def _run_streaming(args: list[str], env: dict, cwd: Path, log: Path, timeout: fl
 
 def run_suite(model_dir: str | Path, suite: str, out_dir: str | Path, limit: int | None = None,
               max_new_tokens: int | None = None, timeout: float | None = None,
-              tasks_dir: str | Path | None = None, reuse: bool = True) -> dict:
+              tasks_dir: str | Path | None = None, reuse: bool = True, batch_size: int = 1) -> dict:
     """Run ``suite`` on ``model_dir``; writes ``out_dir/raw`` (lmms-eval output) and ``out_dir/scores.json``.
     Returns ``{"benchmarks": {name: paper-scale value}, "averages": {...}, "raw": {task: {metric: value}}}``.
 
     ``tasks_dir``: task files written by ``genlip-eval local-tasks`` (local exports of the benchmark datasets); every
     task of the suite must be there, and runs under its local name.
+
+    ``batch_size``: questions answered together (left-padded; greedy answers equal batch size 1's).
 
     ``reuse``: when ``out_dir/scores.json`` already holds this model's scores on this suite with the same limit and
     generation length, return them (``"reused": True``) instead of running lmms-eval again."""
@@ -84,7 +86,7 @@ def run_suite(model_dir: str | Path, suite: str, out_dir: str | Path, limit: int
     args = [sys.executable, "-m", "lmms_eval", "--model", "genlip_mllm", "--model_args",
             f"pretrained={Path(model_dir).resolve()}" + (f",max_new_tokens={max_new_tokens}" if max_new_tokens
                                                          else ""),
-            "--tasks", ",".join(run_as[t] for t in tasks), "--batch_size", "1",
+            "--tasks", ",".join(run_as[t] for t in tasks), "--batch_size", str(batch_size),
             "--output_path", str((out / "raw").resolve()), "--log_samples"]
     if suite == "synth":
         bench = out / "synth_bench"

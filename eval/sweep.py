@@ -31,7 +31,7 @@ import yaml
 from eval.report import load_cells, write_report
 from eval.run import run_suite
 from eval.suites import SUITES
-from genlip.run.config import load_config, to_dict
+from genlip.run.config import bounded, load_config, to_dict
 
 
 @dataclass
@@ -57,6 +57,7 @@ class EvalEntry:
     limit: int | None = None
     max_new_tokens: int | None = None
     tasks_dir: str | None = None
+    batch_size: int = bounded(1, ge=1)  # questions answered together (answers equal batch size 1's)
 
 
 @dataclass
@@ -126,7 +127,7 @@ def run_cell(cell: dict, grid: dict, root: Path) -> dict:
         target = d / "eval" / suite
         if not (target / "scores.json").exists():
             run_suite(fin, suite, target, grid["eval"].get("limit"), grid["eval"].get("max_new_tokens"),
-                      tasks_dir=grid["eval"].get("tasks_dir"))
+                      tasks_dir=grid["eval"].get("tasks_dir"), batch_size=grid["eval"].get("batch_size", 1))
             steps.append(f"eval:{suite}")
         res = json.loads((target / "scores.json").read_text())
         res["name"] = cell["name"]

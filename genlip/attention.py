@@ -5,6 +5,9 @@
 - ``dense``: one SDPA call with the full ``(B, 1, L, L)`` boolean prefix-LM mask. Simple reference path.
 - ``flex``: FlexAttention with a block mask built from the same per-token ids. Trains on CUDA; on the CPU PyTorch
   has no FlexAttention backward, so it is forward-only there.
+- ``prefix``: for rows that are one sample each, image first, text after it with right padding only (stage 1, the
+  encoder alone): two SDPA calls that the flash kernels take, the image block with full attention and the text rows
+  over all keys with a lower-right causal mask. No mask tensor, no wasted blocks. ``auto`` picks it for such layouts.
 
 All backends return zeros at padding positions, so they agree everywhere, not only on real tokens.
 """
@@ -16,17 +19,19 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
+from genlip.config import ATTN_BACKENDS
 from genlip.masks import Layout, prefix_lm_mask, segment_bounds
 
 
 def resolve_backend(name: str, device: torch.device) -> str:
-    """``auto`` means FlexAttention on CUDA and per-sample SDPA elsewhere."""
+    """``auto`` means FlexAttention on CUDA and per-sample SDPA elsewhere (for layouts that ``prefix`` cannot take)."""
     if name == "auto":
         return "flex" if device.type == "cuda" else "segments"
-    if name not in ("segments", "dense", "flex"):
-        raise ValueError(f"unknown attention backend {name!r}; use auto, segments, dense or flex")
+    if name not in ATTN_BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; use {', '.join(ATTN_BACKENDS)}")
     return name
 
 
@@ -152,8 +157,53 @@ class FlexPlan(AttentionPlan):
         return out
 
 
+def prefix_length(layout: Layout) -> int | None:
+    """The number of image tokens when every row is one sample laid out as ``[image][text][padding]`` with the same
+    image length in every row (what :class:`PrefixPlan` computes exactly), else ``None``. One host sync."""
+    sids, iids = layout.sample_ids, layout.image_ids
+    if sids.shape[1] == 0:
+        return None
+    n = int((iids[0] >= 0).sum())
+    img, txt = iids[:, :n], iids[:, n:]
+    valid = sids[:, n:] == 0
+    ok = ((img == 0).all() & (sids[:, :n] == 0).all() & (txt < 0).all() & (valid | (sids[:, n:] == -1)).all()
+          & (valid[:, 1:] <= valid[:, :-1]).all())
+    return n if bool(ok) else None
+
+
+class PrefixPlan(AttentionPlan):
+    """Image queries attend to their image (full); text queries to the image and causally to earlier text, as a
+    lower-right causal mask over all keys. Right padding is never attended by a real token (it comes after every
+    one); its own rows are zeroed."""
+
+    def __init__(self, n_image: int, length: int, pad: torch.Tensor | None) -> None:
+        self.n, self.pad = n_image, pad
+        # built here, not in __call__: torch.compile takes a ready bias (creating one inside is a graph break)
+        self.text_bias = causal_lower_right(length - n_image, length) if length > n_image else None
+
+    def __call__(self, q, k, v):
+        n = self.n
+        parts = []
+        if n:
+            parts.append(F.scaled_dot_product_attention(q[:, :, :n], k[:, :, :n], v[:, :, :n]))
+        if self.text_bias is not None:
+            parts.append(F.scaled_dot_product_attention(q[:, :, n:], k, v, attn_mask=self.text_bias))
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+        if self.pad is not None:
+            out = out.masked_fill(self.pad[:, None, :, None], 0.0)
+        return out
+
+
 def build_plan(layout: Layout, backend: str) -> AttentionPlan:
-    """Build the attention plan for ``layout`` with a resolved backend name."""
+    """Build the attention plan for ``layout`` with a backend name (``auto`` takes ``prefix`` where it applies)."""
+    if backend in ("auto", "prefix"):
+        n = prefix_length(layout)
+        if n is not None:
+            pad = layout.is_pad
+            return PrefixPlan(n, pad.shape[1], pad if bool(pad.any()) else None)
+        if backend == "prefix":
+            raise ValueError("attn_backend='prefix' needs rows of one sample each, [image][text][right padding]; "
+                             "use auto for packed rows")
     backend = resolve_backend(backend, layout.sample_ids.device)
     if backend == "dense":
         return dense_plan(layout)

@@ -11,7 +11,7 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-ATTN_BACKENDS = ("auto", "segments", "dense", "flex")
+ATTN_BACKENDS = ("auto", "prefix", "segments", "dense", "flex")
 
 
 def default_mrope_section(head_dim: int) -> list[int]:

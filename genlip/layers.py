@@ -136,9 +136,8 @@ class DropPath(nn.Module):
         B = x.shape[0]
         if sample_ids is None:
             mask = x.new_empty(B, 1, 1).bernoulli_(keep)
-        else:
-            n = int(sample_ids.max().item()) + 1 if sample_ids.numel() else 1
-            per_sample = x.new_empty(B, max(n, 1)).bernoulli_(keep)
+        else:  # one draw per possible sample id (a row of L tokens holds at most L samples): no host sync
+            per_sample = x.new_empty(B, sample_ids.shape[1]).bernoulli_(keep)
             mask = per_sample.gather(1, sample_ids.clamp(min=0))[..., None]
         return x * mask / keep
 

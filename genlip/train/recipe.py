@@ -21,7 +21,7 @@ class ModelRecipe:
     objective: Literal["generative", "sigmoid"] = "generative"  # sigmoid: the SigLIP-style baseline (stage 1)
     overrides: dict = field(default_factory=dict)  # GenLIPConfig fields on top of the preset
     init_from: str | None = None  # a checkpoint directory to start from (weights only: stage 2)
-    attn_backend: Literal["auto", "segments", "dense", "flex"] = "auto"
+    attn_backend: Literal["auto", "prefix", "segments", "dense", "flex"] = "auto"
     loss_impl: Literal["plain", "chunked"] = "plain"
     gradient_checkpointing: bool = False
     compile: bool = False
