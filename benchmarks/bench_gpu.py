@@ -1,0 +1,442 @@
+"""Every GPU figure of BENCHMARKS.md in one command (one H100/H200, well under 8 minutes), printed as JSON lines and
+written to ``--out/bench_gpu.json``:
+
+    python benchmarks/bench_gpu.py --out results/gpu [--deadline 420] [--only stage1,profile,...]
+
+Sections, in order (each stops cleanly if ``--deadline`` seconds have passed, so a short lease still returns the
+first ones):
+
+- ``env``: device, versions, the bf16 GEMM peak measured now (8192^3 products): the "share of peak" denominator;
+- ``stage1``: the stage-1 step at paper width (L16: 24 x 1024; 224 px = 196 patches + 64 text), compiled blocks,
+  bf16 autocast, fused AdamW, chunked loss as in the paper recipes; attention ``prefix`` (what ``auto`` picks) and
+  ``flex`` (what ``auto`` picked before) at batch 64, ``prefix`` at batch 256;
+- ``mllm``: one ``genlip-mllm finetune`` step of the paper's frozen protocol: GenLIP L16 at 384 px (576 image
+  tokens), the 2-layer projector and a random LLM of Qwen2.5-1.5B's shape, bf16, 2048-token sequences, LLM +
+  projector trained (gradient checkpointing as the recipe), tokens/s and share of peak (FLOPs counted by
+  ``torch.utils.flop_counter`` on a step without checkpointing);
+- ``eval``: greedy answers/s of that model at batch 1 and batch 16 (``mllm.chat.answer_batch``), and how many of
+  the batched answers differ from batch 1's (bf16);
+- ``stage2``: packed rows (FlexAttention, compiled blocks): L16 4 x 8192, and the paper's 16384-token rows for L16
+  (activation checkpointing off and on) and So16 (on): tokens/s, share of peak, peak memory;
+- ``profile``: one stage-1 batch-64 step under ``torch.profiler``: host vs device time and the top kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import genlip_train_flops  # noqa: E402
+
+T0 = time.time()
+DEV = "cuda"
+IMAGE = 384  # the MLLM tower's resolution
+SMOKE = False  # --smoke: every section at toy sizes on the CPU, to check this script without a GPU
+PRESET = {"L16": "L16", "So16": "So16"}
+
+
+def sync() -> None:
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
+
+def gemm_peak_tflops(n: int = 8192, reps: int = 10) -> float:
+    if SMOKE:
+        return 1.0
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    best = 0.0
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        a @ b
+        e.record()
+        torch.cuda.synchronize()
+        best = max(best, 2 * n**3 / (s.elapsed_time(e) / 1e3) / 1e12)
+    return best
+
+
+def cuda_time(fn, warmup: int = 3, iters: int = 5) -> float:
+    """Median wall seconds per call, the device synchronised after each."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    ts = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        sync()
+        ts.append(time.perf_counter() - t)
+    return sorted(ts)[len(ts) // 2]
+
+
+def peak_gb() -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else 0.0
+
+
+def fresh() -> None:
+    import gc
+
+    gc.collect()
+    if DEV == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def autocast():
+    return torch.autocast("cuda", dtype=torch.bfloat16) if DEV == "cuda" else torch.autocast("cpu", enabled=False)
+
+
+def stage1_model(preset: str, backend: str, checkpointing: bool = False):
+    from genlip.config import genlip_config
+    from genlip.modeling import GenLIPForCaptioning
+    from genlip.train.optim import build_optimizer
+    from genlip.train.recipe import OptimRecipe
+
+    torch.manual_seed(0)
+    cfg = genlip_config(PRESET[preset], attn_backend=backend)
+    model = GenLIPForCaptioning(cfg).to(DEV).train()
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+    if not SMOKE:
+        for blk in model.vit.blocks:
+            blk.compile(dynamic=False)
+    return cfg, model, build_optimizer(model, OptimRecipe(lr=1e-4))
+
+
+def train_step(model, opt, **batch):
+    def step():
+        with autocast():
+            loss = model(**batch, loss_impl="chunked").loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+S1_IMAGE, S1_TEXT = 224, 64
+
+
+def stage1(peak: float, batch: int, backend: str) -> dict:
+    text, image = S1_TEXT, S1_IMAGE
+    fresh()
+    cfg, model, opt = stage1_model("L16", backend)
+    pix = torch.randn(batch, 3, image, image, device=DEV)
+    ids = torch.randint(0, cfg.vocab_size, (batch, text), device=DEV)
+    labels = ids.clone()
+    labels[:, :7] = -100  # the prompt
+    step = train_step(model, opt, input_ids=ids, pixel_values=pix, labels=labels)
+    t_compile = time.time()
+    step()
+    sync()
+    t_compile = time.time() - t_compile
+    sec = cuda_time(step)
+    n_img = (image // cfg.patch_size) ** 2
+    tflop = genlip_train_flops(cfg, n_img, text, batch, int((labels != -100).sum())) / 1e12
+    return {"preset": PRESET["L16"], "batch": batch, "backend": backend, "sec_per_step": sec,
+            "samples_per_s": batch / sec, "tokens_per_s": batch * (n_img + text) / sec, "tflop_per_step": tflop,
+            "tflops": tflop / sec,
+            "share_of_peak": tflop / sec / peak, "peak_gb": peak_gb(), "first_step_s": t_compile}
+
+
+def prefix_check() -> dict:
+    """The prefix plan on this device (flash kernels in bf16) against the dense mask in fp32: forward and grads."""
+    from genlip.attention import build_plan
+    from genlip.masks import fixed_layout
+
+    B, n_txt = 8, 64
+    mask = torch.ones(B, n_txt, dtype=torch.long)
+    for b in range(B):
+        mask[b, 20 + 5 * b:] = 0
+    lay = fixed_layout(B, 14, 14, mask, n_txt).to(DEV)
+    g = torch.Generator(device=DEV).manual_seed(0)
+    qkv = [torch.randn(B, 16, 196 + n_txt, 64, device=DEV, generator=g) for _ in range(3)]
+    out = {}
+    for name, backend, dtype in (("dense_fp32", "dense", torch.float32), ("prefix_bf16", "prefix", torch.bfloat16),
+                                 ("prefix_fp32", "prefix", torch.float32)):
+        ts = [t.detach().clone().to(dtype).requires_grad_() for t in qkv]
+        o = build_plan(lay, backend)(*ts)
+        o.float().square().sum().backward()
+        out[name] = (o.float(), [t.grad.float() for t in ts])
+    ref_o, ref_g = out["dense_fp32"]
+    res = {}
+    for name in ("prefix_fp32", "prefix_bf16"):
+        o, gs = out[name]
+        res[name] = {"max_abs_out": float((o - ref_o).abs().max()),
+                     "max_rel_grad": max(float((a - b).norm() / b.norm()) for a, b in zip(gs, ref_g))}
+    return res
+
+
+def packed_batch(cfg, rows: int, row_len: int, seed: int = 0):
+    """Rows filled with stage-2-like samples (image grids of 16..1024 patches, long captions), first-fit."""
+    import random
+
+    from genlip.masks import packed_layout
+
+    rng = random.Random(seed)
+    layout_rows, n_patches, n_tokens = [], 0, 0
+    for _ in range(rows):
+        used, samples = 0, []
+        while True:
+            gh, gw = (rng.randint(4, 32), rng.randint(4, 32)) if not SMOKE else (rng.randint(1, 4), rng.randint(1, 4))
+            n_txt = rng.randint(200, 1000) if not SMOKE else rng.randint(5, 30)
+            if used + gh * gw + n_txt > row_len:
+                break
+            samples.append([("image", (gh, gw)), ("text", n_txt)])
+            used += gh * gw + n_txt
+            n_patches += gh * gw
+        layout_rows.append(samples)
+        n_tokens += used
+    lay = packed_layout(layout_rows, row_len).to(DEV)
+    ids = torch.randint(0, cfg.vocab_size, (rows, row_len), device=DEV)
+    labels = torch.where(lay.image_ids >= 0, -100, ids).masked_fill(lay.sample_ids < 0, -100)
+    patches = torch.randn(n_patches, 3, cfg.patch_size, cfg.patch_size, device=DEV)
+    n_samples = sum(len(r) for r in layout_rows)
+    return {"input_ids": ids, "labels": labels, "pixel_values": patches, "layout": lay}, n_tokens, n_samples
+
+
+def packed_flops(cfg, batch) -> float:
+    """Matmul FLOPs (fwd + bwd) of a packed step: projections per real token, attention per attended pair."""
+    from genlip.masks import segment_bounds
+
+    d, f, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    lay = batch["layout"]
+    tokens = int((lay.sample_ids >= 0).sum())
+    proj = 2 * (5 * d * d + 3 * d * f)
+    pairs = 0
+    iids = lay.image_ids.cpu()
+    for r, bounds in enumerate(segment_bounds(lay.sample_ids.cpu())):
+        for s, e in bounds:
+            n_img = int((iids[r, s:e] >= 0).sum())
+            n_txt = e - s - n_img
+            pairs += n_img * n_img + n_txt * n_img + n_txt * (n_txt + 1) // 2
+    sup = int((batch["labels"] != -100).sum())
+    fwd = L * (tokens * proj + 4 * d * pairs) + 2 * sup * cfg.text_embed_dim * cfg.vocab_size
+    return 3 * fwd
+
+
+def stage2(peak: float, preset: str, rows: int, row_len: int, checkpointing: bool) -> dict:
+    fresh()
+    cfg, model, opt = stage1_model(preset, "flex" if DEV == "cuda" else "segments", checkpointing)
+    batch, n_tokens, n_samples = packed_batch(cfg, rows, row_len)
+    step = train_step(model, opt, **batch)
+    try:
+        sec = cuda_time(step, warmup=2, iters=4)
+    except torch.cuda.OutOfMemoryError:
+        return {"preset": preset, "rows": rows, "row_len": row_len, "checkpointing": checkpointing, "oom": True,
+                "peak_gb": peak_gb()}
+    tflop = packed_flops(cfg, batch) / 1e12
+    return {"preset": preset, "rows": rows, "row_len": row_len, "checkpointing": checkpointing,
+            "fill": n_tokens / (rows * row_len), "samples": n_samples, "sec_per_step": sec,
+            "tokens_per_s": n_tokens / sec, "tflops": tflop / sec, "share_of_peak": tflop / sec / peak,
+            "peak_gb": peak_gb(), "fits_80gb": peak_gb() < 79.0}
+
+
+def mllm_parts(tmp: Path):
+    """GenLIP L16 at 384 px + projector + a random LLM of Qwen2.5-1.5B's shape, built by the harness itself."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from genlip.config import genlip_config
+    from genlip.data.tokenizer import train_tokenizer
+    from genlip.modeling import GenLIPVisionModel
+    from mllm.build import build_mllm
+
+    torch.manual_seed(0)
+    GenLIPVisionModel(genlip_config(PRESET["L16"], image_size=IMAGE)).save_pretrained(str(tmp / "tower"))
+    texts = ["describe the image in detail", "what is written on the sign", "a photo of a red bus"] * 50
+    tok = train_tokenizer(texts, tmp / "llm", vocab_size=400)
+    shape = (dict(vocab_size=151_936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                  num_attention_heads=12, num_key_value_heads=2) if not SMOKE else
+             dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2))
+    cfg = Qwen2Config(**shape, max_position_embeddings=32768,
+                      rope_theta=1e6, tie_word_embeddings=True, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+                      pad_token_id=tok.pad_token_id)
+    with torch.device(DEV):
+        Qwen2ForCausalLM(cfg).save_pretrained(str(tmp / "llm"))
+    return build_mllm(str(tmp / "tower"), str(tmp / "llm"), "resize", image_size=IMAGE)
+
+
+def mllm(peak: float, parts, micro: int = 4, seq: int = 2048) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    fresh()
+    model, tok, spec = parts
+    model.to(DEV).train()
+    n_img = (IMAGE // 16) ** 2  # resize mode: one square image, 576 tokens at 384 px
+    image_id = model.config.image_token_id
+    ids = torch.randint(10, 390, (micro, seq), device=DEV)
+    ids[:, 5:5 + n_img] = image_id
+    labels = ids.masked_fill(ids == image_id, -100)
+    labels[:, : 5 + n_img + 20] = -100  # system prompt, image and question unsupervised
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids),
+             "pixel_values": torch.randn(micro, 3, IMAGE, IMAGE, device=DEV)}
+    tower = set(model.model.vision_tower.parameters())
+    for p in model.parameters():
+        p.requires_grad_(p not in tower)  # the frozen protocol: projector + LLM
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-5, fused=DEV == "cuda")
+
+    def step():
+        with autocast():
+            loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    with FlopCounterMode(display=False) as fc:
+        step()
+    tflop = fc.get_total_flops() / 1e12
+    out = {"llm": "Qwen2.5-1.5B shape (random)", "tower": "GenLIP L16 @384 (576 tokens)", "micro_batch": micro,
+           "seq": seq, "tflop_per_step": tflop}
+    for gc in (False, True):
+        fresh()
+        if gc:
+            model.model.language_model.gradient_checkpointing_enable()
+        sec = cuda_time(step, warmup=2, iters=4)
+        key = "checkpointing" if gc else "no_checkpointing"
+        out[key] = {"sec_per_step": sec, "tokens_per_s": micro * seq / sec, "share_of_peak": tflop / sec / peak,
+                    "peak_gb": peak_gb()}
+    model.model.language_model.gradient_checkpointing_disable()
+    return out
+
+
+def evaluation(parts, n: int = 32, max_new: int = 16) -> dict:
+    from PIL import Image
+
+    from mllm.chat import answer_batch
+    from mllm.processing import make_image_processor
+
+    fresh()
+    model, tok, spec = parts
+    model.to(torch.bfloat16 if DEV == "cuda" else torch.float32).eval()
+    ip = make_image_processor(spec)
+    g = torch.Generator().manual_seed(0)
+    items = []
+    for i in range(n):
+        arr = (torch.rand(300 + 7 * i, 400 - 5 * i, 3, generator=g) * 255).byte().numpy()
+        items.append((Image.fromarray(arr), "describe the image in detail" + " please" * (i % 5)))
+    res = {}
+    answers = {}
+    for bs in (1, 16):
+        answer_batch(model, tok, spec, ip, items[:bs], max_new_tokens=max_new)  # warm-up
+        sync()
+        t = time.perf_counter()
+        outs = []
+        for s in range(0, n, bs):
+            outs += answer_batch(model, tok, spec, ip, items[s:s + bs], max_new_tokens=max_new)
+        sync()
+        res[f"answers_per_s_batch{bs}"] = n / (time.perf_counter() - t)
+        answers[bs] = outs
+    res["speedup"] = res["answers_per_s_batch16"] / res["answers_per_s_batch1"]
+    res["answers_differing_from_batch1"] = sum(a != b for a, b in zip(answers[1], answers[16]))
+    res.update({"questions": n, "max_new_tokens": max_new, "dtype": "bf16"})
+    return res
+
+
+def profile(batch: int = 64) -> dict:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
+
+    fresh()
+    cfg, model, opt = stage1_model("L16", "prefix")
+    pix = torch.randn(batch, 3, S1_IMAGE, S1_IMAGE, device=DEV)
+    ids = torch.randint(0, cfg.vocab_size, (batch, S1_TEXT), device=DEV)
+    step = train_step(model, opt, input_ids=ids, pixel_values=pix, labels=ids)
+    for _ in range(3):
+        step()
+    sync()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEV == "cuda" else [])
+    with prof(activities=acts) as p:
+        t = time.perf_counter()
+        step()
+        sync()
+        wall = time.perf_counter() - t
+    events = p.key_averages()
+    cuda_total = max(sum(e.self_device_time_total for e in events) / 1e3, 1e-9)
+    cpu_total = sum(e.self_cpu_time_total for e in events) / 1e3
+    top = sorted(events, key=lambda e: e.self_device_time_total, reverse=True)[:15]
+    return {"batch": batch, "wall_ms": wall * 1e3, "device_ms": cuda_total, "host_ms": cpu_total,
+            "top_kernels": [{"name": e.key[:90], "device_ms": e.self_device_time_total / 1e3,
+                             "share": e.self_device_time_total / 1e3 / cuda_total, "calls": e.count} for e in top]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="results/gpu")
+    ap.add_argument("--deadline", type=float, default=420.0, help="seconds after which no new section starts")
+    ap.add_argument("--only", default="", help="comma-separated sections to run (default: all)")
+    ap.add_argument("--smoke", action="store_true", help="toy sizes on the CPU: checks the script, measures nothing")
+    args = ap.parse_args()
+    global DEV, SMOKE, IMAGE, S1_IMAGE, S1_TEXT
+    if args.smoke:
+        DEV, SMOKE, IMAGE, S1_IMAGE, S1_TEXT = "cpu", True, 32, 32, 16
+        PRESET.update({"L16": "tiny", "So16": "tiny"})
+    elif not torch.cuda.is_available():
+        raise SystemExit("bench_gpu.py needs a CUDA device (--smoke checks it on the CPU)")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {}
+    only = set(filter(None, args.only.split(",")))
+
+    def record(name, fn):
+        if only and name.split(":")[0] not in only:
+            return
+        if time.time() - T0 > args.deadline:
+            results[name] = {"skipped": "deadline"}
+        else:
+            t = time.time()
+            try:
+                results[name] = fn()
+            except Exception as e:  # a section that fails still lets the others report
+                results[name] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
+            results[name]["section_s"] = round(time.time() - t, 1)
+        print(json.dumps({name: results[name]}), flush=True)
+        (out / "bench_gpu.json").write_text(json.dumps(results, indent=1))
+
+    import transformers
+
+    peak = gemm_peak_tflops()
+    record("env", lambda: {"device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu (smoke)",
+                           "torch": torch.__version__,
+                           "transformers": transformers.__version__, "bf16_gemm_peak_tflops": peak,
+                           "date": time.strftime("%Y-%m-%d")})
+    record("prefix_check", prefix_check)
+    b = 2 if SMOKE else 64
+    record("stage1:b64:prefix", lambda: stage1(peak, b, "prefix"))
+    record("stage1:b64:flex", lambda: stage1(peak, b, "flex" if DEV == "cuda" else "dense"))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        parts = {}
+
+        def build():
+            parts["m"] = mllm_parts(Path(tmp))
+            return mllm(peak, parts["m"], *((2, 64) if SMOKE else ()))
+
+        record("mllm", build)
+        if "m" in parts:
+            record("eval", lambda: evaluation(parts["m"], *((4, 4) if SMOKE else ())))
+        parts.clear()
+    r = 256 if SMOKE else 8192
+    record("stage2:L16:4x8192", lambda: stage2(peak, "L16", 4, r, False))
+    record("stage2:L16:1x16384:ac_none", lambda: stage2(peak, "L16", 1, 2 * r, False))
+    record("stage2:L16:1x16384:ac_full", lambda: stage2(peak, "L16", 1, 2 * r, True))
+    record("stage2:So16:1x16384:ac_full", lambda: stage2(peak, "So16", 1, 2 * r, True))
+    record("profile", lambda: profile(b))
+    record("stage1:b256:prefix", lambda: stage1(peak, 4 * b, "prefix"))
+
+
+if __name__ == "__main__":
+    main()
