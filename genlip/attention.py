@@ -182,6 +182,9 @@ class PrefixPlan(AttentionPlan):
         self.text_bias = causal_lower_right(length - n_image, length) if length > n_image else None
 
     def __call__(self, q, k, v):
+        # an attention bias takes SDPA's arguments as given, before autocast would unify them (rotated q and k are
+        # fp32, v is bf16 under autocast): the half precision of v is what autocast would pick
+        q, k = q.to(v.dtype), k.to(v.dtype)
         n = self.n
         parts = []
         if n:
