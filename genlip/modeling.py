@@ -8,11 +8,12 @@ Both save as Hugging Face directories; the vision model loads from a captioning 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -38,7 +39,16 @@ class GenLIPTransformer(nn.Module):
         self.rope = MRoPE(config.head_dim, config.mrope_section, config.rope_theta)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.gradient_checkpointing = False
+        # none | selective (recompute the cheap elementwise work, keep matmul and attention outputs) | full
+        self.activation_checkpointing = "none"
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.activation_checkpointing != "none"
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enable: bool) -> None:
+        self.activation_checkpointing = "full" if enable else "none"
 
     def plan(self, layout: Layout, backend: str | None = None) -> AttentionPlan:
         return build_plan(layout, backend or self.config.attn_backend)
@@ -54,13 +64,44 @@ class GenLIPTransformer(nn.Module):
         states = [h] if collect else None
         for i, block in enumerate(self.blocks):
             cache = None if caches is None else caches[i] if isinstance(caches, list) else (caches, i)
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            mode = self.activation_checkpointing if self.training and torch.is_grad_enabled() else "none"
+            if mode == "full":
                 h = checkpoint(block, h, rope, plan, sample_ids, cache, use_reentrant=False)
+            elif mode == "selective":
+                h = checkpoint(block, h, rope, plan, sample_ids, cache, use_reentrant=False,
+                               context_fn=_selective_context, **_SAC_KWARGS)
             else:
                 h = block(h, rope, plan, sample_ids, cache)
             if collect:
                 states.append(h)
         return self.norm(h), states
+
+
+def _saved_ops() -> set:
+    aten = torch.ops.aten
+    names = ("mm", "addmm", "bmm", "baddbmm", "convolution", "_scaled_dot_product_flash_attention",
+             "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+             "_scaled_dot_product_flash_attention_for_cpu", "_flash_attention_forward", "_efficient_attention_forward")
+    return {getattr(aten, n).default for n in names if hasattr(aten, n)}
+
+
+_SAVED = _saved_ops()
+
+
+# what selective checkpointing keeps goes through saved-tensor hooks (e.g. offloading) like everything else, where
+# this PyTorch can be told so
+_SAC_KWARGS = ({"respect_saved_tensors_hooks": True}
+               if "respect_saved_tensors_hooks" in inspect.signature(checkpoint).parameters else {})
+
+
+def _selective_policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in _SAVED else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _selective_context():
+    """Selective activation checkpointing: matmul and attention outputs are kept, everything elementwise between
+    them (LayerNorms, RoPE, SwiGLU and gate products, LayerScale) is recomputed in the backward pass."""
+    return create_selective_checkpoint_contexts(_selective_policy)
 
 
 class GenLIPPreTrainedModel(PreTrainedModel):

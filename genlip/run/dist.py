@@ -13,7 +13,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 log = logging.getLogger(__name__)
@@ -67,16 +67,22 @@ def all_gather_object(obj):
     return out
 
 
-def wrap(model: nn.Module, parallel: str, device: torch.device) -> nn.Module:
-    """Apply data parallelism from outside the model: DDP, or FSDP2 (``fully_shard`` per block, then the root)."""
+def wrap(model: nn.Module, parallel: str, device: torch.device, param_dtype: str = "fp32") -> nn.Module:
+    """Apply data parallelism from outside the model: DDP, or FSDP2 (``fully_shard`` per block, then the root).
+
+    ``param_dtype="bf16"`` (FSDP2 only): the shards, which the optimizer updates, stay fp32 (the master weights);
+    each forward gathers them as bf16 and gradients are reduced in fp32 (``MixedPrecisionPolicy``), so no weight is
+    cast per operation."""
     if not dist.is_initialized():
         return model
     if parallel == "ddp":
         return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if parallel == "fsdp":
+        mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+              if param_dtype == "bf16" else MixedPrecisionPolicy())
         for block in model.vit.blocks:
-            fully_shard(block)
-        fully_shard(model)
+            fully_shard(block, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
         return model
     raise ValueError(f"train.parallel must be ddp or fsdp, got {parallel!r}")
 

@@ -74,8 +74,7 @@ def build_model(recipe: Recipe, tokenizer) -> GenLIPForCaptioning:
                               f"{config.vocab_size} (model.preset {recipe.model.preset}); set "
                               f"model.overrides.vocab_size (at least {len(tokenizer)}) or use another tokenizer")
         model = cls(config)
-    if recipe.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    model.vit.activation_checkpointing = recipe.model.activation_checkpointing
     return model
 
 
@@ -208,8 +207,11 @@ def setup(recipe: Recipe, device: torch.device, plan: BatchPlan | None = None) -
     model = build_model(recipe, tokenizer).to(device)
     if recipe.model.compile:
         for block in model.vit.blocks:
-            block.compile(dynamic=True)
-    wrapped = D.wrap(model, t.parallel, device)
+            block.compile(dynamic=True, mode=recipe.model.compile_mode)
+    if t.param_dtype == "bf16" and not (ws > 1 and t.parallel == "fsdp"):
+        raise RecipeError("train.param_dtype=bf16 keeps fp32 master weights in FSDP2's shards: it needs "
+                          "train.parallel=fsdp under torchrun with several processes")
+    wrapped = D.wrap(model, t.parallel, device, t.param_dtype)
     optimizer = build_optimizer(wrapped, recipe.optim)
     state = {"step": 0, "samples": 0, "tokens": 0, "nonfinite_skips": 0, "data": {"streams": {}, "batches": {}}}
     ckpt = C.find_resume(run_dir, recipe.checkpoint.resume)

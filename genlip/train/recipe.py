@@ -23,8 +23,11 @@ class ModelRecipe:
     init_from: str | None = None  # a checkpoint directory to start from (weights only: stage 2)
     attn_backend: Literal["auto", "prefix", "segments", "dense", "flex"] = "auto"
     loss_impl: Literal["plain", "chunked"] = "plain"
-    gradient_checkpointing: bool = False
-    compile: bool = False
+    # activation checkpointing of the blocks: none; selective (keep matmul and attention outputs, recompute the
+    # elementwise work); full (keep only each block's input)
+    activation_checkpointing: Literal["none", "selective", "full"] = "none"
+    compile: bool = False  # torch.compile each block
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
 
     def __post_init__(self) -> None:
         if self.preset is not None and self.preset not in PRESETS:
@@ -80,6 +83,9 @@ class TrainRecipe:
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     parallel: Literal["ddp", "fsdp"] = "ddp"  # used when WORLD_SIZE > 1
+    # bf16 (with parallel=fsdp): parameters gathered as bf16 for compute, fp32 shards as the optimizer's master
+    # weights, gradients reduced in fp32 (FSDP2's MixedPrecisionPolicy)
+    param_dtype: Literal["fp32", "bf16"] = "fp32"
     skip_nonfinite: bool = False  # skip (and count) a step with a NaN/inf loss or gradient instead of stopping
     max_nonfinite_skips: int = bounded(10, ge=0)
     cpu_allocator: Literal["retain", "system"] = "retain"  # retain: keep freed memory (genlip.run.runtime)

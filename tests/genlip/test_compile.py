@@ -15,8 +15,10 @@ def _inputs(model):
     return model.build_inputs(ids, pix, mask)
 
 
-@pytest.mark.parametrize("backend", ["prefix", "dense"])
-def test_a_block_compiles_without_graph_breaks_and_computes_the_same(backend):
+@pytest.mark.parametrize("backend,mode", [("prefix", "default"), ("dense", "default"),
+                                          ("prefix", "max-autotune-no-cudagraphs")])
+def test_a_block_compiles_without_graph_breaks_and_computes_the_same(backend, mode):
+    """``model.compile_mode`` choices the CPU can run (``reduce-overhead`` and ``max-autotune`` use CUDA graphs)."""
     torch.manual_seed(0)
     model = GenLIPForCaptioning(genlip_config("tiny", patch_size=8, vocab_size=64, drop_path_rate=0.2)).train()
     h, lay, _ = _inputs(model)
@@ -25,7 +27,7 @@ def test_a_block_compiles_without_graph_breaks_and_computes_the_same(backend):
     block = model.vit.blocks[0]
     torch.manual_seed(1)
     ref = block(h, rope, plan, lay.sample_ids)  # DropPath active: per-sample draws
-    compiled = torch.compile(block, fullgraph=True)
+    compiled = torch.compile(block, fullgraph=True, mode=mode)
     torch.manual_seed(1)
     out = compiled(h, rope, plan, lay.sample_ids)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)

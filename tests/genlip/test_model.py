@@ -132,15 +132,45 @@ def test_config_rejects_impossible_shapes():
         genlip_config("tiny", attn_backend="flash")
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("backend", ["prefix", "dense"])
+def test_activation_checkpointing_modes_give_the_same_loss_and_gradients(backend):
+    """none / selective / full, with DropPath active (its draws must be replayed in the recomputation)."""
+    torch.manual_seed(0)
+    model = GenLIPForCaptioning(genlip_config("tiny", patch_size=8, drop_path_rate=0.3, attn_backend=backend)).train()
+    ids, pix = torch.randint(0, 512, (2, 5)), torch.randn(2, 3, 16, 16)
+    results = {}
+    for mode in ("none", "selective", "full"):
+        model.zero_grad()
+        model.vit.activation_checkpointing = mode
+        torch.manual_seed(1)
+        loss = model(ids, pix, labels=ids).loss
+        loss.backward()
+        results[mode] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    for mode in ("selective", "full"):
+        torch.testing.assert_close(results[mode][0], results["none"][0], atol=1e-6, rtol=1e-6)
+        for n, g in results["none"][1].items():
+            torch.testing.assert_close(results[mode][1][n], g, atol=1e-6, rtol=1e-5, msg=f"{mode}: {n}")
+    model.gradient_checkpointing_enable()  # the transformers switch is full checkpointing
+    assert model.vit.activation_checkpointing == "full"
+
+
+def test_selective_checkpointing_keeps_less_than_none_and_more_than_full():
+    from torch.autograd.graph import saved_tensors_hooks
+
     torch.manual_seed(0)
     model = GenLIPForCaptioning(genlip_config("tiny", patch_size=8)).train()
-    ids, pix = torch.randint(0, 512, (2, 5)), torch.randn(2, 3, 16, 16)
-    grads = []
-    for ckpt in (False, True):
-        model.zero_grad()
-        model.vit.gradient_checkpointing = ckpt
-        model(ids, pix, labels=ids).loss.backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
-    for n in grads[0]:
-        torch.testing.assert_close(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-5, msg=n)
+    ids, pix = torch.randint(0, 512, (4, 16)), torch.randn(4, 3, 32, 32)
+    kept = {}
+    for mode in ("none", "selective", "full"):
+        model.vit.activation_checkpointing = mode
+        seen: dict[int, int] = {}
+
+        def pack(t):
+            seen[t.data_ptr()] = t.numel() * t.element_size()  # distinct storages only
+            return t
+
+        with saved_tensors_hooks(pack, lambda t: t):
+            h, layout, _ = model.build_inputs(ids, pix)
+            model.vit(h, layout)
+        kept[mode] = sum(seen.values())
+    assert kept["full"] < kept["selective"] < kept["none"], kept
