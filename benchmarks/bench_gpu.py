@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import genlip_train_flops  # noqa: E402
+from common import genlip_train_flops, gpu_bf16_peak_tflops  # noqa: E402
 
 T0 = time.time()
 DEV = "cuda"
@@ -47,22 +47,8 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def gemm_peak_tflops(n: int = 8192, reps: int = 10) -> float:
-    if SMOKE:
-        return 1.0
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    best = 0.0
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        a @ b
-        e.record()
-        torch.cuda.synchronize()
-        best = max(best, 2 * n**3 / (s.elapsed_time(e) / 1e3) / 1e12)
-    return best
+def gemm_peak_tflops() -> float:
+    return 1.0 if SMOKE else gpu_bf16_peak_tflops()
 
 
 def cuda_time(fn, warmup: int = 3, iters: int = 5) -> float:

@@ -38,6 +38,7 @@ from common import (  # noqa: E402
     add_allocator_arg,
     apply_allocator,
     genlip_train_flops,
+    gpu_bf16_peak_tflops,
     interleaved_times,
     matmul_peak_gflops,
     median,
@@ -197,16 +198,7 @@ def device_peak_gflops(device) -> tuple[float, str]:
     if device.type != "cuda":
         return matmul_peak_gflops(), "fp32 GEMM measured in this run"
     name = torch.cuda.get_device_name(device)
-    n = 8192
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    best = 0.0
-    for _ in range(10):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        a @ a
-        end.record()
-        torch.cuda.synchronize()
-        best = max(best, 2 * n**3 / (start.elapsed_time(end) / 1000) / 1e9)
+    best = gpu_bf16_peak_tflops() * 1e3
     spec = next((tf for key, tf in BF16_PEAK_TFLOPS.items() if key in name), None)
     return best, f"{name} bf16 GEMM measured in this run" + (f" (spec {spec:.0f} TFLOP/s)" if spec else "")
 

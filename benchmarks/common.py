@@ -20,6 +20,23 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 8) -> float:
     return best
 
 
+def gpu_bf16_peak_tflops(n: int = 8192, reps: int = 10) -> float:
+    """Best-of bf16 GEMM throughput of the current CUDA device now (TFLOP/s): the "share of peak" denominator."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    best = 0.0
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        best = max(best, 2 * n**3 / (start.elapsed_time(end) / 1e3) / 1e12)
+    return best
+
+
 def add_allocator_arg(ap) -> None:
     ap.add_argument("--cpu-allocator", default="retain", choices=["retain", "system"],
                     help="glibc malloc setting for the whole process, as the trainers' train.cpu_allocator "
