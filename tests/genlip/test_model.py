@@ -165,7 +165,7 @@ def test_selective_checkpointing_keeps_less_than_none_and_more_than_full():
         model.vit.activation_checkpointing = mode
         seen: dict[int, int] = {}
 
-        def pack(t):
+        def pack(t, seen=seen):
             seen[t.data_ptr()] = t.numel() * t.element_size()  # distinct storages only
             return t
 
