@@ -175,7 +175,7 @@ def train(recipe: Recipe) -> Path:
     if preempt.flag:
         D.print0(f"pre-empted: saved step {last_saved}, exiting")
     elif D.is_main() and last_saved == t.steps:
-        stats = _merged_stats(run.stream_states)
+        stats = SkipStats.from_dict(run.state["skips"])  # every rank's, gathered by the final save
         D.print0(f"done: {t.steps} steps, final loss {loss:.4f}; skipped records: {stats.n_skipped} "
                  f"{dict(stats.skipped)}; used records: {dict(stats.used)}; final weights: "
                  f"{Path(t.output_dir) / 'checkpoints' / f'{C.STEP_PREFIX}{step:08d}'}")

@@ -145,7 +145,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(home, refere
     one = tmp_path / "one"
     _run(home, one, "train.steps=6", "data.num_workers=2")
     two = tmp_path / "two"
-    _run(home, two, "train.steps=6", "data.num_workers=1", f"train.parallel={parallel}", torchrun=2)
+    p = _run(home, two, "train.steps=6", "data.num_workers=1", f"train.parallel={parallel}", torchrun=2)
+    done = [x for x in p.stdout.splitlines() if x.startswith("done:")]
+    assert len(done) == 1 and "'caption:txt': 48" in done[0], done  # both ranks' records: 6 steps x 8
     a, b = _losses(one), _losses(two)
     assert sorted(b) == list(range(1, 7))
     for s in range(1, 7):
