@@ -12,7 +12,8 @@ Grid file (YAML)::
     pretrain_recipe: pretrain_tiny_cpu
     finetune_recipe: finetune_tiny_cpu
     overrides: {pretrain: [train.max_steps=4], finetune: [train.max_steps=4]}
-    eval: {limit: 8, max_new_tokens: 16}   # tasks_dir: DIR (from `genlip-eval local-tasks`) for local exports
+    eval: {limit: 8, max_new_tokens: 16}   # tasks_dir: DIR (from `genlip-eval local-tasks`) for local exports;
+                                           # batch_size: N answers together (16 or more on a GPU)
 """
 
 from __future__ import annotations
