@@ -86,14 +86,12 @@ class GenlipMllm(lmms):
         out: list[str | None] = [None] * len(requests)
         progress = Progress([req.args[4] for req in requests])
         groups: dict[tuple, list[int]] = {}
-        settings = []
         for i, req in enumerate(requests):
             gen_kwargs = dict(req.args[1] or {})
             temperature = float(gen_kwargs.get("temperature", 0) or 0)
             s = (int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)),
                  bool(gen_kwargs.get("do_sample", False)) and temperature > 0, temperature or 1.0,
                  tuple(x for x in (gen_kwargs.get("until", []) or []) if x))
-            settings.append(s)
             groups.setdefault(s, []).append(i)
         for (max_new, sample, temperature, until), idx in groups.items():
             for start in range(0, len(idx), self.batch_size):

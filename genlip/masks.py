@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from genlip.positions import Segment, packed_position_ids, sample_position_ids
+from genlip.positions import Segment, packed_position_ids, sample_position_ids, text_start_position
 
 
 @dataclass
@@ -111,11 +111,13 @@ def packed_layout(rows: Sequence[Sequence[Sequence[Segment]]], row_len: int) -> 
 def fixed_layout(batch: int, grid_h: int, grid_w: int, text_mask: torch.Tensor | None, n_text: int) -> Layout:
     """Layout of the stage-1 format: one sample per row, ``grid_h*grid_w`` image tokens then ``n_text`` text tokens.
 
-    ``text_mask`` (``(B, n_text)``, 1 = real token) marks right padding of the text; ``None`` means no padding.
+    ``text_mask`` (``(B, n_text)``, 1 = real token) marks the padding of the text (right padding in training, left
+    padding of prompts in generation); ``None`` means no padding. Text positions count real tokens only, so a padded
+    row is computed exactly as the same text alone.
 
     >>> lay = fixed_layout(1, 1, 2, torch.tensor([[1, 1, 0]]), 3)
     >>> lay.sample_ids.tolist(), lay.image_ids.tolist(), lay.position_ids[:, 0].tolist()
-    ([[0, 0, 0, 0, -1]], [[0, 0, -1, -1, -1]], [[0, 0, 2, 3, 4], [0, 0, 2, 3, 4], [0, 1, 2, 3, 4]])
+    ([[0, 0, 0, 0, -1]], [[0, 0, -1, -1, -1]], [[0, 0, 2, 3, 3], [0, 0, 2, 3, 3], [0, 1, 2, 3, 3]])
     """
     n_img = grid_h * grid_w
     device = text_mask.device if text_mask is not None else None
@@ -125,8 +127,10 @@ def fixed_layout(batch: int, grid_h: int, grid_w: int, text_mask: torch.Tensor |
                             torch.where(valid_text, 0, -1)], dim=1)
     image_ids = torch.cat([torch.zeros(batch, n_img, dtype=torch.long, device=device),
                            torch.full((batch, n_text), -1, dtype=torch.long, device=device)], dim=1)
-    pos = sample_position_ids([("image", (grid_h, grid_w)), ("text", n_text)]).to(device)
-    return Layout(sample_ids, image_ids, pos[:, None, :].expand(3, batch, -1))
+    img_pos = sample_position_ids([("image", (grid_h, grid_w))]).to(device)
+    text_pos = text_start_position(grid_h, grid_w) + (valid_text.long().cumsum(-1) - 1).clamp(min=0)
+    pos = torch.cat([img_pos[:, None, :].expand(3, batch, -1), text_pos[None].expand(3, -1, -1)], dim=2)
+    return Layout(sample_ids, image_ids, pos)
 
 
 def image_only_layout(batch: int, grid_h: int, grid_w: int, device: torch.device | str | None = None) -> Layout:

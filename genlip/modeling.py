@@ -25,7 +25,7 @@ from genlip.generation import generate
 from genlip.layers import Block, LayerScale, PatchEmbed
 from genlip.loss import IGNORE_INDEX, gather_supervised, supervised_ce
 from genlip.masks import Layout, fixed_layout, image_only_layout, packed_layout
-from genlip.positions import image_position_ids, text_start_position
+from genlip.positions import text_start_position
 from genlip.rope import MRoPE, mrope_axis_of_channel
 
 
@@ -212,7 +212,7 @@ class GenLIPForCaptioning(GenLIPPreTrainedModel, GenerationMixin):
         if layout is None:  # fixed format
             B, T = input_ids.shape
             if pixel_values is not None:
-                img = self.vit.patch_embed(pixel_values)
+                img = self.vit.patch_embed(pixel_values.to(self.vit.patch_embed.proj.weight.dtype))
                 gh, gw = self.vit.patch_embed.grid(*pixel_values.shape[-2:])
             else:
                 img, gh, gw = None, 0, 0
@@ -299,18 +299,12 @@ class GenLIPForCaptioning(GenLIPPreTrainedModel, GenerationMixin):
         n_text = past - n_img + T if past else T
         text_mask = (torch.ones(B, n_text, dtype=torch.bool, device=device) if attention_mask is None
                      else attention_mask[:, -n_text:].bool())
-        text_pos = text_start_position(gh, gw) + text_mask.long().cumsum(-1) - 1
-        new_pos = text_pos[:, -T:].clamp(min=0)
-        if past == 0:
-            img_pos = image_position_ids(gh, gw).to(device)
-            pos = torch.cat([img_pos[:, None].expand(3, B, n_img), new_pos[None].expand(3, B, T)], dim=2)
-            zeros = torch.zeros(B, n_img, dtype=torch.long, device=device)
-            layout = Layout(torch.cat([zeros, torch.where(text_mask, 0, -1)], dim=1),
-                            torch.cat([zeros, torch.full((B, T), -1, dtype=torch.long, device=device)], dim=1), pos)
-            img = self.vit.patch_embed(pixel_values.to(self.vit.patch_embed.proj.weight.dtype))
-            txt = self.embed_text(input_ids)
-            h, plan = torch.cat([img.to(txt.dtype), txt], dim=1), dense_plan(layout)
+        if past == 0:  # the stage-1 layout; padding inside the row (left-padded prompts) needs the dense mask
+            h, layout, _ = self.build_inputs(input_ids, pixel_values, text_mask)
+            plan = dense_plan(layout)
         else:
+            new_pos = text_start_position(gh, gw) + text_mask.long().sum(-1, keepdim=True) - T + torch.arange(
+                T, device=device)
             key_valid = torch.cat([torch.ones(B, n_img, dtype=torch.bool, device=device), text_mask], dim=1)
             causal = torch.ones(T, past + T, dtype=torch.bool, device=device).tril(past)
             plan = MaskPlan(key_valid[:, None, None, :] & causal[None, None])

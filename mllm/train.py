@@ -22,7 +22,7 @@ from genlip.data.dataset import PREEMPTION_SIGNALS
 from genlip.data.synth_sft import write_sft
 from genlip.data.tokenizer import train_tokenizer
 from genlip.run import dist as D
-from genlip.run.batching import BatchError, plan_batches
+from genlip.run.batching import plan_batches
 from genlip.run.checkpoint import list_checkpoints
 from genlip.run.config import RecipeError, recipe_diff, save_recipe
 from genlip.run.curves import plot_curves
@@ -224,10 +224,8 @@ def train(recipe: MllmRecipe) -> Path:
     if t.resume != "none" and (out / "final" / "recipe.yaml").exists():  # the last file a finished run writes
         D.print0(f"already finished: {out / 'final'} holds the trained model (train.resume=none trains it again)")
         return out / "final"
-    try:  # epochs fix the budget; with max_steps the steps are rescaled like genlip-pretrain's
-        plan = plan_batches(t.global_batch, t.micro_batch, ws, max(t.max_steps, 1), t.batch_rounding)
-    except BatchError as e:
-        raise RecipeError(str(e)) from None
+    # epochs fix the budget; with max_steps the steps are rescaled like genlip-pretrain's
+    plan = plan_batches(t.global_batch, t.micro_batch, ws, max(t.max_steps, 1), t.batch_rounding)
     t.micro_batch, t.global_batch = plan.micro_batch, plan.global_batch
     if t.max_steps > 0:
         t.max_steps = plan.steps

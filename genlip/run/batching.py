@@ -13,9 +13,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from genlip.run.config import RecipeError
 
-class BatchError(ValueError):
-    """The global batch cannot be split over this world size under the recipe's rules."""
+
+class BatchError(RecipeError):
+    """The global batch cannot be split over this world size under the recipe's rules (a recipe mistake: one line,
+    exit code 2, like every other)."""
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from genlip.loss import count_supervised
 from genlip.modeling import GenLIPForCaptioning
 from genlip.run import checkpoint as C
 from genlip.run import dist as D
-from genlip.run.batching import BatchError, BatchPlan, plan_batches
+from genlip.run.batching import BatchPlan, plan_batches
 from genlip.run.config import RecipeError, recipe_diff
 from genlip.run.curves import plot_curves
 from genlip.run.runtime import configure_cpu_allocator
@@ -185,10 +185,7 @@ def train(recipe: Recipe) -> Path:
 def resolve_batches(t, world_size: int) -> BatchPlan:
     """Split ``train.global_batch`` over the ranks (see :mod:`genlip.run.batching`) and write the result into the
     recipe (micro-batch, global batch and steps as trained), so checkpoints hold what was run."""
-    try:
-        plan = plan_batches(t.global_batch, t.micro_batch, world_size, t.steps, t.batch_rounding)
-    except BatchError as e:
-        raise RecipeError(str(e)) from None
+    plan = plan_batches(t.global_batch, t.micro_batch, world_size, t.steps, t.batch_rounding)
     t.micro_batch, t.global_batch, t.steps = plan.micro_batch, plan.global_batch, plan.steps
     return plan
 
