@@ -2,6 +2,7 @@
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from genlip.config import genlip_config
 from genlip.loss import IGNORE_INDEX, supervised_ce
@@ -21,6 +22,48 @@ def test_chunked_equals_plain_loss_and_gradients():
         res[impl] = (loss.detach(), hh.grad, ww.grad)
     for a, b in zip(res["plain"], res["chunked"]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+class _MatmulDtypes(TorchDispatchMode):
+    """Records the input dtypes of every matmul dispatched inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default):
+            self.seen.append(tuple(a.dtype for a in args if isinstance(a, torch.Tensor)))
+        return func(*args, **(kwargs or {}))
+
+
+def test_chunked_under_bf16_autocast_runs_every_gemm_in_bf16_and_matches_plain():
+    """Under autocast the backward's GEMMs run in bf16 like the forward's (autograd leaves autocast for the
+    backward; the function re-enters its dtype), and the result equals the plain loss under the same autocast
+    within bf16 rounding."""
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(40, 32, generator=g)
+    w = torch.randn(500, 32, generator=g) * 0.2
+    y = torch.randint(0, 500, (40,), generator=g)
+    res = {}
+    for impl in ("plain", "chunked"):
+        hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = supervised_ce(hh, ww, y, impl, chunk_size=16)
+        with _MatmulDtypes() as rec:
+            loss.backward()
+        res[impl] = (loss.detach().float(), hh.grad, ww.grad)
+        if impl == "chunked":
+            assert len(rec.seen) == 3 * 3  # 3 chunks x (logits recomputed, grad_h, grad_w)
+            assert all(d == torch.bfloat16 for dts in rec.seen for d in dts), rec.seen
+    assert res["chunked"][1].dtype == res["chunked"][2].dtype == torch.float32  # grads in the leaves' dtype
+    for a, b in zip(res["plain"], res["chunked"]):
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+    # and the bf16 result is a rounding of the fp32 one, not something else
+    hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
+    supervised_ce(hh, ww, y, "chunked", chunk_size=16).backward()
+    torch.testing.assert_close(res["chunked"][2], ww.grad, atol=3e-2, rtol=3e-2)
+    assert not torch.equal(res["chunked"][2], ww.grad)
 
 
 def test_model_loss_matches_full_logits_reference():
