@@ -33,9 +33,23 @@ def init() -> torch.device:
     else:
         device = torch.device("cpu")
     if ws > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(minutes=30), device_id=device if backend == "nccl" else None)
+        dist.init_process_group(backend_for(device), timeout=timedelta(minutes=30),
+                                device_id=device if device.type == "cuda" else None)
     return device
+
+
+def backend_for(device: torch.device) -> str:
+    """The process group's backends: NCCL for CUDA tensors and gloo for CPU ones on GPUs (the trainer reduces a few
+    CPU scalars, such as the supervised-token count, which NCCL alone refuses), gloo on CPUs."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
+def init_single(device: torch.device) -> None:
+    """A process group of this one process (an in-memory store, no port, no torchrun), so that FSDP2 can hold a
+    single process's parameters: ``train.param_dtype=bf16`` on one GPU keeps its fp32 master weights that way."""
+    if not dist.is_initialized():
+        dist.init_process_group(backend_for(device), store=dist.HashStore(), rank=0, world_size=1,
+                                device_id=device if device.type == "cuda" else None)
 
 
 def is_main() -> bool:

@@ -205,10 +205,15 @@ def setup(recipe: Recipe, device: torch.device, plan: BatchPlan | None = None) -
     if recipe.model.compile:
         for block in model.vit.blocks:
             block.compile(dynamic=True, mode=recipe.model.compile_mode)
-    if t.param_dtype == "bf16" and not (ws > 1 and t.parallel == "fsdp"):
-        raise RecipeError("train.param_dtype=bf16 keeps fp32 master weights in FSDP2's shards: it needs "
-                          "train.parallel=fsdp under torchrun with several processes")
-    wrapped = D.wrap(model, t.parallel, device, t.param_dtype)
+    parallel = t.parallel
+    if t.param_dtype == "bf16":  # fp32 master weights live in FSDP2's shards, bf16 copies are gathered per forward
+        if ws > 1 and t.parallel != "fsdp":
+            raise RecipeError("train.param_dtype=bf16 keeps fp32 master weights in FSDP2's shards: with several "
+                              "processes it needs train.parallel=fsdp")
+        if ws == 1:
+            D.init_single(device)  # FSDP2 over one process: the same weights, dtypes and checkpoints
+        parallel = "fsdp"
+    wrapped = D.wrap(model, parallel, device, t.param_dtype)
     optimizer = build_optimizer(wrapped, recipe.optim)
     state = {"step": 0, "samples": 0, "tokens": 0, "nonfinite_skips": 0, "data": {"streams": {}, "batches": {}}}
     ckpt = C.find_resume(run_dir, recipe.checkpoint.resume)

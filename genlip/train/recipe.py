@@ -83,8 +83,9 @@ class TrainRecipe:
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     parallel: Literal["ddp", "fsdp"] = "ddp"  # used when WORLD_SIZE > 1
-    # bf16 (with parallel=fsdp): parameters gathered as bf16 for compute, fp32 shards as the optimizer's master
-    # weights, gradients reduced in fp32 (FSDP2's MixedPrecisionPolicy)
+    # bf16: parameters gathered as bf16 for compute, fp32 shards as the optimizer's master weights, gradients
+    # reduced in fp32 (FSDP2's MixedPrecisionPolicy); several processes need parallel=fsdp, one process shards over
+    # a group of one
     param_dtype: Literal["fp32", "bf16"] = "fp32"
     skip_nonfinite: bool = False  # skip (and count) a step with a NaN/inf loss or gradient instead of stopping
     max_nonfinite_skips: int = bounded(10, ge=0)

@@ -262,5 +262,26 @@ def test_bf16_parameters_under_fsdp_keep_fp32_master_weights(home, tmp_path):
     w = _weights(bf / "checkpoints" / "step_00000004")
     t = w["vit.blocks.0.mlp.up_proj.weight"]
     assert t.dtype == torch.float32 and not torch.equal(t, t.bfloat16().float())  # master weights, not bf16 copies
-    p = _run(home, tmp_path / "x", "train.steps=2", "train.param_dtype=bf16", check=False)
-    assert p.returncode == 2 and "train.parallel=fsdp" in p.stderr
+    p = _run(home, tmp_path / "x", "train.steps=2", "train.param_dtype=bf16", "train.parallel=ddp", torchrun=2,
+             check=False)
+    assert p.returncode != 0 and "with several processes it needs train.parallel=fsdp" in p.stderr  # torchrun: 1
+
+
+def test_bf16_parameters_in_one_process_shard_over_a_group_of_one(home, tmp_path):
+    """Without torchrun, train.param_dtype=bf16 runs FSDP2 over a process group of one (no port): bf16 compute,
+    fp32 master weights in the checkpoint, and a resume from that checkpoint continues the same curve."""
+    ref, bf, cut = tmp_path / "fp32", tmp_path / "bf16", tmp_path / "cut"
+    _run(home, ref, "train.steps=4", "checkpoint.every=2")
+    _run(home, bf, "train.steps=4", "train.param_dtype=bf16", "checkpoint.every=2")
+    a, b = _losses(ref), _losses(bf)
+    assert a[1][0] != b[1][0]
+    for s in range(1, 5):
+        assert b[s][0] == pytest.approx(a[s][0], rel=2e-2), (s, a[s], b[s])
+    t = _weights(bf / "checkpoints" / "step_00000004")["vit.blocks.0.mlp.up_proj.weight"]
+    assert t.dtype == torch.float32 and not torch.equal(t, t.bfloat16().float())
+    _run(home, cut, "train.steps=4", "train.param_dtype=bf16", "checkpoint.every=2",
+         f"checkpoint.resume={bf / 'checkpoints' / 'step_00000002'}")
+    got = _losses(cut)
+    assert sorted(got) == [3, 4]
+    for s in (3, 4):
+        assert got[s][0] == pytest.approx(b[s][0], rel=1e-6), (s, got[s], b[s])
