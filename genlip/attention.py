@@ -20,7 +20,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
-from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from genlip.config import ATTN_BACKENDS
 from genlip.masks import Layout, prefix_lm_mask, segment_bounds
@@ -131,17 +131,27 @@ class FlexPlan(AttentionPlan):
 
     def __init__(self, layout: Layout) -> None:
         sids, iids = layout.sample_ids, layout.image_ids
+        mask_mod = self.mask_mod_for(sids, iids)
+        B, L = sids.shape
+        pad = layout.is_pad
+        ordered, has_pad = (t.item() for t in torch.stack([_ordered_layout(sids, iids), pad.any()]).cpu())
+        if ordered:  # every layout this project builds: blocks classified from per-block id ranges, O(L) work
+            self.block_mask = layout_block_mask(sids, iids, mask_mod)
+        else:  # evaluates mask_mod on all B x L x L pairs (and holds them): exact for any ids, slow at 16K tokens
+            self.block_mask = create_block_mask(mask_mod, B, None, L, L, device=sids.device)
+        self.pad = pad if has_pad else None
 
+    @staticmethod
+    def mask_mod_for(sids: torch.Tensor, iids: torch.Tensor):
+        """The prefix-LM mask as FlexAttention's ``mask_mod``: same sample, and causal or within one image; a
+        padding query attends to itself only."""
         def mask_mod(b, h, q_idx, kv_idx):
             sq, sk = sids[b, q_idx], sids[b, kv_idx]
             iq = iids[b, q_idx]
             same = (sq == sk) & (sq >= 0)
             allow = same & ((q_idx >= kv_idx) | ((iq >= 0) & (iq == iids[b, kv_idx])))
             return allow | ((sq < 0) & (q_idx == kv_idx))
-
-        B, L = sids.shape
-        self.block_mask = create_block_mask(mask_mod, B, None, L, L, device=sids.device)
-        self.pad = layout.is_pad if bool(layout.is_pad.any()) else None
+        return mask_mod
 
     def __call__(self, q, k, v):
         if q.device.type == "cuda":
@@ -155,6 +165,74 @@ class FlexPlan(AttentionPlan):
         if self.pad is not None:
             out = out.masked_fill(self.pad[:, None, :, None], 0.0)
         return out
+
+
+FLEX_BLOCK = 128  # FlexAttention's default block size (queries and keys)
+
+
+def _ordered_layout(sids: torch.Tensor, iids: torch.Tensor) -> torch.Tensor:
+    """Whether :func:`layout_block_mask` applies (a 0-d bool tensor, no host sync): along each row the real tokens'
+    sample ids never decrease, the image tokens' image ids never decrease, and each image id lies in one sample."""
+    def never_decreases(x, keep):
+        prev = torch.where(keep, x, torch.iinfo(x.dtype).min).cummax(dim=1).values
+        return ((x[:, 1:] >= prev[:, :-1]) | ~keep[:, 1:]).all()
+
+    img = iids >= 0
+    # the sample id of the latest image token so far, against each image token's own: equal within one image id
+    last = torch.where(img, torch.arange(sids.shape[1], device=sids.device), -1).cummax(dim=1).values
+    prev_img = torch.cat([last.new_full((sids.shape[0], 1), -1), last[:, :-1]], dim=1)
+    prev_s = sids.gather(1, prev_img.clamp(min=0))
+    prev_i = iids.gather(1, prev_img.clamp(min=0))
+    one_sample = (~img | (prev_img < 0) | (prev_i != iids) | (prev_s == sids)).all()
+    return never_decreases(sids, sids >= 0) & never_decreases(iids, img) & one_sample & (~img | (sids >= 0)).all()
+
+
+def layout_block_mask(sids: torch.Tensor, iids: torch.Tensor, mask_mod, block: int = FLEX_BLOCK):
+    """FlexAttention's ``BlockMask`` for the prefix-LM mask of ``(B, L)`` sample / image ids, built from each
+    block's id ranges instead of evaluating ``mask_mod`` on every query-key pair (``create_block_mask`` holds
+    ``B x L x L`` values; at a 16K-token row that is 268M per row and seconds on a CPU).
+
+    Needs :func:`_ordered_layout`. Then a key block before the query block has an allowed pair iff the two share a
+    sample (sample ids never decrease, so two blocks share one iff their id ranges overlap) and all pairs are allowed
+    iff both blocks are one sample without padding; a key block after it iff they share an image (an image query
+    sees its whole image), all iff both are one image; the diagonal block always has one (each token sees itself)
+    and all iff it is one image. The classification is exact, so the mask equals ``create_block_mask``'s (tested).
+    """
+    B, L = sids.shape
+    nb = -(-L // block)
+    grow = nb * block - L  # the last block's positions past L count as padding (FlexAttention masks them anyway)
+    s = torch.nn.functional.pad(sids, (0, grow), value=-1).view(B, nb, block)
+    i = torch.nn.functional.pad(iids, (0, grow), value=-1).view(B, nb, block)
+    big = torch.iinfo(s.dtype).max
+
+    def ranges(x):
+        keep = x >= 0
+        lo, hi = torch.where(keep, x, big).amin(-1), torch.where(keep, x, -1).amax(-1)
+        return lo, hi, keep.any(-1), keep.all(-1) & (lo == hi)  # (B, nb) each: min, max, any, all one value
+
+    s_lo, s_hi, s_any, s_one = ranges(s)
+    i_lo, i_hi, i_any, i_one = ranges(i)
+
+    def pairs(lo, hi, anyv, one):  # (B, nq, nk): ranges overlap; both blocks are the same single value
+        a, b = (slice(None), slice(None), None), (slice(None), None, slice(None))  # query blocks, key blocks
+        overlap = anyv[a] & anyv[b] & (lo[a] <= hi[b]) & (lo[b] <= hi[a])
+        return overlap, one[a] & one[b] & (lo[a] == lo[b])
+
+    s_overlap, s_same = pairs(s_lo, s_hi, s_any, s_one)
+    i_overlap, i_same = pairs(i_lo, i_hi, i_any, i_one)
+    q_idx = torch.arange(nb, device=sids.device)
+    below = q_idx[None, :, None] > q_idx[None, None, :]  # key block before the query block
+    diag = q_idx[None, :, None] == q_idx[None, None, :]
+    nonempty = torch.where(below, s_overlap, i_overlap) | diag
+    full = torch.where(below, s_same, i_same)  # on the diagonal: one image (i_same of a block with itself)
+    partial = nonempty & ~full
+
+    def as_kv(blocks):  # (B, 1, nq) counts and (B, 1, nq, nk) indices, the listed blocks first
+        order = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True)
+        return blocks.sum(-1, dtype=torch.int32)[:, None], order.to(torch.int32)[:, None]
+
+    return BlockMask.from_kv_blocks(*as_kv(partial), *as_kv(full), BLOCK_SIZE=block, mask_mod=mask_mod,
+                                    seq_lengths=(L, L))
 
 
 def prefix_length(layout: Layout) -> int | None:

@@ -109,3 +109,81 @@ def test_prefix_is_only_taken_where_it_is_exact():
     assert not isinstance(build_plan(packed_layout(ROWS, L), "auto"), PrefixPlan)
     with pytest.raises(ValueError, match="prefix"):
         build_plan(packed_layout(ROWS, L), "prefix")
+
+
+def _blocks(bm) -> tuple[torch.Tensor, torch.Tensor]:
+    """A BlockMask's partial and full blocks as ``(B, nq, nk)`` booleans."""
+    out = []
+    for num, idx in ((bm.kv_num_blocks, bm.kv_indices), (bm.full_kv_num_blocks, bm.full_kv_indices)):
+        dense = torch.zeros(idx.shape[0], idx.shape[2], idx.shape[3], dtype=torch.bool)
+        for b in range(idx.shape[0]):
+            for q in range(idx.shape[2]):
+                dense[b, q, idx[b, 0, q, :num[b, 0, q]].long()] = True
+        out.append(dense)
+    return out[0], out[1]
+
+
+def _random_rows(rng, n_rows, row_len):
+    rows = []
+    for _ in range(n_rows):
+        row, used = [], 0
+        while True:  # samples of image/text segments in any order (text-only ones too), then right padding
+            sample = [("image", (rng.randint(1, 4), rng.randint(1, 5))) if rng.random() < 0.6 else
+                      ("text", rng.randint(1, 12)) for _ in range(rng.randint(1, 3))]
+            n = sum(v[0] * v[1] if k == "image" else v for k, v in sample)
+            if used + n > row_len - rng.randint(0, 6):
+                break
+            row.append(sample)
+            used += n
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_block_mask_from_id_ranges_equals_create_block_mask(seed):
+    """The block mask classified from per-block id ranges (no L x L evaluation) has exactly the partial and full
+    blocks that create_block_mask finds by evaluating the mask on every pair: packed rows of several images and
+    text pieces per sample, text-only samples, padding, lengths that are not a multiple of the block."""
+    import random
+
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from genlip.attention import FlexPlan, _ordered_layout, layout_block_mask
+
+    rng = random.Random(seed)
+    block, row_len = rng.choice([(4, 61), (8, 64), (8, 101), (16, 150)])
+    lay = packed_layout(_random_rows(rng, 3, row_len), row_len)
+    sids, iids = lay.sample_ids, lay.image_ids
+    assert bool(_ordered_layout(sids, iids))
+    mask_mod = FlexPlan.mask_mod_for(sids, iids)
+    ours = _blocks(layout_block_mask(sids, iids, mask_mod, block))
+    ref = _blocks(create_block_mask(mask_mod, 3, None, row_len, row_len, device="cpu", BLOCK_SIZE=block))
+    assert ref[0].any() and ref[1].any()  # the layouts have both kinds of blocks
+    assert torch.equal(ours[0], ref[0]) and torch.equal(ours[1], ref[1])
+
+
+def test_block_mask_from_id_ranges_on_left_padded_stage1_rows_and_the_fallback():
+    """Left-padded prompts (generation) keep ids ordered, so the fast path applies and equals the reference; ids out
+    of order (not a layout this project builds) take create_block_mask, and attention still equals segments."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from genlip.attention import FlexPlan, _ordered_layout, layout_block_mask
+    from genlip.masks import Layout, fixed_layout
+
+    lay = fixed_layout(3, 2, 3, torch.tensor([[1] * 7, [0] * 3 + [1] * 4, [0] * 6 + [1]]), 7)
+    sids, iids = lay.sample_ids, lay.image_ids
+    mm = FlexPlan.mask_mod_for(sids, iids)
+    assert bool(_ordered_layout(sids, iids))
+    assert all(torch.equal(a, b) for a, b in zip(_blocks(layout_block_mask(sids, iids, mm, 4)),
+                                                  _blocks(create_block_mask(mm, 3, None, 13, 13, device="cpu",
+                                                                            BLOCK_SIZE=4))))
+    packed = packed_layout(ROWS, L)
+    flipped = Layout(packed.sample_ids.flip(1), packed.image_ids.flip(1), packed.position_ids)
+    assert not bool(_ordered_layout(flipped.sample_ids, flipped.image_ids))
+    swapped = packed.image_ids.clone()  # image ids ordered, but one id split over two samples
+    swapped[0][swapped[0] == 1] = 0
+    assert not bool(_ordered_layout(packed.sample_ids, swapped))
+    q, k, v = _qkv()
+    with torch.no_grad():
+        torch.testing.assert_close(build_plan(flipped, "flex")(q, k, v), build_plan(flipped, "segments")(q, k, v),
+                                   atol=1e-5, rtol=1e-5)
