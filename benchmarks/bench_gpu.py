@@ -1,24 +1,34 @@
 """Every GPU figure of BENCHMARKS.md in one command (one H100/H200, well under 8 minutes), printed as JSON lines and
 written to ``--out/bench_gpu.json``:
 
-    python benchmarks/bench_gpu.py --out results/gpu [--deadline 420] [--only stage1,profile,...]
+    python benchmarks/bench_gpu.py --out results/gpu [--deadline 420] [--only stage1,variants,...]
 
 Sections, in order (each stops cleanly if ``--deadline`` seconds have passed, so a short lease still returns the
 first ones):
 
 - ``env``: device, versions, the bf16 GEMM peak measured now (8192^3 products): the "share of peak" denominator;
+- ``prefix_check``: the stage-1 attention plan on this device against the dense mask (fp32 and bf16);
 - ``stage1``: the stage-1 step at paper width (L16: 24 x 1024; 224 px = 196 patches + 64 text), compiled blocks,
   bf16 autocast, fused AdamW, chunked loss as in the paper recipes; attention ``prefix`` (what ``auto`` picks) and
-  ``flex`` (what ``auto`` picked before) at batch 64, ``prefix`` at batch 256;
+  ``flex`` (what ``auto`` picked before) at batch 64. Each step also reports ``dispatch_ms``, the host time until
+  the step's work is queued: close to ``sec_per_step`` means the step is bound by the host;
+- ``variants``: the same batch-64 step with one change each: per-sample SDPA (``segments``), bf16 parameters with
+  fp32 master weights (FSDP2 over a process group of one, what ``train.param_dtype=bf16`` runs on one GPU), blocks
+  compiled with CUDA graphs (``reduce-overhead``), and no compilation;
+- ``stage2``: packed rows (FlexAttention, compiled blocks): the issue's own mix (4 x 8192, images of up to 1024
+  patches + ~80 text tokens, ``RowPacker``; comparable to its 98.6K tokens/s), a long-caption mix (4 x 8192), and
+  the paper's 16384-token rows for L16 (activation checkpointing off and on) and So16 (on): tokens/s, share of
+  peak, peak memory;
+- ``blockmask``: building one step's FlexAttention block mask on this device: ``create_block_mask`` against the
+  project's construction from id ranges;
+- ``profile``: one stage-1 batch-64 step and one stage-2 step (issue mix) under ``torch.profiler``: host vs device
+  time, device time by kind of kernel (GEMM, attention, fused elementwise, optimizer, ...) and the top kernels;
 - ``mllm``: one ``genlip-mllm finetune`` step of the paper's frozen protocol: GenLIP L16 at 384 px (576 image
   tokens), the 2-layer projector and a random LLM of Qwen2.5-1.5B's shape, bf16, 2048-token sequences, LLM +
-  projector trained (gradient checkpointing as the recipe), tokens/s and share of peak (FLOPs counted by
-  ``torch.utils.flop_counter`` on a step without checkpointing);
+  projector trained (with and without gradient checkpointing), tokens/s and share of peak;
 - ``eval``: greedy answers/s of that model at batch 1 and batch 16 (``mllm.chat.answer_batch``), and how many of
   the batched answers differ from batch 1's (bf16);
-- ``stage2``: packed rows (FlexAttention, compiled blocks): L16 4 x 8192, and the paper's 16384-token rows for L16
-  (activation checkpointing off and on) and So16 (on): tokens/s, share of peak, peak memory;
-- ``profile``: one stage-1 batch-64 step under ``torch.profiler``: host vs device time and the top kernels.
+- ``stage1:b256``: the stage-1 step at batch 256.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
+from bench_stage2 import block_mask_figures, packed_rows  # noqa: E402
 from common import genlip_train_flops, gpu_bf16_peak_tflops  # noqa: E402
 
 T0 = time.time()
@@ -65,6 +76,18 @@ def cuda_time(fn, warmup: int = 3, iters: int = 5) -> float:
     return sorted(ts)[len(ts) // 2]
 
 
+def dispatch_ms(fn, iters: int = 3) -> float:
+    """Median host milliseconds until ``fn``'s work is queued (the device idle at the start of each call)."""
+    ts = []
+    for _ in range(iters):
+        sync()
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+        sync()
+    return 1e3 * sorted(ts)[len(ts) // 2]
+
+
 def peak_gb() -> float:
     return torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else 0.0
 
@@ -82,9 +105,14 @@ def autocast():
     return torch.autocast("cuda", dtype=torch.bfloat16) if DEV == "cuda" else torch.autocast("cpu", enabled=False)
 
 
-def stage1_model(preset: str, backend: str, checkpointing: bool = False):
+def stage1_model(preset: str, backend: str, checkpointing: bool = False, compile_mode: str | None = "default",
+                 param_bf16: bool = False):
+    """The model and optimizer of a step: blocks compiled with ``compile_mode`` (``None``: eager); ``param_bf16``:
+    FSDP2 over a process group of one with bf16 compute weights and fp32 master shards (``train.param_dtype=bf16``
+    on one GPU), the trainer's own ``genlip.run.dist`` calls."""
     from genlip.config import genlip_config
     from genlip.modeling import GenLIPForCaptioning
+    from genlip.run import dist as D
     from genlip.train.optim import build_optimizer
     from genlip.train.recipe import OptimRecipe
 
@@ -93,14 +121,19 @@ def stage1_model(preset: str, backend: str, checkpointing: bool = False):
     model = GenLIPForCaptioning(cfg).to(DEV).train()
     if checkpointing:
         model.gradient_checkpointing_enable()
-    if not SMOKE:
+    if compile_mode is not None and not SMOKE:
         for blk in model.vit.blocks:
-            blk.compile(dynamic=False)
+            blk.compile(dynamic=False, mode=compile_mode)
+    if param_bf16:
+        D.init_single(torch.device(DEV))
+        model = D.wrap(model, "fsdp", torch.device(DEV), "bf16")
     return cfg, model, build_optimizer(model, OptimRecipe(lr=1e-4))
 
 
-def train_step(model, opt, **batch):
+def train_step(model, opt, cudagraphs: bool = False, **batch):
     def step():
+        if cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast():
             loss = model(**batch, loss_impl="chunked").loss
         loss.backward()
@@ -113,26 +146,54 @@ def train_step(model, opt, **batch):
 S1_IMAGE, S1_TEXT = 224, 64
 
 
-def stage1(peak: float, batch: int, backend: str) -> dict:
+def stage1(peak: float, batch: int, backend: str, compile_mode: str | None = "default",
+           param_bf16: bool = False) -> dict:
+    from genlip.run import dist as D
+
     text, image = S1_TEXT, S1_IMAGE
     fresh()
-    cfg, model, opt = stage1_model("L16", backend)
-    pix = torch.randn(batch, 3, image, image, device=DEV)
-    ids = torch.randint(0, cfg.vocab_size, (batch, text), device=DEV)
-    labels = ids.clone()
-    labels[:, :7] = -100  # the prompt
-    step = train_step(model, opt, input_ids=ids, pixel_values=pix, labels=labels)
-    t_compile = time.time()
-    step()
-    sync()
-    t_compile = time.time() - t_compile
-    sec = cuda_time(step)
+    cfg, model, opt = stage1_model("L16", backend, compile_mode=compile_mode, param_bf16=param_bf16)
+    try:
+        pix = torch.randn(batch, 3, image, image, device=DEV)
+        ids = torch.randint(0, cfg.vocab_size, (batch, text), device=DEV)
+        labels = ids.clone()
+        labels[:, :7] = -100  # the prompt
+        step = train_step(model, opt, compile_mode == "reduce-overhead", input_ids=ids, pixel_values=pix,
+                          labels=labels)
+        t_compile = time.time()
+        step()
+        sync()
+        t_compile = time.time() - t_compile
+        sec = cuda_time(step)
+        host = dispatch_ms(step)
+    finally:
+        if param_bf16:
+            D.cleanup()
     n_img = (image // cfg.patch_size) ** 2
     tflop = genlip_train_flops(cfg, n_img, text, batch, int((labels != -100).sum())) / 1e12
-    return {"preset": PRESET["L16"], "batch": batch, "backend": backend, "sec_per_step": sec,
+    return {"preset": PRESET["L16"], "batch": batch, "backend": backend, "compile_mode": compile_mode,
+            "param_dtype": "bf16" if param_bf16 else "fp32", "sec_per_step": sec, "dispatch_ms": host,
             "samples_per_s": batch / sec, "tokens_per_s": batch * (n_img + text) / sec, "tflop_per_step": tflop,
-            "tflops": tflop / sec,
-            "share_of_peak": tflop / sec / peak, "peak_gb": peak_gb(), "first_step_s": t_compile}
+            "tflops": tflop / sec, "share_of_peak": tflop / sec / peak, "peak_gb": peak_gb(),
+            "first_step_s": t_compile}
+
+
+def variants(peak: float, batch: int) -> dict:
+    """One change each against the ``prefix`` step measured in the same call (its ratio in ``vs_base``)."""
+    runs = {"base": lambda: stage1(peak, batch, "prefix"),
+            "segments": lambda: stage1(peak, batch, "segments"),
+            "param_bf16": lambda: stage1(peak, batch, "prefix", param_bf16=True),
+            "reduce_overhead": lambda: stage1(peak, batch, "prefix", compile_mode="reduce-overhead"),
+            "eager": lambda: stage1(peak, batch, "prefix", compile_mode=None)}
+    out = {}
+    for name, fn in runs.items():
+        try:
+            out[name] = fn()
+        except Exception as e:  # one variant that fails (e.g. CUDA graphs) still lets the others report
+            out[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        if "sec_per_step" in out[name] and "sec_per_step" in out.get("base", {}):
+            out[name]["vs_base"] = out["base"]["sec_per_step"] / out[name]["sec_per_step"]
+    return out
 
 
 def prefix_check() -> dict:
@@ -164,31 +225,48 @@ def prefix_check() -> dict:
 
 
 def packed_batch(cfg, rows: int, row_len: int, seed: int = 0):
-    """Rows filled with stage-2-like samples (image grids of 16..1024 patches, long captions), first-fit."""
-    import random
-
+    """The long-caption mix: rows filled with images of 16..1024 patches and 200..1000-token captions, first-fit."""
     from genlip.masks import packed_layout
 
-    rng = random.Random(seed)
-    layout_rows, n_patches, n_tokens = [], 0, 0
-    for _ in range(rows):
-        used, samples = 0, []
-        while True:
-            gh, gw = (rng.randint(4, 32), rng.randint(4, 32)) if not SMOKE else (rng.randint(1, 4), rng.randint(1, 4))
-            n_txt = rng.randint(200, 1000) if not SMOKE else rng.randint(5, 30)
-            if used + gh * gw + n_txt > row_len:
-                break
-            samples.append([("image", (gh, gw)), ("text", n_txt)])
-            used += gh * gw + n_txt
-            n_patches += gh * gw
-        layout_rows.append(samples)
-        n_tokens += used
+    layout_rows = packed_rows(rows, row_len, seed, *(((1, 4), (5, 30)) if SMOKE else ()))
     lay = packed_layout(layout_rows, row_len).to(DEV)
     ids = torch.randint(0, cfg.vocab_size, (rows, row_len), device=DEV)
     labels = torch.where(lay.image_ids >= 0, -100, ids).masked_fill(lay.sample_ids < 0, -100)
+    n_patches = int((lay.image_ids >= 0).sum())
     patches = torch.randn(n_patches, 3, cfg.patch_size, cfg.patch_size, device=DEV)
     n_samples = sum(len(r) for r in layout_rows)
+    n_tokens = int((lay.sample_ids >= 0).sum())
     return {"input_ids": ids, "labels": labels, "pixel_values": patches, "layout": lay}, n_tokens, n_samples
+
+
+def issue_mix_batch(cfg, rows: int, row_len: int):
+    """The mix of the issue's stage-2 measurement (``gpu_check.py stage2``: 98.6K tokens/s at 4 x 8192): lengths of
+    ``simulate_stage2_lengths(4000, seed=1)``, each an image of all but ~80 tokens (16..1024 patches) and the rest
+    text with a 7-token prompt, packed by ``RowPacker(row_len, 256, 0.95)`` and collated by ``collate_packed``."""
+    from genlip.data.packing import RowPacker, collate_packed, simulate_stage2_lengths
+    from genlip.masks import Layout
+
+    g = torch.Generator().manual_seed(0)
+    cap = 60 if SMOKE else 1024
+    exs = []
+    for ln in simulate_stage2_lengths(4000, seed=1, max_tokens=cap):
+        n_img = max(4 if SMOKE else 16, min(ln - 80, cap))
+        gh = max(1, int(n_img**0.5))
+        gw = max(1, n_img // gh)
+        txt = max(8, ln - gh * gw) if not SMOKE else 10
+        # patches filled after packing: only their count matters to the packer (empty pages cost nothing)
+        exs.append({"patches": torch.empty(gh * gw, 3, cfg.patch_size, cfg.patch_size),
+                    "grid": (gh, gw), "input_ids": torch.randint(0, cfg.vocab_size, (txt,), generator=g),
+                    "labels": torch.cat([torch.full((7,), -100), torch.randint(0, cfg.vocab_size, (txt - 7,),
+                                                                                generator=g)])})
+    packed = RowPacker(row_len, 256, 0.95).take(iter(exs), rows)
+    for row in packed:
+        for ex in row:
+            ex["patches"] = torch.randn(ex["patches"].shape, generator=g)
+    b = {k: v.to(DEV) if torch.is_tensor(v) else v for k, v in collate_packed(packed, row_len, 0).items()}
+    lay = Layout(b.pop("sample_ids"), b.pop("image_ids"), b.pop("position_ids"))
+    n_tokens = int((lay.sample_ids >= 0).sum())
+    return {**b, "layout": lay}, n_tokens, sum(len(r) for r in packed)
 
 
 def packed_flops(cfg, batch) -> float:
@@ -211,21 +289,29 @@ def packed_flops(cfg, batch) -> float:
     return 3 * fwd
 
 
-def stage2(peak: float, preset: str, rows: int, row_len: int, checkpointing: bool) -> dict:
+def stage2(peak: float, preset: str, rows: int, row_len: int, checkpointing: bool, mix: str = "long") -> dict:
     fresh()
     cfg, model, opt = stage1_model(preset, "flex" if DEV == "cuda" else "segments", checkpointing)
-    batch, n_tokens, n_samples = packed_batch(cfg, rows, row_len)
+    batch, n_tokens, n_samples = (issue_mix_batch if mix == "issue" else packed_batch)(cfg, rows, row_len)
     step = train_step(model, opt, **batch)
     try:
         sec = cuda_time(step, warmup=2, iters=4)
+        host = dispatch_ms(step, 2)
     except torch.cuda.OutOfMemoryError:
         return {"preset": preset, "rows": rows, "row_len": row_len, "checkpointing": checkpointing, "oom": True,
                 "peak_gb": peak_gb()}
     tflop = packed_flops(cfg, batch) / 1e12
-    return {"preset": preset, "rows": rows, "row_len": row_len, "checkpointing": checkpointing,
-            "fill": n_tokens / (rows * row_len), "samples": n_samples, "sec_per_step": sec,
-            "tokens_per_s": n_tokens / sec, "tflops": tflop / sec, "share_of_peak": tflop / sec / peak,
-            "peak_gb": peak_gb(), "fits_80gb": peak_gb() < 79.0}
+    return {"preset": preset, "mix": mix, "rows": rows, "row_len": row_len, "checkpointing": checkpointing,
+            "fill": n_tokens / (rows * row_len), "samples": n_samples, "sec_per_step": sec, "dispatch_ms": host,
+            "tokens_per_s": n_tokens / sec, "tflop_per_step": tflop, "tflops": tflop / sec,
+            "share_of_peak": tflop / sec / peak, "peak_gb": peak_gb(), "fits_80gb": peak_gb() < 79.0}
+
+
+def blockmask() -> dict:
+    """One step's FlexAttention block mask built on this device, both ways (``bench_stage2.block_mask_figures``)."""
+    sizes = ((2, 256),) if SMOKE else ((4, 8192), (1, 16384))
+    mix = ((1, 4), (5, 30)) if SMOKE else ()
+    return {f"{r}x{n}": block_mask_figures(r, n, DEV, lambda fn: cuda_time(fn, 1, 3), mix) for r, n in sizes}
 
 
 def mllm_parts(tmp: Path):
@@ -340,15 +426,28 @@ def evaluation(parts, n: int = 32, max_new: int = 16) -> dict:
     return res
 
 
-def profile(batch: int = 64) -> dict:
+KERNEL_KINDS = (  # first match wins; names as CUDA reports them (cuBLAS nvjet/xmma/cutlass, flash, cuDNN, Triton)
+    ("attention", ("flash", "fmha", "cudnn", "attention", "flex")),
+    ("gemm", ("nvjet", "gemm", "xmma", "cutlass", "cublas", "sm90_", "sm80_")),
+    ("optimizer", ("multi_tensor_apply", "adam")),
+    ("fused_elementwise", ("triton",)),
+    ("copy_or_cast", ("copy", "memcpy", "memset", "cast")),
+    ("reduction", ("reduce",)),
+    ("elementwise", ("elementwise", "vectorized")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other")
+
+
+def profiled(step) -> dict:
+    """One call of ``step`` under the profiler: wall, host (operators' own CPU time) and device time (kernels only),
+    device time by kind of kernel, and the 20 longest kernels."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as prof
 
-    fresh()
-    cfg, model, opt = stage1_model("L16", "prefix")
-    pix = torch.randn(batch, 3, S1_IMAGE, S1_IMAGE, device=DEV)
-    ids = torch.randint(0, cfg.vocab_size, (batch, S1_TEXT), device=DEV)
-    step = train_step(model, opt, input_ids=ids, pixel_values=pix, labels=ids)
     for _ in range(3):
         step()
     sync()
@@ -361,11 +460,32 @@ def profile(batch: int = 64) -> dict:
     events = p.key_averages()
     kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]  # not their operators too
     cuda_total = max(sum(e.self_device_time_total for e in kernels) / 1e3, 1e-9)
-    cpu_total = sum(e.self_cpu_time_total for e in events) / 1e3
-    top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:15]
-    return {"batch": batch, "wall_ms": wall * 1e3, "device_ms": cuda_total, "host_ms": cpu_total,
-            "top_kernels": [{"name": e.key[:90], "device_ms": e.self_device_time_total / 1e3,
+    cpu_total = sum(e.self_cpu_time_total for e in events if e.device_type == torch.autograd.DeviceType.CPU) / 1e3
+    kinds: dict[str, float] = {}
+    for e in kernels:
+        kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + e.self_device_time_total / 1e3
+    top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:20]
+    return {"wall_ms": wall * 1e3, "device_ms": cuda_total, "host_ms": cpu_total,
+            "launches": sum(e.count for e in kernels),
+            "device_ms_by_kind": {k: round(v, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "top_kernels": [{"name": e.key[:90], "kind": kernel_kind(e.key),
+                             "device_ms": e.self_device_time_total / 1e3,
                              "share": e.self_device_time_total / 1e3 / cuda_total, "calls": e.count} for e in top]}
+
+
+def profile(batch: int = 64) -> dict:
+    fresh()
+    cfg, model, opt = stage1_model("L16", "prefix")
+    pix = torch.randn(batch, 3, S1_IMAGE, S1_IMAGE, device=DEV)
+    ids = torch.randint(0, cfg.vocab_size, (batch, S1_TEXT), device=DEV)
+    return {"batch": batch, **profiled(train_step(model, opt, input_ids=ids, pixel_values=pix, labels=ids))}
+
+
+def profile_stage2(rows: int, row_len: int) -> dict:
+    fresh()
+    cfg, model, opt = stage1_model("L16", "flex" if DEV == "cuda" else "segments")
+    batch, n_tokens, n_samples = issue_mix_batch(cfg, rows, row_len)
+    return {"rows": rows, "row_len": row_len, "mix": "issue", **profiled(train_step(model, opt, **batch))}
 
 
 def main() -> None:
@@ -417,8 +537,14 @@ def main() -> None:
                            "date": time.strftime("%Y-%m-%d")})
     record("prefix_check", prefix_check)
     b = 2 if SMOKE else 64
+    r = 256 if SMOKE else 8192
     record("stage1:b64:prefix", lambda: stage1(peak, b, "prefix"))
     record("stage1:b64:flex", lambda: stage1(peak, b, "flex" if DEV == "cuda" else "dense"))
+    record("variants", lambda: variants(peak, b))
+    record("stage2:L16:4x8192:issue_mix", lambda: stage2(peak, "L16", 4, r, False, "issue"))
+    record("blockmask", blockmask)
+    record("profile", lambda: profile(b))
+    record("profile:stage2", lambda: profile_stage2(4, r))
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -432,12 +558,10 @@ def main() -> None:
         if "m" in parts:
             record("eval", lambda: evaluation(parts["m"], *((4, 4) if SMOKE else ())))
         parts.clear()
-    r = 256 if SMOKE else 8192
     record("stage2:L16:4x8192", lambda: stage2(peak, "L16", 4, r, False))
     record("stage2:L16:1x16384:ac_none", lambda: stage2(peak, "L16", 1, 2 * r, False))
     record("stage2:L16:1x16384:ac_full", lambda: stage2(peak, "L16", 1, 2 * r, True))
     record("stage2:So16:1x16384:ac_full", lambda: stage2(peak, "So16", 1, 2 * r, True))
-    record("profile", lambda: profile(b))
     record("stage1:b256:prefix", lambda: stage1(peak, 4 * b, "prefix"))
 
 

@@ -1,5 +1,6 @@
 """Stage-2 figures: packing fill ratio on a realistic length mix, per-sample SDPA against one dense mask at 4096
-tokens, and packed training throughput (tokens/s, MFU against the fp32 peak measured in the same run).
+tokens, FlexAttention's block mask built from id ranges against ``create_block_mask`` at the paper's row sizes, and
+packed training throughput (tokens/s, MFU against the fp32 peak measured in the same run).
 
     python benchmarks/bench_stage2.py
 """
@@ -53,6 +54,55 @@ def attention(L: int = 4096, n: int = 12, heads: int = 8, hd: int = 64) -> dict:
     return out
 
 
+def packed_rows(rows: int, row_len: int, seed: int = 0, grid=(4, 32), text=(200, 1000)) -> list:
+    """Rows of a stage-2-like mix (image grids of 4..32 per side, 200..1000 text tokens), filled first-fit."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(rows):
+        used, samples = 0, []
+        while True:
+            gh, gw, n_txt = rng.randint(*grid), rng.randint(*grid), rng.randint(*text)
+            if used + gh * gw + n_txt > row_len:
+                break
+            samples.append([("image", (gh, gw)), ("text", n_txt)])
+            used += gh * gw + n_txt
+        out.append(samples)
+    return out
+
+
+def block_mask_figures(rows: int, row_len: int, device: str, timer, mix: tuple = ()) -> dict:
+    """Building one step's FlexAttention block mask for ``rows x row_len`` packed tokens on ``device``:
+    ``create_block_mask`` (the mask evaluated on every pair) against :func:`genlip.attention.layout_block_mask`
+    (per-block id ranges), timed by ``timer(fn) -> seconds``; ``same_blocks`` compares their blocks."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from genlip.attention import FlexPlan, layout_block_mask
+
+    lay = packed_layout(packed_rows(rows, row_len, 0, *mix), row_len).to(device)
+    sids, iids = lay.sample_ids, lay.image_ids
+    mm = FlexPlan.mask_mod_for(sids, iids)
+
+    def reference():
+        return create_block_mask(mm, rows, None, row_len, row_len, device=device)
+
+    def ours():
+        return layout_block_mask(sids, iids, mm)
+
+    a, b = reference(), ours()
+    same = all(torch.equal(x, y) for x, y in ((a.kv_num_blocks, b.kv_num_blocks), (a.kv_indices, b.kv_indices),
+                                              (a.full_kv_num_blocks, b.full_kv_num_blocks)))
+    t_ref, t_ours = timer(reference), timer(ours)
+    return {"create_block_mask_ms": 1e3 * t_ref, "from_id_ranges_ms": 1e3 * t_ours, "speedup": t_ref / t_ours,
+            "same_blocks": same, "sparsity_pct": b.sparsity()}
+
+
+def block_mask(reps: int = 3) -> dict:
+    return {f"{r}x{n}": block_mask_figures(r, n, "cpu", lambda fn: timeit(fn, 1, reps))
+            for r, n in ((4, 8192), (1, 16384))}
+
+
 def train_throughput(row_len: int = 4096, rows: int = 1, steps: int = 5) -> dict:
     from genlip.train.optim import build_optimizer
     from genlip.train.recipe import OptimRecipe
@@ -104,7 +154,8 @@ def main() -> None:
     args = ap.parse_args()
     allocator = apply_allocator(args.cpu_allocator)
     torch.set_num_threads(os.cpu_count() or 1)
-    res = {"cpu_allocator": allocator, "packing": packing_fill(), "attention_4096": attention()}
+    res = {"cpu_allocator": allocator, "packing": packing_fill(), "attention_4096": attention(),
+           "block_mask": block_mask()}
     peak0 = matmul_peak_gflops()
     res["train"] = train_throughput()
     peak = max(peak0, matmul_peak_gflops())
