@@ -188,13 +188,17 @@ def _init_worker(then: Callable | None, worker_id: int) -> None:
         then(worker_id)
 
 
-def make_loader(dataset: PretrainStream, num_workers: int, worker_init: Callable | None = None) -> DataLoader:
+def make_loader(dataset: PretrainStream, num_workers: int, worker_init: Callable | None = None,
+                pin_memory: bool = False) -> DataLoader:
     """A DataLoader over ready batches (``batch_size=None``); workers keep their own streams and ignore the
-    pre-emption signals (:func:`ignore_preemption_signals`) before running ``worker_init``."""
+    pre-emption signals (:func:`ignore_preemption_signals`) before running ``worker_init``. ``pin_memory`` (the
+    trainer sets it on CUDA): batches arrive in page-locked memory, so the trainer's ``non_blocking`` copies to the
+    GPU overlap with its work instead of staging through pageable memory on the training thread."""
     init = functools.partial(_init_worker, worker_init) if num_workers else None
     return DataLoader(dataset, batch_size=None, num_workers=num_workers, worker_init_fn=init,
                       persistent_workers=False, prefetch_factor=4 if num_workers else None,
-                      multiprocessing_context="fork" if num_workers and os.name == "posix" else None)
+                      multiprocessing_context="fork" if num_workers and os.name == "posix" else None,
+                      pin_memory=pin_memory)
 
 
 def split_meta(batch: dict) -> tuple[dict, dict]:

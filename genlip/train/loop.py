@@ -239,8 +239,9 @@ def setup(recipe: Recipe, device: torch.device, plan: BatchPlan | None = None) -
              f"run dir {run_dir}")
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and t.precision != "fp32"
                 else contextlib.nullcontext())
+    loader = make_loader(dataset, recipe.data.num_workers, pin_memory=device.type == "cuda")
     return Run(recipe, device, model, wrapped, optimizer, tokenizer, accum, state,
-               iter(make_loader(dataset, recipe.data.num_workers)), consumed, dict(state["data"]["streams"]),
+               iter(loader), consumed, dict(state["data"]["streams"]),
                RunLogger(run_dir, recipe, t.steps, state["step"]), autocast)
 
 
