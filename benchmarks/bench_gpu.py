@@ -13,8 +13,9 @@ first ones):
   ``flex`` (what ``auto`` picked before) at batch 64. Each step also reports ``dispatch_ms``, the host time until
   the step's work is queued: close to ``sec_per_step`` means the step is bound by the host;
 - ``variants``: the same batch-64 step with one change each: per-sample SDPA (``segments``), bf16 parameters with
-  fp32 master weights (FSDP2 over a process group of one, what ``train.param_dtype=bf16`` runs on one GPU), blocks
-  compiled with CUDA graphs (``reduce-overhead``), and no compilation;
+  fp32 master weights (FSDP2 over a process group of one, what ``train.param_dtype=bf16`` runs on one GPU), the
+  blocks compiled as one graph (``model.compile_scope=transformer``), blocks compiled with CUDA graphs
+  (``reduce-overhead``), and no compilation;
 - ``stage2``: packed rows (FlexAttention, compiled blocks): the issue's own mix (4 x 8192, images of up to 1024
   patches + ~80 text tokens, ``RowPacker``; comparable to its 98.6K tokens/s), a long-caption mix (4 x 8192), and
   the paper's 16384-token rows for L16 (activation checkpointing off and on) and So16 (on): tokens/s, share of
@@ -25,7 +26,8 @@ first ones):
   time, device time by kind of kernel (GEMM, attention, fused elementwise, optimizer, ...) and the top kernels;
 - ``mllm``: one ``genlip-mllm finetune`` step of the paper's frozen protocol: GenLIP L16 at 384 px (576 image
   tokens), the 2-layer projector and a random LLM of Qwen2.5-1.5B's shape, bf16, 2048-token sequences, LLM +
-  projector trained (with and without gradient checkpointing), tokens/s and share of peak;
+  projector trained (with and without gradient checkpointing, eager and with the LLM's layers compiled as
+  ``train.compile=true`` does), tokens/s and share of peak;
 - ``eval``: greedy answers/s of that model at batch 1 and batch 16 (``mllm.chat.answer_batch``), and how many of
   the batched answers differ from batch 1's (bf16);
 - ``stage1:b256``: the stage-1 step at batch 256.
@@ -106,8 +108,9 @@ def autocast():
 
 
 def stage1_model(preset: str, backend: str, checkpointing: bool = False, compile_mode: str | None = "default",
-                 param_bf16: bool = False):
-    """The model and optimizer of a step: blocks compiled with ``compile_mode`` (``None``: eager); ``param_bf16``:
+                 param_bf16: bool = False, scope: str = "blocks"):
+    """The model and optimizer of a step: blocks compiled with ``compile_mode`` (``None``: eager), each on its own
+    or as one graph (``scope="transformer"``, ``model.compile_scope``); ``param_bf16``:
     FSDP2 over a process group of one with bf16 compute weights and fp32 master shards (``train.param_dtype=bf16``
     on one GPU), the trainer's own ``genlip.run.dist`` calls."""
     from genlip.config import genlip_config
@@ -122,8 +125,8 @@ def stage1_model(preset: str, backend: str, checkpointing: bool = False, compile
     if checkpointing:
         model.gradient_checkpointing_enable()
     if compile_mode is not None and not SMOKE:
-        for blk in model.vit.blocks:
-            blk.compile(dynamic=False, mode=compile_mode)
+        for part in [model.vit] if scope == "transformer" else model.vit.blocks:
+            part.compile(dynamic=False, mode=compile_mode)
     if param_bf16:
         D.init_single(torch.device(DEV))
         model = D.wrap(model, "fsdp", torch.device(DEV), "bf16")
@@ -147,12 +150,12 @@ S1_IMAGE, S1_TEXT = 224, 64
 
 
 def stage1(peak: float, batch: int, backend: str, compile_mode: str | None = "default",
-           param_bf16: bool = False) -> dict:
+           param_bf16: bool = False, scope: str = "blocks") -> dict:
     from genlip.run import dist as D
 
     text, image = S1_TEXT, S1_IMAGE
     fresh()
-    cfg, model, opt = stage1_model("L16", backend, compile_mode=compile_mode, param_bf16=param_bf16)
+    cfg, model, opt = stage1_model("L16", backend, compile_mode=compile_mode, param_bf16=param_bf16, scope=scope)
     try:
         pix = torch.randn(batch, 3, image, image, device=DEV)
         ids = torch.randint(0, cfg.vocab_size, (batch, text), device=DEV)
@@ -172,6 +175,7 @@ def stage1(peak: float, batch: int, backend: str, compile_mode: str | None = "de
     n_img = (image // cfg.patch_size) ** 2
     tflop = genlip_train_flops(cfg, n_img, text, batch, int((labels != -100).sum())) / 1e12
     return {"preset": PRESET["L16"], "batch": batch, "backend": backend, "compile_mode": compile_mode,
+            "compile_scope": scope,
             "param_dtype": "bf16" if param_bf16 else "fp32", "sec_per_step": sec, "dispatch_ms": host,
             "samples_per_s": batch / sec, "tokens_per_s": batch * (n_img + text) / sec, "tflop_per_step": tflop,
             "tflops": tflop / sec, "share_of_peak": tflop / sec / peak, "peak_gb": peak_gb(),
@@ -183,6 +187,7 @@ def variants(peak: float, batch: int) -> dict:
     runs = {"base": lambda: stage1(peak, batch, "prefix"),
             "segments": lambda: stage1(peak, batch, "segments"),
             "param_bf16": lambda: stage1(peak, batch, "prefix", param_bf16=True),
+            "compile_transformer": lambda: stage1(peak, batch, "prefix", scope="transformer"),
             "reduce_overhead": lambda: stage1(peak, batch, "prefix", compile_mode="reduce-overhead"),
             "eager": lambda: stage1(peak, batch, "prefix", compile_mode=None)}
     out = {}
@@ -381,15 +386,24 @@ def mllm(peak: float, parts, micro: int = 4, seq: int = 2048) -> dict:
     tflop = mllm_flops(model, micro, seq, n_img) / 1e12
     out = {"llm": "Qwen2.5-1.5B shape (random)", "tower": "GenLIP L16 @384 (576 tokens)", "micro_batch": micro,
            "seq": seq, "tflop_per_step": tflop}
-    for gc in (False, True):
-        fresh()
-        if gc:
-            model.model.language_model.gradient_checkpointing_enable()
-        sec = cuda_time(step, warmup=2, iters=4)
-        key = "checkpointing" if gc else "no_checkpointing"
-        out[key] = {"sec_per_step": sec, "tokens_per_s": micro * seq / sec, "share_of_peak": tflop / sec / peak,
-                    "peak_gb": peak_gb()}
+    for compiled in (False, True):  # train.compile: the LLM's decoder layers compiled (the trainer's function)
+        if compiled and not SMOKE:
+            from mllm.train import compile_llm_layers
+
+            compile_llm_layers(model)
+        for gc in (False, True):
+            fresh()
+            if gc:
+                model.model.language_model.gradient_checkpointing_enable()
+            else:
+                model.model.language_model.gradient_checkpointing_disable()
+            sec = cuda_time(step, warmup=2, iters=4)
+            key = ("compiled_" if compiled else "") + ("checkpointing" if gc else "no_checkpointing")
+            out[key] = {"sec_per_step": sec, "tokens_per_s": micro * seq / sec, "share_of_peak": tflop / sec / peak,
+                        "peak_gb": peak_gb()}
     model.model.language_model.gradient_checkpointing_disable()
+    for layer in model.model.language_model.layers:  # evaluation measures the eager layers, as before
+        layer._compiled_call_impl = None
     return out
 
 

@@ -5,11 +5,18 @@ Which parameters train is declared here as a learning rate per module group; 0 m
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Literal
 
 from genlip.run.config import bounded
 from genlip.run.resources import resolve_deepspeed
+
+
+def zero_stage(config_path: str) -> int:
+    """The ZeRO stage a DeepSpeed JSON config asks for (0 when it names none)."""
+    with open(config_path, encoding="utf-8") as f:
+        return int(json.load(f).get("zero_optimization", {}).get("stage", 0))
 
 # the Hugging Face Trainer's lr_scheduler_type values that take no extra arguments
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
@@ -76,6 +83,9 @@ class MllmTrainRecipe:
     cpu_allocator: Literal["retain", "system"] = "retain"  # retain: keep freed memory (genlip.run.runtime)
     deepspeed: str | None = None  # zero2 | zero3 (bundled) | a DeepSpeed JSON path; resolved to a full path at load
     gradient_checkpointing: bool = False
+    # compile each LLM decoder layer (torch.compile, dynamic shapes): the layer's norms, rotary embedding and SwiGLU
+    # fuse into a few kernels instead of one per operation; not with ZeRO-3 (its parameter hooks are not compiled)
+    compile: bool = False
     save_steps: int = bounded(500, ge=1)
     save_total_limit: int = bounded(2, ge=1)
     logging_steps: int = bounded(10, ge=1)
@@ -87,6 +97,9 @@ class MllmTrainRecipe:
     def __post_init__(self) -> None:
         if self.deepspeed:  # checked here, before any model is loaded
             self.deepspeed = str(resolve_deepspeed(self.deepspeed))
+            if self.compile and zero_stage(self.deepspeed) == 3:
+                raise ValueError("train.compile=true is not supported with ZeRO-3 (DeepSpeed's parameter hooks "
+                                 "around compiled layers are untested here); use zero2 or train.compile=false")
 
 
 @dataclass

@@ -242,6 +242,8 @@ def train(recipe: MllmRecipe) -> Path:
     D.print0(f"MLLM {recipe.stage}: {spec.kind} tower ({spec.mode} mode) -> projector -> LLM | "
              f"{'LoRA on the LLM' if recipe.lora.enabled else 'full weights'}")
     apply_trainable(model, lrs, lora=recipe.lora.enabled)
+    if t.compile:
+        D.print0(f"compiled {compile_llm_layers(model)} LLM decoder layers (train.compile)")
     encoder = ConversationEncoder(tokenizer, spec, tokenizer.convert_tokens_to_ids("<image>"),
                                   system=recipe.data.system_prompt, max_length=recipe.data.max_length,
                                   template=recipe.data.template)
@@ -264,6 +266,20 @@ def train(recipe: MllmRecipe) -> Path:
         D.print0(f"dropped from their batches during training: {dict(skipped)}")
     return _save_final(trainer, model, tokenizer, spec, recipe, {"records": dict(dataset.skipped),
                                                                   "training": dict(skipped)})
+
+
+def compile_llm_layers(model) -> int:
+    """Compile each decoder layer of the LLM in place (``nn.Module.compile``: parameter names, checkpoints and
+    gradient checkpointing unchanged), with dynamic shapes since sequence lengths vary per batch. Returns how many."""
+    n = 0
+    for name, mod in model.named_modules():
+        if name.endswith("language_model.layers") and isinstance(mod, torch.nn.ModuleList):
+            for layer in mod:
+                layer.compile(dynamic=True)
+                n += 1
+    if not n:
+        raise RuntimeError("train.compile: the model has no language_model.layers to compile")
+    return n
 
 
 def _process_state(t, ws: int, cuda: bool) -> None:

@@ -202,9 +202,7 @@ def setup(recipe: Recipe, device: torch.device, plan: BatchPlan | None = None) -
     torch.manual_seed(t.seed)  # identical initial weights on every rank
     sources, tokenizer, builder = build_stream_parts(recipe)
     model = build_model(recipe, tokenizer).to(device)
-    if recipe.model.compile:
-        for block in model.vit.blocks:
-            block.compile(dynamic=True, mode=recipe.model.compile_mode)
+    compile_model(model, recipe.model)
     parallel = t.parallel
     if t.param_dtype == "bf16":  # fp32 master weights live in FSDP2's shards, bf16 copies are gathered per forward
         if ws > 1 and t.parallel != "fsdp":
@@ -243,6 +241,15 @@ def setup(recipe: Recipe, device: torch.device, plan: BatchPlan | None = None) -
     return Run(recipe, device, model, wrapped, optimizer, tokenizer, accum, state,
                iter(loader), consumed, dict(state["data"]["streams"]),
                RunLogger(run_dir, recipe, t.steps, state["step"]), autocast)
+
+
+def compile_model(model, m) -> None:
+    """``model.compile`` in place (parameter names and checkpoints unchanged), per block or the whole stack of
+    blocks (``model.compile_scope``), dynamic shapes (text lengths vary per batch)."""
+    if not m.compile:
+        return
+    for part in [model.vit] if m.compile_scope == "transformer" else model.vit.blocks:
+        part.compile(dynamic=True, mode=m.compile_mode)
 
 
 def train_step(run: Run, micro: list[dict], step: int) -> tuple[float, float, int]:

@@ -26,10 +26,17 @@ class ModelRecipe:
     # activation checkpointing of the blocks: none; selective (keep matmul and attention outputs, recompute the
     # elementwise work); full (keep only each block's input)
     activation_checkpointing: Literal["none", "selective", "full"] = "none"
-    compile: bool = False  # torch.compile each block
+    compile: bool = False  # torch.compile the blocks
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    # blocks: each block its own graph (one compilation, reused by every layer); transformer: the blocks and the final
+    # norm as one graph (one guard check and one autograd node per step instead of one per block: less host work per
+    # step, longer compilation)
+    compile_scope: Literal["blocks", "transformer"] = "blocks"
 
     def __post_init__(self) -> None:
+        if self.compile_scope == "transformer" and self.activation_checkpointing != "none":
+            raise ValueError("model.compile_scope=transformer needs model.activation_checkpointing=none (checkpointed "
+                             "blocks inside one compiled graph do not trace); use model.compile_scope=blocks")
         if self.preset is not None and self.preset not in PRESETS:
             close = difflib.get_close_matches(self.preset, list(PRESETS), n=1)
             raise ValueError(f"model.preset {self.preset!r} is not one of {', '.join(PRESETS)}"
