@@ -344,14 +344,15 @@ def mllm_parts(tmp: Path):
     return build_mllm(str(tmp / "tower"), str(tmp / "llm"), "resize", image_size=IMAGE)
 
 
-def mllm_flops(model, micro: int, seq: int, n_img: int) -> float:
+def mllm_flops(model, micro: int, seq: int, n_img: int, n_supervised: int) -> float:
     """Matmul FLOPs of one frozen-protocol step: the LLM forward and backward (3x forward: 2 per weight and token,
-    causal attention pairs), the projector likewise, the frozen tower forward only."""
+    causal attention pairs), its LM head on the ``n_supervised`` positions the loss needs (as ``genlip_train_flops``
+    counts GenLIP's), the projector likewise, the frozen tower forward only."""
     c = model.config.text_config
     d, layers, T = c.hidden_size, c.num_hidden_layers, seq
     kv = c.num_key_value_heads * (d // c.num_attention_heads)
-    per_token = layers * (2 * d * d + 2 * d * kv + 3 * d * c.intermediate_size) + d * c.vocab_size
-    llm = micro * (2 * T * per_token + layers * 4 * d * T * (T + 1) // 2)
+    per_token = layers * (2 * d * d + 2 * d * kv + 3 * d * c.intermediate_size)
+    llm = micro * (2 * T * per_token + layers * 4 * d * T * (T + 1) // 2) + 2 * n_supervised * d * c.vocab_size
     v = model.config.vision_config
     tower = micro * (2 * n_img * v.num_hidden_layers * (5 * v.hidden_size**2 + 3 * v.hidden_size *
                      v.intermediate_size) + v.num_hidden_layers * 4 * v.hidden_size * n_img * n_img)
@@ -360,6 +361,10 @@ def mllm_flops(model, micro: int, seq: int, n_img: int) -> float:
 
 
 def mllm(peak: float, parts, micro: int = 4, seq: int = 2048) -> dict:
+    """The step eager, then with the LLM's layers compiled (``train.compile``), each with and without gradient
+    checkpointing, and compiled with the chunked loss (``train.loss_impl=chunked``, the trainer's function)."""
+    from mllm.train import chunked_lm_loss, compile_llm_layers
+
     fresh()
     model, tok, spec = parts
     model.to(DEV).train()
@@ -369,38 +374,51 @@ def mllm(peak: float, parts, micro: int = 4, seq: int = 2048) -> dict:
     ids[:, 5:5 + n_img] = image_id
     labels = ids.masked_fill(ids == image_id, -100)
     labels[:, : 5 + n_img + 20] = -100  # system prompt, image and question unsupervised
-    batch = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids),
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
              "pixel_values": torch.randn(micro, 3, IMAGE, IMAGE, device=DEV)}
+    n_sup = int((labels[:, 1:] != -100).sum())
     tower = set(model.model.vision_tower.parameters())
     for p in model.parameters():
         p.requires_grad_(p not in tower)  # the frozen protocol: projector + LLM
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-5, fused=DEV == "cuda")
+    chunked_loss = chunked_lm_loss(model)
+    mode = {"chunked": False}
 
     def step():
         with autocast():
-            loss = model(**batch).loss
+            if mode["chunked"]:
+                out = model(**batch, output_hidden_states=True, logits_to_keep=1)
+                loss = chunked_loss(out, labels, n_sup)
+            else:
+                loss = model(**batch, labels=labels, num_items_in_batch=n_sup).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    tflop = mllm_flops(model, micro, seq, n_img) / 1e12
+    tflop = mllm_flops(model, micro, seq, n_img, n_sup) / 1e12
+    with torch.no_grad(), autocast():  # the two losses on this device and dtype
+        plain = float(model(**batch, labels=labels, num_items_in_batch=n_sup).loss)
+        mine = float(chunked_loss(model(**batch, output_hidden_states=True, logits_to_keep=1), labels, n_sup))
     out = {"llm": "Qwen2.5-1.5B shape (random)", "tower": "GenLIP L16 @384 (576 tokens)", "micro_batch": micro,
-           "seq": seq, "tflop_per_step": tflop}
-    for compiled in (False, True):  # train.compile: the LLM's decoder layers compiled (the trainer's function)
-        if compiled and not SMOKE:
-            from mllm.train import compile_llm_layers
-
+           "seq": seq, "supervised_tokens": n_sup, "tflop_per_step": tflop,
+           "chunked_vs_plain_loss_rel_diff": abs(mine - plain) / abs(plain)}
+    for key, compiled, gc, chunked in (("no_checkpointing", False, False, False), ("checkpointing", False, True, False),
+                                       ("compiled_no_checkpointing", True, False, False),
+                                       ("compiled_checkpointing", True, True, False),
+                                       ("compiled_chunked_loss_no_checkpointing", True, False, True),
+                                       ("compiled_chunked_loss_checkpointing", True, True, True)):
+        if compiled and not SMOKE and not getattr(model, "_bench_compiled", False):
             compile_llm_layers(model)
-        for gc in (False, True):
-            fresh()
-            if gc:
-                model.model.language_model.gradient_checkpointing_enable()
-            else:
-                model.model.language_model.gradient_checkpointing_disable()
-            sec = cuda_time(step, warmup=2, iters=4)
-            key = ("compiled_" if compiled else "") + ("checkpointing" if gc else "no_checkpointing")
-            out[key] = {"sec_per_step": sec, "tokens_per_s": micro * seq / sec, "share_of_peak": tflop / sec / peak,
-                        "peak_gb": peak_gb()}
+            model._bench_compiled = True
+        mode["chunked"] = chunked
+        fresh()
+        if gc:
+            model.model.language_model.gradient_checkpointing_enable()
+        else:
+            model.model.language_model.gradient_checkpointing_disable()
+        sec = cuda_time(step, warmup=2, iters=4)
+        out[key] = {"sec_per_step": sec, "tokens_per_s": micro * seq / sec, "share_of_peak": tflop / sec / peak,
+                    "peak_gb": peak_gb()}
     model.model.language_model.gradient_checkpointing_disable()
     for layer in model.model.language_model.layers:  # evaluation measures the eager layers, as before
         layer._compiled_call_impl = None

@@ -86,6 +86,10 @@ class MllmTrainRecipe:
     # compile each LLM decoder layer (torch.compile, dynamic shapes): the layer's norms, rotary embedding and SwiGLU
     # fuse into a few kernels instead of one per operation; not with ZeRO-3 (its parameter hooks are not compiled)
     compile: bool = False
+    # plain: the model's own loss over [tokens, vocab] logits (fp32 upcast); chunked: the LM head runs on the positions
+    # that predict a supervised token only, chunk by chunk (genlip.loss), so no [tokens, vocab] tensor exists; not
+    # with ZeRO-3 (the head's weight is a shard outside its module)
+    loss_impl: Literal["plain", "chunked"] = "plain"
     save_steps: int = bounded(500, ge=1)
     save_total_limit: int = bounded(2, ge=1)
     logging_steps: int = bounded(10, ge=1)
@@ -100,6 +104,9 @@ class MllmTrainRecipe:
             if self.compile and zero_stage(self.deepspeed) == 3:
                 raise ValueError("train.compile=true is not supported with ZeRO-3 (DeepSpeed's parameter hooks "
                                  "around compiled layers are untested here); use zero2 or train.compile=false")
+            if self.loss_impl == "chunked" and zero_stage(self.deepspeed) == 3:
+                raise ValueError("train.loss_impl=chunked is not supported with ZeRO-3 (the LM head's weight is a "
+                                 "shard outside its module); use zero2 or train.loss_impl=plain")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from genlip.data.dataset import PREEMPTION_SIGNALS
 from genlip.data.synth_sft import write_sft
 from genlip.data.tokenizer import train_tokenizer
+from genlip.loss import IGNORE_INDEX, shift_labels, supervised_ce
 from genlip.run import dist as D
 from genlip.run.batching import plan_batches
 from genlip.run.checkpoint import list_checkpoints
@@ -214,7 +215,23 @@ class MllmTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self.skipped.update(inputs.pop("skip_reasons", None) or ())  # the collator's dropped samples, by reason
+        if self.compute_loss_func is not None and "labels" in inputs:  # chunked: the model returns features only
+            inputs = {**inputs, "output_hidden_states": True, "logits_to_keep": 1}
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def chunked_lm_loss(model):
+    """``train.loss_impl=chunked``, as the Trainer's ``compute_loss_func``: the final features of the positions that
+    predict a supervised token go through ``model``'s LM head chunk by chunk (``genlip.loss.supervised_ce``), summed
+    and divided like the model's own loss (by the supervised-token count the Trainer gathers over devices and
+    accumulation steps)."""
+    def loss(outputs, labels, num_items_in_batch=None):
+        targets = shift_labels(labels)
+        sel = targets != IGNORE_INDEX
+        total = supervised_ce(outputs.hidden_states[-1][sel], model.get_output_embeddings().weight, targets[sel],
+                              "chunked")
+        return total / (num_items_in_batch if num_items_in_batch is not None else max(int(sel.sum()), 1))
+    return loss
 
 
 def train(recipe: MllmRecipe) -> Path:
@@ -253,7 +270,8 @@ def train(recipe: MllmRecipe) -> Path:
     preempt = Preemption()
     trainer = MllmTrainer(model=model, args=training_arguments(recipe, ws, cuda, max(lrs.values())),
                           train_dataset=dataset, data_collator=collator, lrs=lrs, recipe=recipe, skipped=skipped,
-                          callbacks=[SaveProcessing(out, model, tokenizer, spec, recipe), preempt])
+                          callbacks=[SaveProcessing(out, model, tokenizer, spec, recipe), preempt],
+                          compute_loss_func=chunked_lm_loss(model) if t.loss_impl == "chunked" else None)
     trainer.train(resume_from_checkpoint=_resume_point(recipe, out))
     if preempt.flag:
         D.print0(f"pre-empted: saved {out / f'checkpoint-{trainer.state.global_step}'}, exiting "
