@@ -9,11 +9,15 @@ from genlip.loss import IGNORE_INDEX, supervised_ce
 from genlip.modeling import GenLIPForCaptioning
 
 
+def _problem(seed: int, rows: int, dim: int, vocab: int, scale: float):
+    """Features ``(rows, dim)``, an LM-head weight ``(vocab, dim)`` and targets."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(rows, dim, generator=g), torch.randn(vocab, dim, generator=g) * scale,
+            torch.randint(0, vocab, (rows,), generator=g))
+
+
 def test_chunked_equals_plain_loss_and_gradients():
-    g = torch.Generator().manual_seed(0)
-    h = torch.randn(37, 16, generator=g)
-    w = torch.randn(301, 16, generator=g) * 0.3
-    y = torch.randint(0, 301, (37,), generator=g)
+    h, w, y = _problem(0, 37, 16, 301, 0.3)
     res = {}
     for impl in ("plain", "chunked"):
         hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
@@ -41,10 +45,7 @@ def test_chunked_under_bf16_autocast_runs_every_gemm_in_bf16_and_matches_plain()
     """Under autocast the backward's GEMMs run in bf16 like the forward's (autograd leaves autocast for the
     backward; the function re-enters its dtype), and the result equals the plain loss under the same autocast
     within bf16 rounding."""
-    g = torch.Generator().manual_seed(1)
-    h = torch.randn(40, 32, generator=g)
-    w = torch.randn(500, 32, generator=g) * 0.2
-    y = torch.randint(0, 500, (40,), generator=g)
+    h, w, y = _problem(1, 40, 32, 500, 0.2)
     res = {}
     for impl in ("plain", "chunked"):
         hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
