@@ -47,9 +47,12 @@ def backend_for(device: torch.device) -> str:
 def init_single(device: torch.device) -> None:
     """A process group of this one process (an in-memory store, no port, no torchrun), so that FSDP2 can hold a
     single process's parameters: ``train.param_dtype=bf16`` on one GPU keeps its fp32 master weights that way."""
-    if not dist.is_initialized():
-        dist.init_process_group(backend_for(device), store=dist.HashStore(), rank=0, world_size=1,
-                                device_id=device if device.type == "cuda" else None)
+    if dist.is_initialized():
+        return
+    if device.type == "cuda" and device.index is None:  # the process group needs the device's index
+        device = torch.device("cuda", torch.cuda.current_device())
+    dist.init_process_group(backend_for(device), store=dist.HashStore(), rank=0, world_size=1,
+                            device_id=device if device.type == "cuda" else None)
 
 
 def is_main() -> bool:
