@@ -182,22 +182,38 @@ def stage1(peak: float, batch: int, backend: str, compile_mode: str | None = "de
             "first_step_s": t_compile}
 
 
-def variants(peak: float, batch: int) -> dict:
-    """One change each against the ``prefix`` step measured in the same call (its ratio in ``vs_base``)."""
-    runs = {"base": lambda: stage1(peak, batch, "prefix"),
+def variants(peak: float, batch: int, base: dict | None, deadline: float) -> dict:
+    """One change each against the ``prefix`` step measured in this process (``base``: ``stage1:b64:prefix``'s
+    result when it ran, else measured here; each variant's ratio in ``vs_base``). CUDA graphs last, their memory
+    pool released after; no variant starts after ``deadline`` (seconds since the start)."""
+    runs = {"base": lambda: base if base and "sec_per_step" in base else stage1(peak, batch, "prefix"),
             "segments": lambda: stage1(peak, batch, "segments"),
             "param_bf16": lambda: stage1(peak, batch, "prefix", param_bf16=True),
             "compile_transformer": lambda: stage1(peak, batch, "prefix", scope="transformer"),
-            "reduce_overhead": lambda: stage1(peak, batch, "prefix", compile_mode="reduce-overhead"),
-            "eager": lambda: stage1(peak, batch, "prefix", compile_mode=None)}
+            "eager": lambda: stage1(peak, batch, "prefix", compile_mode=None),
+            "reduce_overhead": lambda: stage1(peak, batch, "prefix", compile_mode="reduce-overhead")}
     out = {}
     for name, fn in runs.items():
+        if time.time() - T0 > deadline:
+            out[name] = {"skipped": "deadline"}
+            continue
         try:
             out[name] = fn()
         except Exception as e:  # one variant that fails (e.g. CUDA graphs) still lets the others report
             out[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
         if "sec_per_step" in out[name] and "sec_per_step" in out.get("base", {}):
             out[name]["vs_base"] = out["base"]["sec_per_step"] / out[name]["sec_per_step"]
+    if DEV == "cuda":  # the CUDA-graph trees keep their memory pool while dynamo's cache lives
+        import torch._dynamo
+
+        torch._dynamo.reset()
+        try:
+            from torch._inductor.cudagraph_trees import reset_cudagraph_trees
+
+            reset_cudagraph_trees()
+        except ImportError:
+            pass
+        fresh()
     return out
 
 
@@ -381,24 +397,28 @@ def mllm(peak: float, parts, micro: int = 4, seq: int = 2048) -> dict:
     for p in model.parameters():
         p.requires_grad_(p not in tower)  # the frozen protocol: projector + LLM
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-5, fused=DEV == "cuda")
-    chunked_loss = chunked_lm_loss(model)
+    chunked_loss = chunked_lm_loss(model, bf16=DEV == "cuda")
     mode = {"chunked": False}
 
     def step():
-        with autocast():
-            if mode["chunked"]:
+        if mode["chunked"]:  # as the Trainer runs it: the model under autocast, the loss function after it
+            with autocast():
                 out = model(**batch, output_hidden_states=True, logits_to_keep=1)
-                loss = chunked_loss(out, labels, n_sup)
-            else:
+            loss = chunked_loss(out, labels, n_sup)
+        else:
+            with autocast():
                 loss = model(**batch, labels=labels, num_items_in_batch=n_sup).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     tflop = mllm_flops(model, micro, seq, n_img, n_sup) / 1e12
-    with torch.no_grad(), autocast():  # the two losses on this device and dtype
-        plain = float(model(**batch, labels=labels, num_items_in_batch=n_sup).loss)
-        mine = float(chunked_loss(model(**batch, output_hidden_states=True, logits_to_keep=1), labels, n_sup))
+    with torch.no_grad():  # the two losses on this device and dtype
+        with autocast():
+            plain = float(model(**batch, labels=labels, num_items_in_batch=n_sup).loss)
+            feats = model(**batch, output_hidden_states=True, logits_to_keep=1)
+        mine = float(chunked_loss(feats, labels, n_sup))
+        del feats
     out = {"llm": "Qwen2.5-1.5B shape (random)", "tower": "GenLIP L16 @384 (576 tokens)", "micro_batch": micro,
            "seq": seq, "supervised_tokens": n_sup, "tflop_per_step": tflop,
            "chunked_vs_plain_loss_rel_diff": abs(mine - plain) / abs(plain)}
@@ -572,7 +592,7 @@ def main() -> None:
     r = 256 if SMOKE else 8192
     record("stage1:b64:prefix", lambda: stage1(peak, b, "prefix"))
     record("stage1:b64:flex", lambda: stage1(peak, b, "flex" if DEV == "cuda" else "dense"))
-    record("variants", lambda: variants(peak, b))
+    record("variants", lambda: variants(peak, b, results.get("stage1:b64:prefix"), args.deadline))
     record("stage2:L16:4x8192:issue_mix", lambda: stage2(peak, "L16", 4, r, False, "issue"))
     record("blockmask", blockmask)
     record("profile", lambda: profile(b))

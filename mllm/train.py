@@ -220,17 +220,22 @@ class MllmTrainer(Trainer):
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
-def chunked_lm_loss(model):
+def chunked_lm_loss(model, bf16: bool):
     """``train.loss_impl=chunked``, as the Trainer's ``compute_loss_func``: the final features of the positions that
     predict a supervised token go through ``model``'s LM head chunk by chunk (``genlip.loss.supervised_ce``), summed
     and divided like the model's own loss (by the supervised-token count the Trainer gathers over devices and
-    accumulation steps)."""
+    accumulation steps, which it always passes here). The Trainer calls this outside the model's autocast, so with
+    ``bf16`` the head's GEMMs enter bf16 autocast themselves (else they would run in fp32 on the fp32 master
+    weights)."""
     def loss(outputs, labels, num_items_in_batch=None):
+        if num_items_in_batch is None:  # the Trainer treats this loss as normalised over the accumulated batch
+            raise RuntimeError("chunked_lm_loss needs num_items_in_batch (the Trainer's supervised-token count)")
         targets = shift_labels(labels)
         sel = targets != IGNORE_INDEX
-        total = supervised_ce(outputs.hidden_states[-1][sel], model.get_output_embeddings().weight, targets[sel],
-                              "chunked")
-        return total / (num_items_in_batch if num_items_in_batch is not None else max(int(sel.sum()), 1))
+        h = outputs.hidden_states[-1][sel]
+        with torch.autocast(h.device.type, dtype=torch.bfloat16, enabled=bf16):
+            total = supervised_ce(h, model.get_output_embeddings().weight, targets[sel], "chunked")
+        return total / num_items_in_batch
     return loss
 
 
@@ -271,7 +276,8 @@ def train(recipe: MllmRecipe) -> Path:
     trainer = MllmTrainer(model=model, args=training_arguments(recipe, ws, cuda, max(lrs.values())),
                           train_dataset=dataset, data_collator=collator, lrs=lrs, recipe=recipe, skipped=skipped,
                           callbacks=[SaveProcessing(out, model, tokenizer, spec, recipe), preempt],
-                          compute_loss_func=chunked_lm_loss(model) if t.loss_impl == "chunked" else None)
+                          compute_loss_func=(chunked_lm_loss(model, cuda and t.precision != "fp32")
+                                             if t.loss_impl == "chunked" else None))
     trainer.train(resume_from_checkpoint=_resume_point(recipe, out))
     if preempt.flag:
         D.print0(f"pre-empted: saved {out / f'checkpoint-{trainer.state.global_step}'}, exiting "

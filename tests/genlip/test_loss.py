@@ -2,11 +2,11 @@
 
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from genlip.config import genlip_config
 from genlip.loss import IGNORE_INDEX, supervised_ce
 from genlip.modeling import GenLIPForCaptioning
+from tests.dispatch import MatmulDtypes
 
 
 def _problem(seed: int, rows: int, dim: int, vocab: int, scale: float):
@@ -28,19 +28,6 @@ def test_chunked_equals_plain_loss_and_gradients():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-class _MatmulDtypes(TorchDispatchMode):
-    """Records the input dtypes of every matmul dispatched inside it."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default):
-            self.seen.append(tuple(a.dtype for a in args if isinstance(a, torch.Tensor)))
-        return func(*args, **(kwargs or {}))
-
-
 def test_chunked_under_bf16_autocast_runs_every_gemm_in_bf16_and_matches_plain():
     """Under autocast the backward's GEMMs run in bf16 like the forward's (autograd leaves autocast for the
     backward; the function re-enters its dtype), and the result equals the plain loss under the same autocast
@@ -51,7 +38,7 @@ def test_chunked_under_bf16_autocast_runs_every_gemm_in_bf16_and_matches_plain()
         hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = supervised_ce(hh, ww, y, impl, chunk_size=16)
-        with _MatmulDtypes() as rec:
+        with MatmulDtypes() as rec:
             loss.backward()
         res[impl] = (loss.detach().float(), hh.grad, ww.grad)
         if impl == "chunked":

@@ -258,3 +258,35 @@ def test_chunked_lm_loss_trains_like_the_models_own(env, aligned, tmp_path, laun
         p = run(env, "finetune", tmp_path / "z3", f"model.init_from={aligned}", "train.deepspeed=zero3",
                 "train.loss_impl=chunked", check=False)
         assert p.returncode == 2 and "not supported with ZeRO-3" in p.stderr
+
+
+def test_chunked_lm_loss_enters_bf16_itself_outside_the_models_autocast():
+    """The Trainer calls compute_loss_func outside the model's autocast, on fp32 master weights: with bf16 on, every
+    LM-head GEMM of the chunked loss (forward and backward) still runs in bf16; with it off, in fp32. Both equal the
+    plain cross-entropy of the same logits within the dtype's rounding."""
+    from types import SimpleNamespace
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from mllm.train import chunked_lm_loss
+    from tests.dispatch import MatmulDtypes
+
+    torch.manual_seed(0)
+    llm = Qwen2ForCausalLM(Qwen2Config(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=1))
+    ids = torch.randint(0, 96, (2, 12))
+    labels = ids.clone()
+    labels[:, :4] = -100
+    n = int((labels[:, 1:] != -100).sum())
+    ref = torch.nn.functional.cross_entropy(llm(ids).logits[:, :-1].reshape(-1, 96), labels[:, 1:].reshape(-1),
+                                            reduction="sum") / n
+    h = llm(ids, output_hidden_states=True, logits_to_keep=1).hidden_states[-1].detach()
+    for bf16, dtype, tol in ((True, torch.bfloat16, 2e-2), (False, torch.float32, 1e-5)):
+        out = SimpleNamespace(hidden_states=(h.clone().requires_grad_(),))  # the loss's own graph only
+        with MatmulDtypes() as rec:
+            loss = chunked_lm_loss(llm, bf16)(out, labels, n)
+            loss.backward()
+        assert len(rec.seen) == 4 and all(d == dtype for dts in rec.seen for d in dts), (bf16, rec.seen)
+        assert float(loss) == pytest.approx(float(ref), rel=tol)
+    with pytest.raises(RuntimeError, match="needs num_items_in_batch"):
+        chunked_lm_loss(llm, False)(out, labels)
