@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_stage2 import block_mask_figures, packed_rows  # noqa: E402
+from bench_stage2 import block_mask_figures, image_heavy_rows, packed_rows  # noqa: E402
 from common import genlip_train_flops, gpu_bf16_peak_tflops  # noqa: E402
 
 T0 = time.time()
@@ -263,27 +263,12 @@ def packed_batch(cfg, rows: int, row_len: int, seed: int = 0):
 def issue_mix_batch(cfg, rows: int, row_len: int):
     """The mix of the issue's stage-2 measurement (``gpu_check.py stage2``: 98.6K tokens/s at 4 x 8192): lengths of
     ``simulate_stage2_lengths(4000, seed=1)``, each an image of all but ~80 tokens (16..1024 patches) and the rest
-    text with a 7-token prompt, packed by ``RowPacker(row_len, 256, 0.95)`` and collated by ``collate_packed``."""
-    from genlip.data.packing import RowPacker, collate_packed, simulate_stage2_lengths
+    text with a 7-token prompt, packed by ``RowPacker(row_len, 256, 0.95)`` (``bench_stage2.image_heavy_rows``)."""
+    from genlip.data.packing import collate_packed
     from genlip.masks import Layout
 
-    g = torch.Generator().manual_seed(0)
-    cap = 60 if SMOKE else 1024
-    exs = []
-    for ln in simulate_stage2_lengths(4000, seed=1, max_tokens=cap):
-        n_img = max(4 if SMOKE else 16, min(ln - 80, cap))
-        gh = max(1, int(n_img**0.5))
-        gw = max(1, n_img // gh)
-        txt = max(8, ln - gh * gw) if not SMOKE else 10
-        # patches filled after packing: only their count matters to the packer (empty pages cost nothing)
-        exs.append({"patches": torch.empty(gh * gw, 3, cfg.patch_size, cfg.patch_size),
-                    "grid": (gh, gw), "input_ids": torch.randint(0, cfg.vocab_size, (txt,), generator=g),
-                    "labels": torch.cat([torch.full((7,), -100), torch.randint(0, cfg.vocab_size, (txt - 7,),
-                                                                                generator=g)])})
-    packed = RowPacker(row_len, 256, 0.95).take(iter(exs), rows)
-    for row in packed:
-        for ex in row:
-            ex["patches"] = torch.randn(ex["patches"].shape, generator=g)
+    small = {"cap": 60, "min_img": 4, "max_text": 10} if SMOKE else {"cap": 1024}
+    packed = image_heavy_rows(rows, row_len, cfg.vocab_size, cfg.patch_size, **small)
     b = {k: v.to(DEV) if torch.is_tensor(v) else v for k, v in collate_packed(packed, row_len, 0).items()}
     lay = Layout(b.pop("sample_ids"), b.pop("image_ids"), b.pop("position_ids"))
     n_tokens = int((lay.sample_ids >= 0).sum())

@@ -72,6 +72,31 @@ def packed_rows(rows: int, row_len: int, seed: int = 0, grid=(4, 32), text=(200,
     return out
 
 
+def image_heavy_rows(rows: int, row_len: int, vocab: int, patch: int, cap: int, n: int = 4000, min_img: int = 16,
+                     min_text: int = 8, max_text: int | None = None, prompt: int = 7, window: int = 256,
+                     seed: int = 0) -> list:
+    """Packed rows of samples whose lengths follow ``simulate_stage2_lengths(n, seed=1, max_tokens=cap)``, each an
+    image of all but ~80 tokens (``min_img..cap`` patches) and the rest text (``min_text..max_text`` tokens, the
+    first ``prompt`` unsupervised), packed by ``RowPacker(row_len, window, 0.95)``: ``collate_packed``'s input.
+    Patches are drawn after packing (only their count matters to the packer)."""
+    g = torch.Generator().manual_seed(seed)
+    exs = []
+    for ln in simulate_stage2_lengths(n, seed=1, max_tokens=cap):
+        n_img = max(min_img, min(ln - 80, cap))
+        gh = max(1, int(n_img**0.5))
+        gw = max(1, n_img // gh)
+        txt = min(max(min_text, ln - gh * gw), max_text or ln)
+        exs.append({"patches": torch.empty(gh * gw, 3, patch, patch), "grid": (gh, gw),
+                    "input_ids": torch.randint(0, vocab, (txt,), generator=g),
+                    "labels": torch.cat([torch.full((prompt,), -100),
+                                         torch.randint(0, vocab, (txt - prompt,), generator=g)])})
+    packed = RowPacker(row_len, window, 0.95).take(iter(exs), rows)
+    for row in packed:
+        for ex in row:
+            ex["patches"] = torch.randn(ex["patches"].shape, generator=g)
+    return packed
+
+
 def block_mask_figures(rows: int, row_len: int, device: str, timer, mix: tuple = ()) -> dict:
     """Building one step's FlexAttention block mask for ``rows x row_len`` packed tokens on ``device``:
     ``create_block_mask`` (the mask evaluated on every pair) against :func:`genlip.attention.layout_block_mask`
@@ -111,17 +136,8 @@ def train_throughput(row_len: int = 4096, rows: int = 1, steps: int = 5) -> dict
     torch.manual_seed(0)
     model = GenLIPForCaptioning(cfg).train()
     opt = build_optimizer(model, OptimRecipe(lr=1e-4))
-    lengths = simulate_stage2_lengths(400, seed=1, max_tokens=256)
-    exs = []
-    for n in lengths:
-        n_img = min(n - 80, 256)
-        gh = max(1, int(n_img**0.5))
-        gw = max(1, n_img // gh)
-        txt = n - gh * gw if n - gh * gw > 3 else 4
-        exs.append({"patches": torch.randn(gh * gw, 3, 16, 16), "grid": (gh, gw),
-                    "input_ids": torch.randint(0, cfg.vocab_size, (txt,)),
-                    "labels": torch.cat([torch.full((2,), -100), torch.randint(0, cfg.vocab_size, (txt - 2,))])})
-    packed = RowPacker(row_len, 64, 0.95).take(iter(exs), rows)
+    packed = image_heavy_rows(rows, row_len, cfg.vocab_size, cfg.patch_size, cap=256, n=400, min_img=1, min_text=4,
+                              prompt=2, window=64)
     batch = collate_packed(packed, row_len, 0)
 
     def step():
