@@ -101,10 +101,11 @@ class MllmTrainRecipe:
     def __post_init__(self) -> None:
         if self.deepspeed:  # checked here, before any model is loaded
             self.deepspeed = str(resolve_deepspeed(self.deepspeed))
-            if self.compile and zero_stage(self.deepspeed) == 3:
+            zero3 = (self.compile or self.loss_impl == "chunked") and zero_stage(self.deepspeed) == 3
+            if zero3 and self.compile:
                 raise ValueError("train.compile=true is not supported with ZeRO-3 (DeepSpeed's parameter hooks "
                                  "around compiled layers are untested here); use zero2 or train.compile=false")
-            if self.loss_impl == "chunked" and zero_stage(self.deepspeed) == 3:
+            if zero3:
                 raise ValueError("train.loss_impl=chunked is not supported with ZeRO-3 (the LM head's weight is a "
                                  "shard outside its module); use zero2 or train.loss_impl=plain")
 
