@@ -249,19 +249,26 @@ def test_preemption_signal_to_the_whole_process_group_saves_and_resumes_exactly(
     _assert_same_curve(_losses(out), _losses(tmp_path / "ref"), 12)
 
 
+def _assert_bf16_run_follows(ref, bf) -> dict:
+    """A 4-step bf16-parameter run against its fp32 twin: really computed in bf16 (the first loss differs), within
+    bf16's precision of the fp32 curve, and its checkpoint holds fp32 master weights off the bf16 grid. Returns its
+    losses."""
+    a, b = _losses(ref), _losses(bf)
+    assert a[1][0] != b[1][0]
+    for s in range(1, 5):
+        assert b[s][0] == pytest.approx(a[s][0], rel=2e-2), (s, a[s], b[s])
+    t = _weights(bf / "checkpoints" / "step_00000004")["vit.blocks.0.mlp.up_proj.weight"]
+    assert t.dtype == torch.float32 and not torch.equal(t, t.bfloat16().float())  # master weights, not bf16 copies
+    return b
+
+
 def test_bf16_parameters_under_fsdp_keep_fp32_master_weights(home, tmp_path):
     """train.param_dtype=bf16: computation with bf16 weights, the fp32 shards updated by the optimizer; the losses
     follow the fp32 run within bf16's precision and the checkpoint holds fp32 weights that moved off the bf16 grid."""
     ref, bf = tmp_path / "fp32", tmp_path / "bf16"
     _run(home, ref, "train.steps=4", "train.parallel=fsdp", torchrun=2)
     _run(home, bf, "train.steps=4", "train.parallel=fsdp", "train.param_dtype=bf16", torchrun=2)
-    a, b = _losses(ref), _losses(bf)
-    assert a[1][0] != b[1][0]  # bf16 compute really happened
-    for s in range(1, 5):
-        assert b[s][0] == pytest.approx(a[s][0], rel=2e-2), (s, a[s], b[s])
-    w = _weights(bf / "checkpoints" / "step_00000004")
-    t = w["vit.blocks.0.mlp.up_proj.weight"]
-    assert t.dtype == torch.float32 and not torch.equal(t, t.bfloat16().float())  # master weights, not bf16 copies
+    _assert_bf16_run_follows(ref, bf)
     p = _run(home, tmp_path / "x", "train.steps=2", "train.param_dtype=bf16", "train.parallel=ddp", torchrun=2,
              check=False)
     assert p.returncode != 0 and "with several processes it needs train.parallel=fsdp" in p.stderr  # torchrun: 1
@@ -273,12 +280,7 @@ def test_bf16_parameters_in_one_process_shard_over_a_group_of_one(home, tmp_path
     ref, bf, cut = tmp_path / "fp32", tmp_path / "bf16", tmp_path / "cut"
     _run(home, ref, "train.steps=4", "checkpoint.every=2")
     _run(home, bf, "train.steps=4", "train.param_dtype=bf16", "checkpoint.every=2")
-    a, b = _losses(ref), _losses(bf)
-    assert a[1][0] != b[1][0]
-    for s in range(1, 5):
-        assert b[s][0] == pytest.approx(a[s][0], rel=2e-2), (s, a[s], b[s])
-    t = _weights(bf / "checkpoints" / "step_00000004")["vit.blocks.0.mlp.up_proj.weight"]
-    assert t.dtype == torch.float32 and not torch.equal(t, t.bfloat16().float())
+    b = _assert_bf16_run_follows(ref, bf)
     _run(home, cut, "train.steps=4", "train.param_dtype=bf16", "checkpoint.every=2",
          f"checkpoint.resume={bf / 'checkpoints' / 'step_00000002'}")
     got = _losses(cut)
