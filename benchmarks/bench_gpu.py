@@ -1,36 +1,41 @@
-"""Every GPU figure of BENCHMARKS.md in one command (one H100/H200, well under 8 minutes), printed as JSON lines and
-written to ``--out/bench_gpu.json``:
+"""Every GPU figure of BENCHMARKS.md in one command (one H100/H200), printed as JSON lines and written to
+``--out/bench_gpu.json`` after each section:
 
     python benchmarks/bench_gpu.py --out results/gpu [--deadline 420] [--only stage1,variants,...]
 
-Sections, in order (each stops cleanly if ``--deadline`` seconds have passed, so a short lease still returns the
-first ones):
+Sections run in this order, the figures of the issue's goals first, then what explains them, then figures measured
+before; no section (nor variant, nor MLLM configuration) starts once ``--deadline`` seconds have passed, so a short
+lease still returns the first ones. ``--only`` takes names or their starts up to a ``:`` (``stage2`` is every
+``stage2:*``).
 
 - ``env``: device, versions, the bf16 GEMM peak measured now (8192^3 products): the "share of peak" denominator;
-- ``prefix_check``: the stage-1 attention plan on this device against the dense mask (fp32 and bf16);
-- ``stage1``: the stage-1 step at paper width (L16: 24 x 1024; 224 px = 196 patches + 64 text), compiled blocks,
-  bf16 autocast, fused AdamW, chunked loss as in the paper recipes; attention ``prefix`` (what ``auto`` picks) and
-  ``flex`` (what ``auto`` picked before) at batch 64. Each step also reports ``dispatch_ms``, the host time until
-  the step's work is queued: close to ``sec_per_step`` means the step is bound by the host;
-- ``variants``: the same batch-64 step with one change each: per-sample SDPA (``segments``), bf16 parameters with
-  fp32 master weights (FSDP2 over a process group of one, what ``train.param_dtype=bf16`` runs on one GPU), the
-  blocks compiled as one graph (``model.compile_scope=transformer``), blocks compiled with CUDA graphs
-  (``reduce-overhead``), and no compilation;
-- ``stage2``: packed rows (FlexAttention, compiled blocks): the issue's own mix (4 x 8192, images of up to 1024
-  patches + ~80 text tokens, ``RowPacker``; comparable to its 98.6K tokens/s), a long-caption mix (4 x 8192), and
-  the paper's 16384-token rows for L16 (activation checkpointing off and on) and So16 (on): tokens/s, share of
-  peak, peak memory;
-- ``blockmask``: building one step's FlexAttention block mask on this device: ``create_block_mask`` against the
-  project's construction from id ranges;
-- ``profile``: one stage-1 batch-64 step and one stage-2 step (issue mix) under ``torch.profiler``: host vs device
-  time, device time by kind of kernel (GEMM, attention, fused elementwise, optimizer, ...) and the top kernels;
+- ``stage1:b64:prefix``: the stage-1 step at paper width (L16: 24 x 1024; 224 px = 196 patches + 64 text),
+  compiled blocks, bf16 autocast, fused AdamW, chunked loss as in the paper recipes, the ``prefix`` attention that
+  ``auto`` picks, batch 64. Each stage-1 step also reports ``dispatch_ms``, the host time until the step's work is
+  queued: close to ``sec_per_step`` means the step is bound by the host;
+- ``stage2:L16:4x8192:issue_mix``: packed rows (FlexAttention, compiled blocks) of the issue's own mix (4 x 8192,
+  images of up to 1024 patches + ~80 text tokens, ``RowPacker``; comparable to its 98.6K tokens/s): tokens/s,
+  share of peak, peak memory;
 - ``mllm``: one ``genlip-mllm finetune`` step of the paper's frozen protocol: GenLIP L16 at 384 px (576 image
   tokens), the 2-layer projector and a random LLM of Qwen2.5-1.5B's shape, bf16, 2048-token sequences, LLM +
-  projector trained (with and without gradient checkpointing, eager and with the LLM's layers compiled as
-  ``train.compile=true`` does), tokens/s and share of peak;
+  projector trained: eager with and without gradient checkpointing, then the LLM's layers compiled
+  (``train.compile=true``) with the chunked loss (``train.loss_impl=chunked``), then compiled alone;
 - ``eval``: greedy answers/s of that model at batch 1 and batch 16 (``mllm.chat.answer_batch``), and how many of
   the batched answers differ from batch 1's (bf16);
-- ``stage1:b256``: the stage-1 step at batch 256.
+- ``variants``: the batch-64 stage-1 step with one change each, against ``stage1:b64:prefix``: the blocks compiled
+  as one graph (``model.compile_scope=transformer``) with CUDA graphs (``reduce-overhead``) and without, bf16
+  parameters with fp32 master weights (FSDP2 over a process group of one, what ``train.param_dtype=bf16`` runs on
+  one GPU), blocks compiled with CUDA graphs, per-sample SDPA (``segments``), and no compilation;
+- ``profile:stage2`` and ``profile``: one stage-2 step (issue mix) and one stage-1 batch-64 step under
+  ``torch.profiler``: host vs device time, device time by kind of kernel (GEMM, attention, fused elementwise,
+  optimizer, ...), launches and the top kernels;
+- ``stage1:b256:prefix``: the stage-1 step at batch 256;
+- ``blockmask``: building one step's FlexAttention block mask on this device: ``create_block_mask`` against the
+  project's construction from id ranges;
+- ``prefix_check``: the stage-1 attention plan on this device against the dense mask (fp32 and bf16);
+- ``stage1:b64:flex``: the batch-64 step with FlexAttention (what ``auto`` picked before ``prefix``);
+- ``stage2:L16:4x8192`` (a long-caption mix, 200-1000 text tokens per sample) and the paper's 16384-token rows for
+  L16 (activation checkpointing off and on) and So16 (on).
 """
 
 from __future__ import annotations
@@ -182,16 +187,36 @@ def stage1(peak: float, batch: int, backend: str, compile_mode: str | None = "de
             "first_step_s": t_compile}
 
 
+def release_cudagraphs() -> None:
+    """Drop compiled code and the CUDA-graph trees' memory pool (kept while dynamo's cache lives), so later
+    sections get the memory back; what runs next compiles afresh."""
+    if DEV != "cuda":
+        return
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    try:
+        from torch._inductor.cudagraph_trees import reset_cudagraph_trees
+
+        reset_cudagraph_trees()
+    except ImportError:
+        pass
+    fresh()
+
+
 def variants(peak: float, batch: int, base: dict | None, deadline: float) -> dict:
     """One change each against the ``prefix`` step measured in this process (``base``: ``stage1:b64:prefix``'s
-    result when it ran, else measured here; each variant's ratio in ``vs_base``). CUDA graphs last, their memory
-    pool released after; no variant starts after ``deadline`` (seconds since the start)."""
+    result when it ran, else measured here; each variant's ratio in ``vs_base``), the most promising first (the step
+    is partly bound by the host at batch 64: one graph for all blocks, CUDA graphs). Each CUDA-graph variant
+    releases its memory pool after it; no variant starts after ``deadline`` (seconds since the start)."""
     runs = {"base": lambda: base if base and "sec_per_step" in base else stage1(peak, batch, "prefix"),
-            "segments": lambda: stage1(peak, batch, "segments"),
-            "param_bf16": lambda: stage1(peak, batch, "prefix", param_bf16=True),
+            "reduce_overhead_transformer": lambda: stage1(peak, batch, "prefix", compile_mode="reduce-overhead",
+                                                          scope="transformer"),
             "compile_transformer": lambda: stage1(peak, batch, "prefix", scope="transformer"),
-            "eager": lambda: stage1(peak, batch, "prefix", compile_mode=None),
-            "reduce_overhead": lambda: stage1(peak, batch, "prefix", compile_mode="reduce-overhead")}
+            "param_bf16": lambda: stage1(peak, batch, "prefix", param_bf16=True),
+            "reduce_overhead": lambda: stage1(peak, batch, "prefix", compile_mode="reduce-overhead"),
+            "segments": lambda: stage1(peak, batch, "segments"),
+            "eager": lambda: stage1(peak, batch, "prefix", compile_mode=None)}
     out = {}
     for name, fn in runs.items():
         if time.time() - T0 > deadline:
@@ -201,19 +226,10 @@ def variants(peak: float, batch: int, base: dict | None, deadline: float) -> dic
             out[name] = fn()
         except Exception as e:  # one variant that fails (e.g. CUDA graphs) still lets the others report
             out[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        if name.startswith("reduce_overhead"):
+            release_cudagraphs()
         if "sec_per_step" in out[name] and "sec_per_step" in out.get("base", {}):
             out[name]["vs_base"] = out["base"]["sec_per_step"] / out[name]["sec_per_step"]
-    if DEV == "cuda":  # the CUDA-graph trees keep their memory pool while dynamo's cache lives
-        import torch._dynamo
-
-        torch._dynamo.reset()
-        try:
-            from torch._inductor.cudagraph_trees import reset_cudagraph_trees
-
-            reset_cudagraph_trees()
-        except ImportError:
-            pass
-        fresh()
     return out
 
 
@@ -361,9 +377,10 @@ def mllm_flops(model, micro: int, seq: int, n_img: int, n_supervised: int) -> fl
     return 3 * (llm + proj) + tower
 
 
-def mllm(peak: float, parts, micro: int = 4, seq: int = 2048) -> dict:
-    """The step eager, then with the LLM's layers compiled (``train.compile``), each with and without gradient
-    checkpointing, and compiled with the chunked loss (``train.loss_impl=chunked``, the trainer's function)."""
+def mllm(peak: float, parts, deadline: float, micro: int = 4, seq: int = 2048) -> dict:
+    """The step eager (with and without gradient checkpointing), then with the LLM's layers compiled
+    (``train.compile``) and the chunked loss (``train.loss_impl=chunked``, the trainer's function), then compiled
+    alone; no configuration starts after ``deadline`` (seconds since the start)."""
     from mllm.train import chunked_lm_loss, compile_llm_layers
 
     fresh()
@@ -408,10 +425,13 @@ def mllm(peak: float, parts, micro: int = 4, seq: int = 2048) -> dict:
            "seq": seq, "supervised_tokens": n_sup, "tflop_per_step": tflop,
            "chunked_vs_plain_loss_rel_diff": abs(mine - plain) / abs(plain)}
     for key, compiled, gc, chunked in (("no_checkpointing", False, False, False), ("checkpointing", False, True, False),
-                                       ("compiled_no_checkpointing", True, False, False),
-                                       ("compiled_checkpointing", True, True, False),
+                                       ("compiled_chunked_loss_checkpointing", True, True, True),
                                        ("compiled_chunked_loss_no_checkpointing", True, False, True),
-                                       ("compiled_chunked_loss_checkpointing", True, True, True)):
+                                       ("compiled_checkpointing", True, True, False),
+                                       ("compiled_no_checkpointing", True, False, False)):
+        if time.time() - T0 > deadline:
+            out[key] = {"skipped": "deadline"}
+            continue
         if compiled and not SMOKE and not getattr(model, "_bench_compiled", False):
             compile_llm_layers(model)
             model._bench_compiled = True
@@ -529,7 +549,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="results/gpu")
     ap.add_argument("--deadline", type=float, default=420.0, help="seconds after which no new section starts")
-    ap.add_argument("--only", default="", help="comma-separated sections to run (default: all)")
+    ap.add_argument("--only", default="", help="comma-separated sections to run, each a name or the start of names "
+                    "up to a ':' (stage2 runs every stage2:* section; default: all)")
     ap.add_argument("--smoke", action="store_true", help="toy sizes on the CPU: checks the script, measures nothing")
     args = ap.parse_args()
     global DEV, SMOKE, IMAGE, S1_IMAGE, S1_TEXT
@@ -551,7 +572,7 @@ def main() -> None:
     only = set(filter(None, args.only.split(",")))
 
     def record(name, fn):
-        if only and name.split(":")[0] not in only:
+        if only and not any(name == o or name.startswith(o + ":") for o in only):
             return
         if time.time() - T0 > args.deadline:
             results[name] = {"skipped": "deadline"}
@@ -572,16 +593,11 @@ def main() -> None:
                            "torch": torch.__version__,
                            "transformers": transformers.__version__, "bf16_gemm_peak_tflops": peak,
                            "date": time.strftime("%Y-%m-%d")})
-    record("prefix_check", prefix_check)
     b = 2 if SMOKE else 64
     r = 256 if SMOKE else 8192
+    # the figures of the goals first (a short lease still measures them), then what explains them, then the rest
     record("stage1:b64:prefix", lambda: stage1(peak, b, "prefix"))
-    record("stage1:b64:flex", lambda: stage1(peak, b, "flex" if DEV == "cuda" else "dense"))
-    record("variants", lambda: variants(peak, b, results.get("stage1:b64:prefix"), args.deadline))
     record("stage2:L16:4x8192:issue_mix", lambda: stage2(peak, "L16", 4, r, False, "issue"))
-    record("blockmask", blockmask)
-    record("profile", lambda: profile(b))
-    record("profile:stage2", lambda: profile_stage2(4, r))
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -589,18 +605,23 @@ def main() -> None:
 
         def build():
             parts["m"] = mllm_parts(Path(tmp))
-            return mllm(peak, parts["m"], *((2, 64) if SMOKE else ()))
+            return mllm(peak, parts["m"], args.deadline, *((2, 64) if SMOKE else ()))
 
         record("mllm", build)
         if "m" in parts:
             record("eval", lambda: evaluation(parts["m"], *((4, 4) if SMOKE else ())))
         parts.clear()
+    record("variants", lambda: variants(peak, b, results.get("stage1:b64:prefix"), args.deadline))
+    record("profile:stage2", lambda: profile_stage2(4, r))
+    record("profile", lambda: profile(b))
+    record("stage1:b256:prefix", lambda: stage1(peak, 4 * b, "prefix"))
+    record("blockmask", blockmask)
+    record("prefix_check", prefix_check)
+    record("stage1:b64:flex", lambda: stage1(peak, b, "flex" if DEV == "cuda" else "dense"))
     record("stage2:L16:4x8192", lambda: stage2(peak, "L16", 4, r, False))
     record("stage2:L16:1x16384:ac_none", lambda: stage2(peak, "L16", 1, 2 * r, False))
     record("stage2:L16:1x16384:ac_full", lambda: stage2(peak, "L16", 1, 2 * r, True))
     record("stage2:So16:1x16384:ac_full", lambda: stage2(peak, "So16", 1, 2 * r, True))
-    record("stage1:b256:prefix", lambda: stage1(peak, 4 * b, "prefix"))
-
 
 if __name__ == "__main__":
     main()
