@@ -5,16 +5,20 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # The PyTorch wheels. Default: the locked stack the suite passed with (PyPI's torch 2.14.1 + torchvision 0.29.1,
-# which run on the CPU and on CUDA 12 GPUs). For other CUDA wheels name them, e.g.
+# which run on the CPU and on GPUs with a CUDA 13 driver). For other wheels name them, e.g.
 #   make setup TORCH_SPEC="torch==2.11.0 torchvision==0.26.0 --index-url https://download.pytorch.org/whl/cu126"
+# Other wheels bring their own requirements: where one refuses a locked version (torch 2.11 wants setuptools<82),
+# that package follows the wheel and `make` says so; everything else stays locked.
+CONSTRAINTS := $(VENV)/constraints.txt
+PIP := $(BIN)/python -m pip install --quiet -c $(CONSTRAINTS)
 ifeq ($(origin TORCH_SPEC),undefined)
-TORCH_SPEC := -r requirements/torch.txt
+TORCH_INSTALL := $(PIP) -r requirements/torch.txt
 LOCK_CHECK :=
 else
+TORCH_INSTALL := $(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 LOCK_CHECK := --torch-unlocked
 endif
 EXTRAS ?= dev,mllm,eval,tools,tensorboard
-PIP := $(BIN)/python -m pip install --quiet -c requirements/lock.txt
 # `make lock`: the versions to lock are resolved afresh from pyproject.toml's ranges, with this PyTorch
 LOCK_TORCH ?= torch==2.14.1 torchvision==0.29.1
 LOCK_VENV := .lock-venv
@@ -25,8 +29,10 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml requirements/lock.txt requirements/torch.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) setuptools
-	$(PIP) $(TORCH_SPEC)
+	cp requirements/lock.txt $(CONSTRAINTS)
+	$(PIP) setuptools packaging
+	$(TORCH_INSTALL)
+	$(BIN)/python requirements/lock.py constraints $(CONSTRAINTS) $(LOCK_CHECK)
 	$(PIP) -e ".[$(EXTRAS)]"
 	DS_BUILD_OPS=0 $(PIP) --no-build-isolation deepspeed
 	touch $@

@@ -9,8 +9,13 @@ The lock is two pip constraints files, both generated, never edited by hand:
 
     python requirements/lock.py write .lock-venv/bin/python   # freeze that environment into the two files
     python requirements/lock.py check                          # the running environment matches the lock
+    python requirements/lock.py constraints OUT --torch-unlocked
+        # lock.txt as constraints for an environment whose PyTorch came from TORCH_SPEC: without the pins that those
+        # wheels' own requirements refuse (torch 2.11 needs setuptools<82, the lock has 84), which they then decide
 
-Only the standard library is used, so it runs before anything is installed.
+With ``--torch-unlocked``, ``check`` skips the PyTorch stack and lets exactly those packages differ from the lock.
+``write`` and ``check`` use only the standard library (they run before anything is installed); ``constraints`` and
+``check --torch-unlocked`` read the PyTorch wheels' requirements with ``packaging``, which ``make`` installs first.
 """
 
 from __future__ import annotations
@@ -71,20 +76,53 @@ def write(python: str) -> None:
           f"{TORCH_LOCK.relative_to(HERE.parent)} ({len(torch)} pins)")
 
 
-def check(torch_locked: bool = True) -> int:
-    """Every installed package has the locked version (the torch stack only when it came from the lock)."""
-    pins = parse(LOCK) | (parse(TORCH_LOCK) if torch_locked else {})
-    bad, unlocked = [], []
+def torch_requirements() -> dict[str, list]:
+    """What the installed PyTorch stack requires here (markers evaluated, extras left out): {name: [Requirement]}."""
+    from packaging.requirements import Requirement
+
+    out: dict[str, list] = {}
     for dist in metadata.distributions():
-        name = norm(dist.metadata["Name"])
-        if name in (norm(PROJECT), "pip"):
+        if not TORCH_STACK.match(norm(dist.metadata["Name"])):
             continue
-        if not torch_locked and TORCH_STACK.match(name):
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                out.setdefault(norm(req.name), []).append(req)
+    return out
+
+
+def left_to_torch(pins: dict[str, str], requirements: dict[str, list]) -> dict[str, str]:
+    """Packages whose version the PyTorch wheels decide, not the lock: those they require that the lock pins to a
+    version they refuse or does not pin at all. {name: the requirement, for messages}."""
+    out = {}
+    for name, reqs in requirements.items():
+        if TORCH_STACK.match(name):
             continue
-        if name not in pins:
-            unlocked.append(f"{name}=={dist.version}")
-        elif pins[name] != dist.version:
-            bad.append(f"{name} {dist.version} (lock: {pins[name]})")
+        refused = [str(r) for r in reqs if name in pins and not r.specifier.contains(pins[name], prereleases=True)]
+        if refused or name not in pins:
+            out[name] = ", ".join(refused) or f"{reqs[0]} (not in the lock)"
+    return out
+
+
+def constraints(path: Path, torch_locked: bool = True) -> int:
+    """Write lock.txt's pins to ``path`` as pip constraints; with the PyTorch stack unlocked, without the pins that
+    its installed wheels refuse (each reported)."""
+    pins = parse(LOCK)
+    freed = {} if torch_locked else left_to_torch(pins, torch_requirements())
+    for name, why in sorted(freed.items()):
+        if name in pins:
+            print(f"lock: {name}=={pins[name]} left out: the PyTorch wheels require {why}")
+    path.write_text("".join(f"{k}=={v}\n" for k, v in sorted(pins.items()) if k not in freed))
+    return 0
+
+
+def check(torch_locked: bool = True) -> int:
+    """Every installed package has the locked version (the torch stack, and what it alone decides, only when it came
+    from the lock)."""
+    pins = parse(LOCK) | (parse(TORCH_LOCK) if torch_locked else {})
+    installed = {norm(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    freed = {} if torch_locked else left_to_torch(pins, torch_requirements())
+    bad, unlocked = compare(installed, pins, torch_locked, freed)
     for line in bad:
         print(f"lock mismatch: {line}", file=sys.stderr)
     for line in unlocked:
@@ -93,8 +131,25 @@ def check(torch_locked: bool = True) -> int:
         print("the environment differs from requirements/*.txt: rebuild it (make clean setup) or run `make lock`",
               file=sys.stderr)
         return 1
-    print(f"environment matches the lock ({len(pins)} pins)")
+    followed = [f"{k}=={installed[k]}" for k in sorted(freed) if k in installed]
+    print(f"environment matches the lock ({len(pins)} pins)"
+          + (f"; as the PyTorch wheels require: {', '.join(followed)}" if followed else ""))
     return 0
+
+
+def compare(installed: dict[str, str], pins: dict[str, str], torch_locked: bool,
+            freed: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(version mismatches, packages the lock lacks) of ``installed`` against ``pins``; the PyTorch stack is skipped
+    when it is unlocked, and so are the packages in ``freed``."""
+    bad, unlocked = [], []
+    for name, version in sorted(installed.items()):
+        if name in (norm(PROJECT), "pip") or name in freed or (not torch_locked and TORCH_STACK.match(name)):
+            continue
+        if name not in pins:
+            unlocked.append(f"{name}=={version}")
+        elif pins[name] != version:
+            bad.append(f"{name} {version} (lock: {pins[name]})")
+    return bad, unlocked
 
 
 def main(argv: list[str]) -> int:
@@ -103,6 +158,8 @@ def main(argv: list[str]) -> int:
         return 0
     if argv[:1] == ["check"]:
         return check(torch_locked="--torch-unlocked" not in argv)
+    if argv[:1] == ["constraints"] and len(argv) in (2, 3):
+        return constraints(Path(argv[1]), torch_locked="--torch-unlocked" not in argv)
     print(__doc__, file=sys.stderr)
     return 2
 
