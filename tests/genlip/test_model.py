@@ -155,10 +155,14 @@ def test_activation_checkpointing_modes_give_the_same_loss_and_gradients(backend
     assert model.vit.activation_checkpointing == "full"
 
 
-def test_selective_checkpointing_recomputes_no_matmul_and_full_recomputes_them():
+def _checkpointing_model():
     torch.manual_seed(0)
     model = GenLIPForCaptioning(genlip_config("tiny", patch_size=8)).train()
-    ids, pix = torch.randint(0, 512, (4, 16)), torch.randn(4, 3, 32, 32)
+    return model, torch.randint(0, 512, (4, 16)), torch.randn(4, 3, 32, 32)
+
+
+def test_selective_checkpointing_recomputes_no_matmul_and_full_recomputes_them():
+    model, ids, pix = _checkpointing_model()
     n_matmuls = {}
     for mode in ("none", "selective", "full"):
         model.vit.activation_checkpointing = mode
@@ -175,9 +179,7 @@ def test_selective_checkpointing_recomputes_no_matmul_and_full_recomputes_them()
 def test_selective_checkpointing_keeps_less_than_none_and_more_than_full():
     from torch.autograd.graph import saved_tensors_hooks
 
-    torch.manual_seed(0)
-    model = GenLIPForCaptioning(genlip_config("tiny", patch_size=8)).train()
-    ids, pix = torch.randint(0, 512, (4, 16)), torch.randn(4, 3, 32, 32)
+    model, ids, pix = _checkpointing_model()
     kept = {}
     for mode in ("none", "selective", "full"):
         model.vit.activation_checkpointing = mode
