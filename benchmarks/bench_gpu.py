@@ -623,5 +623,6 @@ def main() -> None:
     record("stage2:L16:1x16384:ac_full", lambda: stage2(peak, "L16", 1, 2 * r, True))
     record("stage2:So16:1x16384:ac_full", lambda: stage2(peak, "So16", 1, 2 * r, True))
 
+
 if __name__ == "__main__":
     main()
