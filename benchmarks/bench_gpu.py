@@ -12,7 +12,8 @@ lease still returns the first ones. ``--only`` takes names or their starts up to
 - ``stage1:b64:prefix``: the stage-1 step at paper width (L16: 24 x 1024; 224 px = 196 patches + 64 text),
   compiled blocks, bf16 autocast, fused AdamW, chunked loss as in the paper recipes, the ``prefix`` attention that
   ``auto`` picks, batch 64. Each stage-1 step also reports ``dispatch_ms``, the host time until the step's work is
-  queued: close to ``sec_per_step`` means the step is bound by the host;
+  queued, waits at the step's own host syncs included (the profiles count those syncs and their waits): close to
+  ``sec_per_step`` means the step is bound by the host or by its syncs;
 - ``stage2:L16:4x8192:issue_mix``: packed rows (FlexAttention, compiled blocks) of the issue's own mix (4 x 8192,
   images of up to 1024 patches + ~80 text tokens, ``RowPacker``; comparable to its 98.6K tokens/s): tokens/s,
   share of peak, peak memory;
@@ -494,6 +495,9 @@ KERNEL_KINDS = (  # first match wins; names as CUDA reports them (cuBLAS nvjet/x
 )
 
 
+SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select")
+
+
 def kernel_kind(name: str) -> str:
     low = name.lower()
     return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other")
@@ -522,7 +526,11 @@ def profiled(step) -> dict:
     for e in kernels:
         kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + e.self_device_time_total / 1e3
     top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:20]
-    return {"wall_ms": wall * 1e3, "device_ms": cuda_total, "host_ms": cpu_total,
+    # where the host waits for the device: the operators that read a device value back (a scalar, a data-dependent
+    # shape) and the runtime's synchronize calls with the host time spent in them (the last one is this function's)
+    syncs = {e.key: {"calls": e.count, "host_ms": round(e.self_cpu_time_total / 1e3, 2)} for e in events
+             if e.key in SYNC_OPS or "Synchronize" in e.key}
+    return {"wall_ms": wall * 1e3, "device_ms": cuda_total, "host_ms": cpu_total, "host_syncs": syncs,
             "launches": sum(e.count for e in kernels),
             "device_ms_by_kind": {k: round(v, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
             "top_kernels": [{"name": e.key[:90], "kind": kernel_kind(e.key),
