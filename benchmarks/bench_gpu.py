@@ -205,12 +205,13 @@ def release_cudagraphs() -> None:
     fresh()
 
 
-def variants(peak: float, batch: int, base: dict | None, deadline: float) -> dict:
+def variants(peak: float, batch: int, base: dict | None, deadline: float, progress=lambda out: None) -> dict:
     """One change each against the ``prefix`` step measured in this process (``base``: ``stage1:b64:prefix``'s
     result when it ran, else measured here; each variant's ratio in ``vs_base``), the most promising first (the step
     is partly bound by the host at batch 64: one graph for all blocks, CUDA graphs). Each CUDA-graph variant
-    releases its memory pool after it; no variant starts after ``deadline`` (seconds since the start)."""
-    runs = {"base": lambda: base if base and "sec_per_step" in base else stage1(peak, batch, "prefix"),
+    releases its memory pool after it; no variant starts after ``deadline`` (seconds since the start);
+    ``progress(out)`` after each one (a lease that ends mid-section keeps what finished)."""
+    runs = {"base": lambda: dict(base) if base and "sec_per_step" in base else stage1(peak, batch, "prefix"),
             "reduce_overhead_transformer": lambda: stage1(peak, batch, "prefix", compile_mode="reduce-overhead",
                                                           scope="transformer"),
             "compile_transformer": lambda: stage1(peak, batch, "prefix", scope="transformer"),
@@ -222,15 +223,19 @@ def variants(peak: float, batch: int, base: dict | None, deadline: float) -> dic
     for name, fn in runs.items():
         if time.time() - T0 > deadline:
             out[name] = {"skipped": "deadline"}
-            continue
-        try:
-            out[name] = fn()
-        except Exception as e:  # one variant that fails (e.g. CUDA graphs) still lets the others report
-            out[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
-        if name.startswith("reduce_overhead"):
-            release_cudagraphs()
-        if "sec_per_step" in out[name] and "sec_per_step" in out.get("base", {}):
-            out[name]["vs_base"] = out["base"]["sec_per_step"] / out[name]["sec_per_step"]
+        else:
+            try:
+                out[name] = fn()
+            except Exception as e:  # one variant that fails (e.g. CUDA graphs) still lets the others report
+                out[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+            if name.startswith("reduce_overhead"):
+                try:
+                    release_cudagraphs()
+                except Exception as e:  # the variants measured so far still report
+                    out[name]["release_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            if "sec_per_step" in out[name] and "sec_per_step" in out.get("base", {}):
+                out[name]["vs_base"] = out["base"]["sec_per_step"] / out[name]["sec_per_step"]
+        progress(out)
     return out
 
 
@@ -378,10 +383,10 @@ def mllm_flops(model, micro: int, seq: int, n_img: int, n_supervised: int) -> fl
     return 3 * (llm + proj) + tower
 
 
-def mllm(peak: float, parts, deadline: float, micro: int = 4, seq: int = 2048) -> dict:
+def mllm(peak: float, parts, deadline: float, micro: int = 4, seq: int = 2048, progress=lambda out: None) -> dict:
     """The step eager (with and without gradient checkpointing), then with the LLM's layers compiled
     (``train.compile``) and the chunked loss (``train.loss_impl=chunked``, the trainer's function), then compiled
-    alone; no configuration starts after ``deadline`` (seconds since the start)."""
+    alone; no configuration starts after ``deadline`` (seconds since the start); ``progress(out)`` after each."""
     from mllm.train import chunked_lm_loss, compile_llm_layers
 
     fresh()
@@ -445,6 +450,7 @@ def mllm(peak: float, parts, deadline: float, micro: int = 4, seq: int = 2048) -
         sec = cuda_time(step, warmup=2, iters=4)
         out[key] = {"sec_per_step": sec, "tokens_per_s": micro * seq / sec, "share_of_peak": tflop / sec / peak,
                     "peak_gb": peak_gb()}
+        progress(out)
     model.model.language_model.gradient_checkpointing_disable()
     for layer in model.model.language_model.layers:  # evaluation measures the eager layers, as before
         layer._compiled_call_impl = None
@@ -527,9 +533,10 @@ def profiled(step) -> dict:
         kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + e.self_device_time_total / 1e3
     top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:20]
     # where the host waits for the device: the operators that read a device value back (a scalar, a data-dependent
-    # shape) and the runtime's synchronize calls with the host time spent in them (the last one is this function's)
-    syncs = {e.key: {"calls": e.count, "host_ms": round(e.self_cpu_time_total / 1e3, 2)} for e in events
-             if e.key in SYNC_OPS or "Synchronize" in e.key}
+    # shape), with the host time inside them, children included, and the runtime's copies and synchronize calls
+    # (the last synchronize is this function's own)
+    syncs = {e.key: {"calls": e.count, "host_ms": round(e.cpu_time_total / 1e3, 2)} for e in events
+             if e.key in SYNC_OPS or "Synchronize" in e.key or e.key.startswith("cudaMemcpy")}
     return {"wall_ms": wall * 1e3, "device_ms": cuda_total, "host_ms": cpu_total, "host_syncs": syncs,
             "launches": sum(e.count for e in kernels),
             "device_ms_by_kind": {k: round(v, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
@@ -553,6 +560,13 @@ def profile_stage2(rows: int, row_len: int) -> dict:
     return {"rows": rows, "row_len": row_len, "mix": "issue", **profiled(train_step(model, opt, **batch))}
 
 
+def smoke_mode() -> None:
+    """Toy sizes on the CPU (``--smoke``)."""
+    global DEV, SMOKE, IMAGE, S1_IMAGE, S1_TEXT
+    DEV, SMOKE, IMAGE, S1_IMAGE, S1_TEXT = "cpu", True, 32, 32, 16
+    PRESET.update({"L16": "tiny", "So16": "tiny"})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="results/gpu")
@@ -561,10 +575,8 @@ def main() -> None:
                     "up to a ':' (stage2 runs every stage2:* section; default: all)")
     ap.add_argument("--smoke", action="store_true", help="toy sizes on the CPU: checks the script, measures nothing")
     args = ap.parse_args()
-    global DEV, SMOKE, IMAGE, S1_IMAGE, S1_TEXT
     if args.smoke:
-        DEV, SMOKE, IMAGE, S1_IMAGE, S1_TEXT = "cpu", True, 32, 32, 16
-        PRESET.update({"L16": "tiny", "So16": "tiny"})
+        smoke_mode()
     elif not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs a CUDA device (--smoke checks it on the CPU)")
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -592,7 +604,16 @@ def main() -> None:
                 results[name] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
             results[name]["section_s"] = round(time.time() - t, 1)
         print(json.dumps({name: results[name]}), flush=True)
+        save()
+
+    def save():
         (out / "bench_gpu.json").write_text(json.dumps(results, indent=1))
+
+    def partial(name):  # a long section's finished parts, written as they come (the section's result replaces it)
+        def update(part):
+            results[name] = {**part, "partial": True}
+            save()
+        return update
 
     import transformers
 
@@ -613,13 +634,14 @@ def main() -> None:
 
         def build():
             parts["m"] = mllm_parts(Path(tmp))
-            return mllm(peak, parts["m"], args.deadline, *((2, 64) if SMOKE else ()))
+            return mllm(peak, parts["m"], args.deadline, *((2, 64) if SMOKE else ()), progress=partial("mllm"))
 
         record("mllm", build)
         if "m" in parts:
             record("eval", lambda: evaluation(parts["m"], *((4, 4) if SMOKE else ())))
         parts.clear()
-    record("variants", lambda: variants(peak, b, results.get("stage1:b64:prefix"), args.deadline))
+    record("variants", lambda: variants(peak, b, results.get("stage1:b64:prefix"), args.deadline,
+                                        partial("variants")))
     record("profile:stage2", lambda: profile_stage2(4, r))
     record("profile", lambda: profile(b))
     record("stage1:b256:prefix", lambda: stage1(peak, 4 * b, "prefix"))

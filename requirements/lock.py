@@ -82,7 +82,7 @@ def torch_requirements() -> dict[str, list]:
 
     out: dict[str, list] = {}
     for dist in metadata.distributions():
-        if not TORCH_STACK.match(norm(dist.metadata["Name"])):
+        if not TORCH_STACK.match(norm(dist.metadata["Name"] or "")):
             continue
         for line in dist.requires or []:
             req = Requirement(line)
@@ -93,7 +93,9 @@ def torch_requirements() -> dict[str, list]:
 
 def left_to_torch(pins: dict[str, str], requirements: dict[str, list]) -> dict[str, str]:
     """Packages whose version the PyTorch wheels decide, not the lock: those they require that the lock pins to a
-    version they refuse or does not pin at all. {name: the requirement, for messages}."""
+    version they refuse or does not pin at all. {name: the requirement, for messages}. Only the wheels' direct
+    requirements count: should a package freed here itself refuse another locked pin, pip's resolution error names
+    both."""
     out = {}
     for name, reqs in requirements.items():
         if TORCH_STACK.match(name):
@@ -120,7 +122,8 @@ def check(torch_locked: bool = True) -> int:
     """Every installed package has the locked version (the torch stack, and what it alone decides, only when it came
     from the lock)."""
     pins = parse(LOCK) | (parse(TORCH_LOCK) if torch_locked else {})
-    installed = {norm(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    # every installed copy (one shadowed by another on sys.path is checked too)
+    installed = [(norm(d.metadata["Name"] or "?"), d.version) for d in metadata.distributions()]
     freed = {} if torch_locked else left_to_torch(pins, torch_requirements())
     bad, unlocked = compare(installed, pins, torch_locked, freed)
     for line in bad:
@@ -131,18 +134,18 @@ def check(torch_locked: bool = True) -> int:
         print("the environment differs from requirements/*.txt: rebuild it (make clean setup) or run `make lock`",
               file=sys.stderr)
         return 1
-    followed = [f"{k}=={installed[k]}" for k in sorted(freed) if k in installed]
+    followed = sorted({f"{k}=={v}" for k, v in installed if k in freed})
     print(f"environment matches the lock ({len(pins)} pins)"
           + (f"; as the PyTorch wheels require: {', '.join(followed)}" if followed else ""))
     return 0
 
 
-def compare(installed: dict[str, str], pins: dict[str, str], torch_locked: bool,
+def compare(installed: list[tuple[str, str]], pins: dict[str, str], torch_locked: bool,
             freed: dict[str, str]) -> tuple[list[str], list[str]]:
-    """(version mismatches, packages the lock lacks) of ``installed`` against ``pins``; the PyTorch stack is skipped
-    when it is unlocked, and so are the packages in ``freed``."""
+    """(version mismatches, packages the lock lacks) of the installed ``(name, version)`` pairs against ``pins``; the
+    PyTorch stack is skipped when it is unlocked, and so are the packages in ``freed``."""
     bad, unlocked = [], []
-    for name, version in sorted(installed.items()):
+    for name, version in sorted(installed):
         if name in (norm(PROJECT), "pip") or name in freed or (not torch_locked and TORCH_STACK.match(name)):
             continue
         if name not in pins:
@@ -156,10 +159,10 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["write"] and len(argv) == 2:
         write(argv[1])
         return 0
-    if argv[:1] == ["check"]:
-        return check(torch_locked="--torch-unlocked" not in argv)
-    if argv[:1] == ["constraints"] and len(argv) in (2, 3):
-        return constraints(Path(argv[1]), torch_locked="--torch-unlocked" not in argv)
+    if argv[:1] == ["check"] and argv[1:] in ([], ["--torch-unlocked"]):
+        return check(torch_locked=len(argv) == 1)
+    if argv[:1] == ["constraints"] and len(argv) in (2, 3) and argv[2:] in ([], ["--torch-unlocked"]):
+        return constraints(Path(argv[1]), torch_locked=len(argv) == 2)
     print(__doc__, file=sys.stderr)
     return 2
 

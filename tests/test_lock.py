@@ -68,11 +68,12 @@ def test_other_pytorch_wheels_decide_only_the_versions_they_refuse_from_the_lock
     # setuptools: the lock's version is refused; newdep: the lock has none; the stack itself is never listed
     assert set(freed) == {"setuptools", "newdep"} and "<82" in freed["setuptools"]
 
-    installed = {"setuptools": "81.0.0", "sympy": "1.14.0", "filelock": "4.2.12", "requests": "2.33.0",
-                 "newdep": "1.2", "torch": "2.11.0", "cuda-bindings": "13.0.3", "pip": "25.0"}
+    installed = [("setuptools", "81.0.0"), ("sympy", "1.14.0"), ("filelock", "4.2.12"), ("requests", "2.33.0"),
+                 ("newdep", "1.2"), ("torch", "2.11.0"), ("cuda-bindings", "13.0.3"), ("pip", "25.0")]
     assert lock.compare(installed, pins, torch_locked=False, freed=freed) == ([], [])
-    # what the wheels do not decide still has to match, and a locked PyTorch stack lets nothing through
-    bad, _ = lock.compare({**installed, "filelock": "4.3.1"}, pins, torch_locked=False, freed=freed)
+    # what the wheels do not decide still has to match (every installed copy of it), and a locked PyTorch stack
+    # lets nothing through
+    bad, _ = lock.compare(installed + [("filelock", "4.3.1")], pins, torch_locked=False, freed=freed)
     assert bad == ["filelock 4.3.1 (lock: 4.2.12)"]
     bad, unlocked = lock.compare(installed, pins, torch_locked=True, freed={})
     assert bad == ["setuptools 81.0.0 (lock: 84.2.1)"]
@@ -83,3 +84,9 @@ def test_constraints_keep_every_pin_when_the_pytorch_stack_is_locked(tmp_path):
     out = tmp_path / "constraints.txt"
     assert lock.constraints(out) == 0
     assert lock.parse(out) == lock.parse(lock.LOCK)
+
+
+def test_a_misspelt_option_is_refused_not_ignored(tmp_path, capsys):
+    assert lock.main(["constraints", str(tmp_path / "c.txt"), "--torch-unlockd"]) == 2
+    assert lock.main(["check", "--torch"]) == 2
+    assert not (tmp_path / "c.txt").exists()

@@ -161,17 +161,19 @@ def _checkpointing_model():
     return model, torch.randint(0, 512, (4, 16)), torch.randn(4, 3, 32, 32)
 
 
-def test_selective_checkpointing_recomputes_no_matmul_and_full_recomputes_them():
+def test_selective_checkpointing_recomputes_elementwise_work_but_no_matmul():
     model, ids, pix = _checkpointing_model()
-    n_matmuls = {}
+    n_matmuls, n_ops = {}, {}
     for mode in ("none", "selective", "full"):
         model.vit.activation_checkpointing = mode
         loss = model(input_ids=ids, pixel_values=pix, labels=ids).loss
         with MatmulDtypes() as rec:
             loss.backward()
-        n_matmuls[mode] = len(rec.seen)
+        n_matmuls[mode], n_ops[mode] = len(rec.seen), rec.n_ops
     # the backward of each projection is two matmuls; full checkpointing also reruns every block's forward ones
     assert n_matmuls["selective"] == n_matmuls["none"] < n_matmuls["full"], n_matmuls
+    # selective reruns the norms, RoPE and gates between them: more work in the backward than none, less than full
+    assert n_ops["none"] < n_ops["selective"] < n_ops["full"], n_ops
 
 
 @pytest.mark.skipif(not _SAC_KWARGS, reason="this PyTorch keeps selective checkpointing's tensors out of sight of "
