@@ -9,6 +9,8 @@ lease still returns the first ones. ``--only`` takes names or their starts up to
 ``stage2:*``).
 
 - ``env``: device, versions, the bf16 GEMM peak measured now (8192^3 products): the "share of peak" denominator;
+- ``trainer``: ``genlip-pretrain`` on this device with the tiny recipes (a check, not a figure): stage 1, the same
+  command again, stage 1 with bf16 parameters, stage 2 packed (FlexAttention) from the first;
 - ``stage1:b64:prefix``: the stage-1 step at paper width (L16: 24 x 1024; 224 px = 196 patches + 64 text),
   compiled blocks, bf16 autocast, fused AdamW, chunked loss as in the paper recipes, the ``prefix`` attention that
   ``auto`` picks, batch 64. Each stage-1 step also reports ``dispatch_ms``, the host time until the step's work is
@@ -335,6 +337,37 @@ def stage2(peak: float, preset: str, rows: int, row_len: int, checkpointing: boo
             "share_of_peak": tflop / sec / peak, "peak_gb": peak_gb(), "fits_80gb": peak_gb() < 79.0}
 
 
+def trainer(tmp: Path) -> dict:
+    """``genlip-pretrain`` itself on this device (its CUDA-only paths: pinned batches, bf16 autocast, bf16 parameters
+    over a process group of one, FlexAttention block masks in packed training, checkpoints): the tiny stage-1 recipe,
+    the same command again (must say ``already finished``), stage 1 with ``train.param_dtype=bf16``, and stage 2
+    packed from the first run. Each: exit code, seconds, final loss, the output's end when it failed."""
+    import re
+    import subprocess
+
+    env = {**os.environ, "GENLIP_HOME": str(tmp / "home")}
+    s1, s2 = (4, 3) if SMOKE else (30, 20)
+    runs = {"stage1": ["stage1_tiny_cpu", f"train.steps={s1}", f"train.output_dir={tmp / 's1'}"],
+            "stage1_again": ["stage1_tiny_cpu", f"train.steps={s1}", f"train.output_dir={tmp / 's1'}"],
+            "stage1_param_bf16": ["stage1_tiny_cpu", f"train.steps={s1}", f"train.output_dir={tmp / 's1b'}",
+                                  "train.param_dtype=bf16"],
+            "stage2": ["stage2_tiny_cpu", f"train.steps={s2}", f"train.output_dir={tmp / 's2'}",
+                       f"model.init_from={tmp / 's1'}"]}
+    out = {}
+    for name, (recipe, *overrides) in runs.items():
+        t = time.time()
+        p = subprocess.run([sys.executable, "-m", "genlip.train.cli", "--recipe", recipe, *overrides], env=env,
+                           capture_output=True, text=True, timeout=300)
+        text = p.stdout + p.stderr
+        loss = re.search(r"final loss ([0-9.naninf]+)", text)
+        out[name] = {"rc": p.returncode, "seconds": round(time.time() - t, 1),
+                     "final_loss": float(loss.group(1)) if loss else None,
+                     "already_finished": "already finished" in text}
+        if p.returncode:
+            out[name]["tail"] = text[-1500:]
+    return out
+
+
 def blockmask() -> dict:
     """One step's FlexAttention block mask built on this device, both ways (``bench_stage2.block_mask_figures``)."""
     sizes = ((2, 256),) if SMOKE else ((4, 8192), (1, 16384))
@@ -622,13 +655,15 @@ def main() -> None:
                            "torch": torch.__version__,
                            "transformers": transformers.__version__, "bf16_gemm_peak_tflops": peak,
                            "date": time.strftime("%Y-%m-%d")})
+    import tempfile
+
     b = 2 if SMOKE else 64
     r = 256 if SMOKE else 8192
     # the figures of the goals first (a short lease still measures them), then what explains them, then the rest
+    with tempfile.TemporaryDirectory() as tmp:
+        record("trainer", lambda: trainer(Path(tmp)))
     record("stage1:b64:prefix", lambda: stage1(peak, b, "prefix"))
     record("stage2:L16:4x8192:issue_mix", lambda: stage2(peak, "L16", 4, r, False, "issue"))
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         parts = {}
 

@@ -27,7 +27,11 @@ def test_every_section_runs_in_priority_order_without_error(tmp_path):
     res = _run(tmp_path)
     assert not _errors(res), _errors(res)
     names = list(res)
-    assert names[:4] == ["env", "stage1:b64:prefix", "stage2:L16:4x8192:issue_mix", "mllm"], names
+    assert names[:5] == ["env", "trainer", "stage1:b64:prefix", "stage2:L16:4x8192:issue_mix", "mllm"], names
+    tr = res["trainer"]  # genlip-pretrain itself: trains, says so when run again, bf16 parameters, stage 2
+    assert all(r["rc"] == 0 for r in tr.values() if isinstance(r, dict)), tr
+    assert tr["stage1_again"]["already_finished"] and not tr["stage1"]["already_finished"]
+    assert all(0 < tr[k]["final_loss"] < 10 for k in ("stage1", "stage1_param_bf16", "stage2"))
     assert {"variants", "profile", "profile:stage2", "stage1:b256:prefix", "blockmask", "eval",
             "stage2:So16:1x16384:ac_full"} <= set(names)
     for name in ("stage1:b64:prefix", "stage1:b256:prefix", "stage2:L16:4x8192:issue_mix"):
