@@ -356,8 +356,14 @@ def trainer(tmp: Path) -> dict:
     out = {}
     for name, (recipe, *overrides) in runs.items():
         t = time.time()
-        p = subprocess.run([sys.executable, "-m", "genlip.train.cli", "--recipe", recipe, *overrides], env=env,
-                           capture_output=True, text=True, timeout=300)
+        try:  # a hang (e.g. in process-group set-up) must not eat the lease: each run gets 150 s
+            p = subprocess.run([sys.executable, "-m", "genlip.train.cli", "--recipe", recipe, *overrides], env=env,
+                               capture_output=True, text=True, timeout=150)
+        except subprocess.TimeoutExpired as e:
+            text = "".join(x.decode(errors="replace") if isinstance(x, bytes) else x or ""
+                           for x in (e.stdout, e.stderr))
+            out[name] = {"rc": "timeout after 150 s", "tail": text[-1500:]}
+            continue
         text = p.stdout + p.stderr
         loss = re.search(r"final loss ([0-9.naninf]+)", text)
         out[name] = {"rc": p.returncode, "seconds": round(time.time() - t, 1),
