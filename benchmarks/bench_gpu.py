@@ -337,7 +337,7 @@ def stage2(peak: float, preset: str, rows: int, row_len: int, checkpointing: boo
             "share_of_peak": tflop / sec / peak, "peak_gb": peak_gb(), "fits_80gb": peak_gb() < 79.0}
 
 
-def trainer(tmp: Path) -> dict:
+def trainer(tmp: Path, timeout: float = 150.0) -> dict:
     """``genlip-pretrain`` itself on this device (its CUDA-only paths: pinned batches, bf16 autocast, bf16 parameters
     over a process group of one, FlexAttention block masks in packed training, checkpoints): the tiny stage-1 recipe,
     the same command again (must say ``already finished``), stage 1 with ``train.param_dtype=bf16``, and stage 2
@@ -356,13 +356,13 @@ def trainer(tmp: Path) -> dict:
     out = {}
     for name, (recipe, *overrides) in runs.items():
         t = time.time()
-        try:  # a hang (e.g. in process-group set-up) must not eat the lease: each run gets 150 s
+        try:  # a hang (e.g. in process-group set-up) must not eat the lease: each run gets ``timeout`` seconds
             p = subprocess.run([sys.executable, "-m", "genlip.train.cli", "--recipe", recipe, *overrides], env=env,
-                               capture_output=True, text=True, timeout=150)
+                               capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as e:
             text = "".join(x.decode(errors="replace") if isinstance(x, bytes) else x or ""
                            for x in (e.stdout, e.stderr))
-            out[name] = {"rc": "timeout after 150 s", "tail": text[-1500:]}
+            out[name] = {"rc": f"timeout after {timeout:g} s", "tail": text[-1500:]}
             continue
         text = p.stdout + p.stderr
         loss = re.search(r"final loss ([0-9.naninf]+)", text)

@@ -71,3 +71,6 @@ def test_long_sections_stop_at_the_deadline_and_report_each_finished_part(tmp_pa
     res = bench.mllm(1.0, bench.mllm_parts(tmp_path), -1.0, 2, 64, progress=seen.append)
     configs = {k: v for k, v in res.items() if isinstance(v, dict)}
     assert len(configs) == 6 and all(v == {"skipped": "deadline"} for v in configs.values())
+    # a hung training run is cut off and recorded; the next still runs
+    tr = bench.trainer(tmp_path / "hang", timeout=0.2)
+    assert [r["rc"] for r in tr.values()] == ["timeout after 0.2 s"] * 4
