@@ -26,6 +26,7 @@ def _errors(tree, path=""):
 def test_every_section_runs_in_priority_order_without_error(tmp_path):
     res = _run(tmp_path)
     assert not _errors(res), _errors(res)
+    assert not [k for k, r in res.items() if r.get("partial")]  # every long section's final result replaced its parts
     names = list(res)
     assert names[:5] == ["env", "trainer", "stage1:b64:prefix", "stage2:L16:4x8192:issue_mix", "mllm"], names
     tr = res["trainer"]  # genlip-pretrain itself: trains, says so when run again, bf16 parameters, stage 2
