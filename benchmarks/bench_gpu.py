@@ -26,9 +26,11 @@ lease still returns the first ones. ``--only`` takes names or their starts up to
 - ``eval``: greedy answers/s of that model at batch 1 and batch 16 (``mllm.chat.answer_batch``), and how many of
   the batched answers differ from batch 1's (bf16);
 - ``variants``: the batch-64 stage-1 step with one change each, against ``stage1:b64:prefix``: the blocks compiled
-  as one graph (``model.compile_scope=transformer``) with CUDA graphs (``reduce-overhead``) and without, bf16
-  parameters with fp32 master weights (FSDP2 over a process group of one, what ``train.param_dtype=bf16`` runs on
-  one GPU), blocks compiled with CUDA graphs, per-sample SDPA (``segments``), and no compilation;
+  for dynamic shapes (what genlip-pretrain does, stage-1 text lengths varying per batch; the other steps here are
+  compiled for their fixed shapes), the blocks compiled as one graph (``model.compile_scope=transformer``) with
+  CUDA graphs (``reduce-overhead``) and without, bf16 parameters with fp32 master weights (FSDP2 over a process
+  group of one, what ``train.param_dtype=bf16`` runs on one GPU), blocks compiled with CUDA graphs, per-sample SDPA
+  (``segments``), and no compilation;
 - ``profile:stage2`` and ``profile``: one stage-2 step (issue mix) and one stage-1 batch-64 step under
   ``torch.profiler``: host vs device time, device time by kind of kernel (GEMM, attention, fused elementwise,
   optimizer, ...), launches and the top kernels;
@@ -116,14 +118,16 @@ def autocast():
 
 
 def stage1_model(preset: str, backend: str, checkpointing: bool = False, compile_mode: str | None = "default",
-                 param_bf16: bool = False, scope: str = "blocks"):
-    """The model and optimizer of a step: blocks compiled with ``compile_mode`` (``None``: eager), each on its own
-    or as one graph (``scope="transformer"``, ``model.compile_scope``); ``param_bf16``:
+                 param_bf16: bool = False, scope: str = "blocks", dynamic: bool = False):
+    """The model and optimizer of a step: blocks compiled by the trainer's ``compile_model`` with ``compile_mode``
+    (``None``: eager), each on its own or as one graph (``scope="transformer"``, ``model.compile_scope``), for this
+    batch's fixed shapes unless ``dynamic`` (as genlip-pretrain compiles them); ``param_bf16``:
     FSDP2 over a process group of one with bf16 compute weights and fp32 master shards (``train.param_dtype=bf16``
     on one GPU), the trainer's own ``genlip.run.dist`` calls."""
     from genlip.config import genlip_config
     from genlip.modeling import GenLIPForCaptioning
     from genlip.run import dist as D
+    from genlip.train.loop import compile_model
     from genlip.train.optim import build_optimizer
     from genlip.train.recipe import OptimRecipe
 
@@ -133,8 +137,7 @@ def stage1_model(preset: str, backend: str, checkpointing: bool = False, compile
     if checkpointing:
         model.gradient_checkpointing_enable()
     if compile_mode is not None and not SMOKE:
-        for part in [model.vit] if scope == "transformer" else model.vit.blocks:
-            part.compile(dynamic=False, mode=compile_mode)
+        compile_model(model, compile_mode, scope, dynamic)
     if param_bf16:
         D.init_single(torch.device(DEV))
         model = D.wrap(model, "fsdp", torch.device(DEV), "bf16")
@@ -158,12 +161,13 @@ S1_IMAGE, S1_TEXT = 224, 64
 
 
 def stage1(peak: float, batch: int, backend: str, compile_mode: str | None = "default",
-           param_bf16: bool = False, scope: str = "blocks") -> dict:
+           param_bf16: bool = False, scope: str = "blocks", dynamic: bool = False) -> dict:
     from genlip.run import dist as D
 
     text, image = S1_TEXT, S1_IMAGE
     fresh()
-    cfg, model, opt = stage1_model("L16", backend, compile_mode=compile_mode, param_bf16=param_bf16, scope=scope)
+    cfg, model, opt = stage1_model("L16", backend, compile_mode=compile_mode, param_bf16=param_bf16, scope=scope,
+                                   dynamic=dynamic)
     try:
         pix = torch.randn(batch, 3, image, image, device=DEV)
         ids = torch.randint(0, cfg.vocab_size, (batch, text), device=DEV)
@@ -183,7 +187,7 @@ def stage1(peak: float, batch: int, backend: str, compile_mode: str | None = "de
     n_img = (image // cfg.patch_size) ** 2
     tflop = genlip_train_flops(cfg, n_img, text, batch, int((labels != -100).sum())) / 1e12
     return {"preset": PRESET["L16"], "batch": batch, "backend": backend, "compile_mode": compile_mode,
-            "compile_scope": scope,
+            "compile_scope": scope, "dynamic_shapes": dynamic,
             "param_dtype": "bf16" if param_bf16 else "fp32", "sec_per_step": sec, "dispatch_ms": host,
             "samples_per_s": batch / sec, "tokens_per_s": batch * (n_img + text) / sec, "tflop_per_step": tflop,
             "tflops": tflop / sec, "share_of_peak": tflop / sec / peak, "peak_gb": peak_gb(),
@@ -214,6 +218,7 @@ def variants(peak: float, batch: int, base: dict | None, deadline: float, progre
     releases its memory pool after it; no variant starts after ``deadline`` (seconds since the start);
     ``progress(out)`` after each one (a lease that ends mid-section keeps what finished)."""
     runs = {"base": lambda: dict(base) if base and "sec_per_step" in base else stage1(peak, batch, "prefix"),
+            "dynamic_shapes": lambda: stage1(peak, batch, "prefix", dynamic=True),
             "reduce_overhead_transformer": lambda: stage1(peak, batch, "prefix", compile_mode="reduce-overhead",
                                                           scope="transformer"),
             "compile_transformer": lambda: stage1(peak, batch, "prefix", scope="transformer"),

@@ -80,6 +80,7 @@ def copy_into_plain(ours: GenLIPForCaptioning, plain: PlainGenLIP) -> None:
 
 
 def genlip_steps(cfg, batch, n_text, image, device, dtype_ctx, compile_blocks=False):
+    from genlip.train.loop import compile_model
     from genlip.train.optim import build_optimizer
     from genlip.train.recipe import OptimRecipe
 
@@ -111,8 +112,7 @@ def genlip_steps(cfg, batch, n_text, image, device, dtype_ctx, compile_blocks=Fa
         import torch._dynamo as dynamo
 
         dynamo.config.recompile_limit = 64  # 24 blocks share one code object
-        for blk in ours.vit.blocks:
-            blk.compile(dynamic=False)
+        compile_model(ours, dynamic=False)
     opt_ours = build_optimizer(ours, OptimRecipe(lr=1e-4))
     opt_plain = torch.optim.AdamW(plain.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.01)
 

@@ -202,7 +202,8 @@ def setup(recipe: Recipe, device: torch.device, plan: BatchPlan | None = None) -
     torch.manual_seed(t.seed)  # identical initial weights on every rank
     sources, tokenizer, builder = build_stream_parts(recipe)
     model = build_model(recipe, tokenizer).to(device)
-    compile_model(model, recipe.model)
+    if recipe.model.compile:
+        compile_model(model, recipe.model.compile_mode, recipe.model.compile_scope)
     parallel = t.parallel
     if t.param_dtype == "bf16":  # fp32 master weights live in FSDP2's shards, bf16 copies are gathered per forward
         if ws > 1 and t.parallel != "fsdp":
@@ -243,13 +244,12 @@ def setup(recipe: Recipe, device: torch.device, plan: BatchPlan | None = None) -
                RunLogger(run_dir, recipe, t.steps, state["step"]), autocast)
 
 
-def compile_model(model, m) -> None:
-    """``model.compile`` in place (parameter names and checkpoints unchanged), per block or the whole stack of
-    blocks (``model.compile_scope``), dynamic shapes (text lengths vary per batch)."""
-    if not m.compile:
-        return
-    for part in [model.vit] if m.compile_scope == "transformer" else model.vit.blocks:
-        part.compile(dynamic=True, mode=m.compile_mode)
+def compile_model(model, mode: str = "default", scope: str = "blocks", dynamic: bool = True) -> None:
+    """``model.compile=true``: GenLIP's blocks compiled in place (parameter names and checkpoints unchanged), each
+    on its own or the whole stack as one graph (``model.compile_scope``). genlip-pretrain compiles for dynamic shapes
+    (stage-1 text lengths vary per batch); the benchmarks, whose batches never change shape, pass ``dynamic=False``."""
+    for part in [model.vit] if scope == "transformer" else model.vit.blocks:
+        part.compile(dynamic=dynamic, mode=mode)
 
 
 def train_step(run: Run, micro: list[dict], step: int) -> tuple[float, float, int]:

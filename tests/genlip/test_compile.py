@@ -58,14 +58,13 @@ def test_the_trainers_compile_scopes_give_the_eager_loss_and_gradients(scope, ac
     the compiled block) or the whole stack of blocks; a training forward and backward equal the eager model's.
     Checkpointing inside one whole-stack graph does not trace in dynamo, so the recipe refuses that pair."""
     from genlip.train.loop import compile_model
-    from genlip.train.recipe import ModelRecipe
 
     def grads(compiled: bool):
         torch.manual_seed(0)
         model = GenLIPForCaptioning(genlip_config("tiny", patch_size=8, vocab_size=64)).train()
         model.vit.activation_checkpointing = ac
         if compiled:
-            compile_model(model, ModelRecipe(compile=True, compile_scope=scope))
+            compile_model(model, scope=scope)
         g = torch.Generator().manual_seed(1)
         ids = torch.randint(0, 64, (3, 7), generator=g)
         mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] + [0] * 6])
