@@ -18,6 +18,7 @@ def zero_stage(config_path: str) -> int:
     with open(config_path, encoding="utf-8") as f:
         return int(json.load(f).get("zero_optimization", {}).get("stage", 0))
 
+
 # the Hugging Face Trainer's lr_scheduler_type values that take no extra arguments
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
@@ -101,12 +102,11 @@ class MllmTrainRecipe:
     def __post_init__(self) -> None:
         if self.deepspeed:  # checked here, before any model is loaded
             self.deepspeed = str(resolve_deepspeed(self.deepspeed))
-            zero3 = (self.compile or self.loss_impl == "chunked") and zero_stage(self.deepspeed) == 3
-            if zero3 and self.compile:
+            if (self.compile or self.loss_impl == "chunked") and zero_stage(self.deepspeed) == 3:
                 raise ValueError("train.compile=true is not supported with ZeRO-3 (DeepSpeed's parameter hooks "
-                                 "around compiled layers are untested here); use zero2 or train.compile=false")
-            if zero3:
-                raise ValueError("train.loss_impl=chunked is not supported with ZeRO-3 (the LM head's weight is a "
+                                 "around compiled layers are untested here); use zero2 or train.compile=false"
+                                 if self.compile else
+                                 "train.loss_impl=chunked is not supported with ZeRO-3 (the LM head's weight is a "
                                  "shard outside its module); use zero2 or train.loss_impl=plain")
 
 
