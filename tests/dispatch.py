@@ -1,4 +1,4 @@
-"""Test helper: which dtypes the matmuls of a piece of code really run in."""
+"""Test helper: which dtypes the matmuls of a piece of code really run in, and how many operators it dispatches."""
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
