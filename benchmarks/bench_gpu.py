@@ -19,18 +19,20 @@ lease still returns the first ones. ``--only`` takes names or their starts up to
 - ``stage2:L16:4x8192:issue_mix``: packed rows (FlexAttention, compiled blocks) of the issue's own mix (4 x 8192,
   images of up to 1024 patches + ~80 text tokens, ``RowPacker``; comparable to its 98.6K tokens/s): tokens/s,
   share of peak, peak memory;
-- ``mllm``: one ``genlip-mllm finetune`` step of the paper's frozen protocol: GenLIP L16 at 384 px (576 image
-  tokens), the 2-layer projector and a random LLM of Qwen2.5-1.5B's shape, bf16, 2048-token sequences, LLM +
-  projector trained: eager with and without gradient checkpointing, then the LLM's layers compiled
-  (``train.compile=true``) with the chunked loss (``train.loss_impl=chunked``), then compiled alone;
+- ``mllm``: one ``genlip-mllm finetune`` step of the paper's frozen protocol: GenLIP L16 at 384 px (576 image tokens),
+  the 2-layer projector and a random LLM of Qwen2.5-1.5B's shape, bf16, 2048-token sequences, LLM + projector trained
+  with the Trainer's fused AdamW and gradient clipping: eager with and without gradient checkpointing, then the LLM's
+  layers compiled (``train.compile=true``) with the chunked loss (``train.loss_impl=chunked``), then compiled alone;
 - ``eval``: greedy answers/s of that model at batch 1 and batch 16 (``mllm.chat.answer_batch``), and how many of
   the batched answers differ from batch 1's (bf16);
-- ``variants``: the batch-64 stage-1 step with one change each, against ``stage1:b64:prefix``: the blocks compiled
-  for dynamic shapes (what genlip-pretrain does, stage-1 text lengths varying per batch; the other steps here are
-  compiled for their fixed shapes), the blocks compiled as one graph (``model.compile_scope=transformer``) with
-  CUDA graphs (``reduce-overhead``) and without, bf16 parameters with fp32 master weights (FSDP2 over a process
-  group of one, what ``train.param_dtype=bf16`` runs on one GPU), blocks compiled with CUDA graphs, per-sample SDPA
-  (``segments``), and no compilation;
+- ``variants``: the batch-64 stage-1 step with one change each, against ``stage1:b64:prefix``: the blocks compiled for
+  dynamic shapes (what genlip-pretrain does, stage-1 text lengths varying per batch; the other steps here are compiled
+  for their fixed shapes), that step through genlip-pretrain's own step function (``trainer_step``: the batch copied
+  from pinned host memory, the loss and the gradient norm read back every step for the non-finite check; against
+  ``dynamic_shapes`` it is what the trainer adds to the bare step), the blocks compiled as one graph
+  (``model.compile_scope=transformer``) with CUDA graphs (``reduce-overhead``) and without, bf16 parameters with fp32
+  master weights (FSDP2 over a process group of one, what ``train.param_dtype=bf16`` runs on one GPU), blocks compiled
+  with CUDA graphs, per-sample SDPA (``segments``), and no compilation;
 - ``profile:stage2`` and ``profile``: one stage-2 step (issue mix) and one stage-1 batch-64 step under
   ``torch.profiler``: host vs device time, device time by kind of kernel (GEMM, attention, fused elementwise,
   optimizer, ...), launches and the top kernels;
@@ -160,8 +162,30 @@ def train_step(model, opt, cudagraphs: bool = False, **batch):
 S1_IMAGE, S1_TEXT = 224, 64
 
 
+def trainer_train_step(model, opt, batch: dict, loss_impl: str = "chunked"):
+    """``genlip-pretrain``'s own optimizer step (``genlip.train.loop.train_step``) on ``batch`` as its loader hands
+    it over (CPU tensors, pinned on CUDA): the copy to the device, the supervised-token count, the loss read back
+    per micro-batch, the gradient norm read back for the non-finite check, the learning-rate schedule."""
+    from types import SimpleNamespace
+
+    from genlip.train.loop import train_step as loop_step
+    from genlip.train.recipe import ModelRecipe, Recipe, TrainRecipe
+
+    batch = {k: v.cpu().pin_memory() if DEV == "cuda" else v.cpu() for k, v in batch.items()}
+    recipe = Recipe(model=ModelRecipe(preset=None, loss_impl=loss_impl), train=TrainRecipe(steps=10**6))
+    run = SimpleNamespace(recipe=recipe, wrapped=model, optimizer=opt, device=torch.device(DEV),
+                          autocast=autocast(), state={"nonfinite_skips": 0})
+    count = [0]
+
+    def step():
+        count[0] += 1
+        loop_step(run, [batch], count[0])
+    return step
+
+
 def stage1(peak: float, batch: int, backend: str, compile_mode: str | None = "default",
-           param_bf16: bool = False, scope: str = "blocks", dynamic: bool = False) -> dict:
+           param_bf16: bool = False, scope: str = "blocks", dynamic: bool = False, trainer_step: bool = False) -> dict:
+    """The stage-1 step at ``batch``; ``trainer_step``: through genlip-pretrain's own step function."""
     from genlip.run import dist as D
 
     text, image = S1_TEXT, S1_IMAGE
@@ -173,8 +197,12 @@ def stage1(peak: float, batch: int, backend: str, compile_mode: str | None = "de
         ids = torch.randint(0, cfg.vocab_size, (batch, text), device=DEV)
         labels = ids.clone()
         labels[:, :7] = -100  # the prompt
-        step = train_step(model, opt, compile_mode == "reduce-overhead", input_ids=ids, pixel_values=pix,
-                          labels=labels)
+        if trainer_step:
+            step = trainer_train_step(model, opt, {"pixel_values": pix, "input_ids": ids, "labels": labels,
+                                                   "attention_mask": torch.ones_like(ids)})
+        else:
+            step = train_step(model, opt, compile_mode == "reduce-overhead", input_ids=ids, pixel_values=pix,
+                              labels=labels)
         t_compile = time.time()
         step()
         sync()
@@ -187,7 +215,7 @@ def stage1(peak: float, batch: int, backend: str, compile_mode: str | None = "de
     n_img = (image // cfg.patch_size) ** 2
     tflop = genlip_train_flops(cfg, n_img, text, batch, int((labels != -100).sum())) / 1e12
     return {"preset": PRESET["L16"], "batch": batch, "backend": backend, "compile_mode": compile_mode,
-            "compile_scope": scope, "dynamic_shapes": dynamic,
+            "compile_scope": scope, "dynamic_shapes": dynamic, "trainer_step": trainer_step,
             "param_dtype": "bf16" if param_bf16 else "fp32", "sec_per_step": sec, "dispatch_ms": host,
             "samples_per_s": batch / sec, "tokens_per_s": batch * (n_img + text) / sec, "tflop_per_step": tflop,
             "tflops": tflop / sec, "share_of_peak": tflop / sec / peak, "peak_gb": peak_gb(),
@@ -219,6 +247,7 @@ def variants(peak: float, batch: int, base: dict | None, deadline: float, progre
     ``progress(out)`` after each one (a lease that ends mid-section keeps what finished)."""
     runs = {"base": lambda: dict(base) if base and "sec_per_step" in base else stage1(peak, batch, "prefix"),
             "dynamic_shapes": lambda: stage1(peak, batch, "prefix", dynamic=True),
+            "trainer_step": lambda: stage1(peak, batch, "prefix", dynamic=True, trainer_step=True),
             "reduce_overhead_transformer": lambda: stage1(peak, batch, "prefix", compile_mode="reduce-overhead",
                                                           scope="transformer"),
             "compile_transformer": lambda: stage1(peak, batch, "prefix", scope="transformer"),
@@ -448,7 +477,8 @@ def mllm(peak: float, parts, deadline: float, micro: int = 4, seq: int = 2048, p
     tower = set(model.model.vision_tower.parameters())
     for p in model.parameters():
         p.requires_grad_(p not in tower)  # the frozen protocol: projector + LLM
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-5, fused=DEV == "cuda")
+    trained = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=2e-5, fused=True)  # as MllmTrainer builds it
     chunked_loss = chunked_lm_loss(model, bf16=DEV == "cuda")
     mode = {"chunked": False}
 
@@ -461,6 +491,7 @@ def mllm(peak: float, parts, deadline: float, micro: int = 4, seq: int = 2048, p
             with autocast():
                 loss = model(**batch, labels=labels, num_items_in_batch=n_sup).loss
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)  # the Trainer's max_grad_norm (the recipes' 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
 

@@ -193,9 +193,11 @@ class MllmTrainer(Trainer):
                 if p.requires_grad:
                     groups.setdefault(group_of(n), []).append(p)
             wd = self.recipe.train.weight_decay
+            # the fused kernel on CPU and CUDA alike (one pass over each tensor; what genlip-pretrain and
+            # transformers' own default on current PyTorch use); DeepSpeed steps it on its fp32 partitions
             self.optimizer = torch.optim.AdamW(
                 [{"params": ps, "lr": self.lrs[g], "weight_decay": wd} for g, ps in groups.items()],
-                betas=(0.9, 0.999), eps=1e-8, fused=not torch.cuda.is_available() or None)
+                betas=(0.9, 0.999), eps=1e-8, fused=True)
         return self.optimizer
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
