@@ -264,9 +264,14 @@ def train_step(run: Run, micro: list[dict], step: int) -> tuple[float, float, in
     n_global = int(D.all_reduce_sum(torch.tensor(n_local, dtype=torch.float64)).item())
     loss_sum = torch.zeros((), dtype=torch.float64)
     poison = float("nan") if step in recipe.debug.nan_steps else 1.0
+    # CUDA graphs (compile modes reduce-overhead, max-autotune) reuse their output memory from one run to the next:
+    # each micro-batch's forward + backward is one run, said explicitly rather than left to inference
+    graphs = recipe.model.compile and recipe.model.compile_mode in ("reduce-overhead", "max-autotune")
     for i, m in enumerate(micro):
         sync = wrapped.no_sync() if i < len(micro) - 1 and hasattr(wrapped, "no_sync") else contextlib.nullcontext()
         m = {k: v.to(run.device, non_blocking=True) for k, v in m.items()}
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with sync, run.autocast:
             out = wrapped(**m, num_items_in_batch=max(n_global, 1), loss_impl=recipe.model.loss_impl)
             (out.loss * (ws * poison)).backward()  # DDP/FSDP average gradients over ranks; undo that

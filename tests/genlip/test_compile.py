@@ -85,3 +85,30 @@ def test_whole_stack_compilation_with_checkpointing_is_refused_by_the_recipe():
     for ac in ("selective", "full"):
         with pytest.raises(ValueError, match="compile_scope=transformer needs model.activation_checkpointing=none"):
             ModelRecipe(compile=True, compile_scope="transformer", activation_checkpointing=ac)
+
+
+@pytest.mark.parametrize("mode,marks", [("default", 0), ("reduce-overhead", 2), ("max-autotune", 2)])
+def test_cuda_graph_modes_mark_each_micro_batch_as_a_new_run(monkeypatch, mode, marks):
+    """CUDA graphs reuse their outputs' memory from one replay to the next: genlip-pretrain's step tells them where
+    each micro-batch's forward + backward begins (modes that use CUDA graphs), and the step is otherwise the same."""
+    from types import SimpleNamespace
+
+    from genlip.train.loop import train_step
+    from genlip.train.optim import build_optimizer
+    from genlip.train.recipe import ModelRecipe, OptimRecipe, Recipe
+
+    seen = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: seen.append(1))
+    torch.manual_seed(0)
+    model = GenLIPForCaptioning(genlip_config("tiny", patch_size=8, vocab_size=64)).train()
+    recipe = Recipe(model=ModelRecipe(preset=None, compile=True, compile_mode=mode))
+    run = SimpleNamespace(recipe=recipe, wrapped=model, optimizer=build_optimizer(model, OptimRecipe()),
+                          device=torch.device("cpu"), autocast=torch.autocast("cpu", enabled=False),
+                          state={"nonfinite_skips": 0})
+    g = torch.Generator().manual_seed(1)
+    micro = []
+    for _ in range(2):
+        ids = torch.randint(0, 64, (2, 7), generator=g)
+        micro.append({"input_ids": ids, "pixel_values": torch.randn(2, 3, 16, 16, generator=g), "labels": ids})
+    loss, grad_norm, n = train_step(run, micro, 1)
+    assert len(seen) == marks and n == 28 and loss > 0 and grad_norm > 0
