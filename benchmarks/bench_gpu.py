@@ -10,7 +10,8 @@ lease still returns the first ones. ``--only`` takes names or their starts up to
 
 - ``env``: device, versions, the bf16 GEMM peak measured now (8192^3 products): the "share of peak" denominator;
 - ``trainer``: ``genlip-pretrain`` on this device with the tiny recipes (a check, not a figure): stage 1, the same
-  command again, stage 1 with bf16 parameters, stage 2 packed (FlexAttention) from the first;
+  command again, stage 1 with bf16 parameters, stage 2 packed (FlexAttention) from the first, stage 1 with CUDA
+  graphs;
 - ``stage1:b64:prefix``: the stage-1 step at paper width (L16: 24 x 1024; 224 px = 196 patches + 64 text),
   compiled blocks, bf16 autocast, fused AdamW, chunked loss as in the paper recipes, the ``prefix`` attention that
   ``auto`` picks, batch 64. Each stage-1 step also reports ``dispatch_ms``, the host time until the step's work is
@@ -19,6 +20,8 @@ lease still returns the first ones. ``--only`` takes names or their starts up to
 - ``stage2:L16:4x8192:issue_mix``: packed rows (FlexAttention, compiled blocks) of the issue's own mix (4 x 8192,
   images of up to 1024 patches + ~80 text tokens, ``RowPacker``; comparable to its 98.6K tokens/s): tokens/s,
   share of peak, peak memory;
+- ``stage1:b256:prefix``: the stage-1 step at batch 256 (where it does not fit, with full activation checkpointing,
+  as the paper recipes run it);
 - ``mllm``: one ``genlip-mllm finetune`` step of the paper's frozen protocol: GenLIP L16 at 384 px (576 image tokens),
   the 2-layer projector and a random LLM of Qwen2.5-1.5B's shape, bf16, 2048-token sequences, LLM + projector trained
   with the Trainer's fused AdamW and gradient clipping: eager with and without gradient checkpointing, then the LLM's
@@ -36,7 +39,6 @@ lease still returns the first ones. ``--only`` takes names or their starts up to
 - ``profile:stage2`` and ``profile``: one stage-2 step (issue mix) and one stage-1 batch-64 step under
   ``torch.profiler``: host vs device time, device time by kind of kernel (GEMM, attention, fused elementwise,
   optimizer, ...), launches and the top kernels;
-- ``stage1:b256:prefix``: the stage-1 step at batch 256;
 - ``blockmask``: building one step's FlexAttention block mask on this device: ``create_block_mask`` against the
   project's construction from id ranges;
 - ``prefix_check``: the stage-1 attention plan on this device against the dense mask (fp32 and bf16);
@@ -184,14 +186,15 @@ def trainer_train_step(model, opt, batch: dict, loss_impl: str = "chunked"):
 
 
 def stage1(peak: float, batch: int, backend: str, compile_mode: str | None = "default",
-           param_bf16: bool = False, scope: str = "blocks", dynamic: bool = False, trainer_step: bool = False) -> dict:
+           param_bf16: bool = False, scope: str = "blocks", dynamic: bool = False, trainer_step: bool = False,
+           checkpointing: bool = False) -> dict:
     """The stage-1 step at ``batch``; ``trainer_step``: through genlip-pretrain's own step function."""
     from genlip.run import dist as D
 
     text, image = S1_TEXT, S1_IMAGE
     fresh()
-    cfg, model, opt = stage1_model("L16", backend, compile_mode=compile_mode, param_bf16=param_bf16, scope=scope,
-                                   dynamic=dynamic)
+    cfg, model, opt = stage1_model("L16", backend, checkpointing, compile_mode=compile_mode, param_bf16=param_bf16,
+                                   scope=scope, dynamic=dynamic)
     try:
         pix = torch.randn(batch, 3, image, image, device=DEV)
         ids = torch.randint(0, cfg.vocab_size, (batch, text), device=DEV)
@@ -216,10 +219,22 @@ def stage1(peak: float, batch: int, backend: str, compile_mode: str | None = "de
     tflop = genlip_train_flops(cfg, n_img, text, batch, int((labels != -100).sum())) / 1e12
     return {"preset": PRESET["L16"], "batch": batch, "backend": backend, "compile_mode": compile_mode,
             "compile_scope": scope, "dynamic_shapes": dynamic, "trainer_step": trainer_step,
+            "activation_checkpointing": "full" if checkpointing else "none",
             "param_dtype": "bf16" if param_bf16 else "fp32", "sec_per_step": sec, "dispatch_ms": host,
             "samples_per_s": batch / sec, "tokens_per_s": batch * (n_img + text) / sec, "tflop_per_step": tflop,
             "tflops": tflop / sec, "share_of_peak": tflop / sec / peak, "peak_gb": peak_gb(),
             "first_step_s": t_compile}
+
+
+def stage1_large(peak: float, batch: int) -> dict:
+    """The batch-256 step as the others (no activation checkpointing); where it does not fit the device (an 80 GB
+    H100: it peaked at 76 GB on an H200), with full checkpointing as the paper recipes train it, the failure kept."""
+    try:
+        return stage1(peak, batch, "prefix")
+    except torch.OutOfMemoryError as e:
+        model_err = f"OutOfMemoryError: {str(e)[:200]}"
+    fresh()
+    return {**stage1(peak, batch, "prefix", checkpointing=True), "without_checkpointing": model_err}
 
 
 def release_cudagraphs() -> None:
@@ -373,9 +388,11 @@ def stage2(peak: float, preset: str, rows: int, row_len: int, checkpointing: boo
 
 def trainer(tmp: Path, timeout: float = 150.0) -> dict:
     """``genlip-pretrain`` itself on this device (its CUDA-only paths: pinned batches, bf16 autocast, bf16 parameters
-    over a process group of one, FlexAttention block masks in packed training, checkpoints): the tiny stage-1 recipe,
-    the same command again (must say ``already finished``), stage 1 with ``train.param_dtype=bf16``, and stage 2
-    packed from the first run. Each: exit code, seconds, final loss, the output's end when it failed."""
+    over a process group of one, FlexAttention block masks in packed training, CUDA graphs, checkpoints): the tiny
+    stage-1 recipe, the same command again (must say ``already finished``), stage 1 with ``train.param_dtype=bf16``,
+    stage 2 packed from the first run, stage 1 compiled with CUDA graphs (``model.compile_mode=reduce-overhead``;
+    with inductor's reasons for any graph it left out). Each: exit code, seconds, final loss, the output's end when
+    it failed."""
     import re
     import subprocess
 
@@ -386,13 +403,18 @@ def trainer(tmp: Path, timeout: float = 150.0) -> dict:
             "stage1_param_bf16": ["stage1_tiny_cpu", f"train.steps={s1}", f"train.output_dir={tmp / 's1b'}",
                                   "train.param_dtype=bf16"],
             "stage2": ["stage2_tiny_cpu", f"train.steps={s2}", f"train.output_dir={tmp / 's2'}",
-                       f"model.init_from={tmp / 's1'}"]}
+                       f"model.init_from={tmp / 's1'}"],
+            # CUDA graphs in the trainer (the CPU compiles too slowly for the smoke run: there the flags only)
+            "stage1_cudagraphs": ["stage1_tiny_cpu", f"train.steps={s1}", f"train.output_dir={tmp / 's1g'}",
+                                  "model.compile_mode=reduce-overhead", *([] if SMOKE else ["model.compile=true"])]}
     out = {}
     for name, (recipe, *overrides) in runs.items():
         t = time.time()
+        # inductor says why it leaves a graph out of CUDA graphs only on its cudagraphs log
+        run_env = {**env, "TORCH_LOGS": "cudagraphs"} if name == "stage1_cudagraphs" else env
         try:  # a hang (e.g. in process-group set-up) must not eat the lease: each run gets ``timeout`` seconds
-            p = subprocess.run([sys.executable, "-m", "genlip.train.cli", "--recipe", recipe, *overrides], env=env,
-                               capture_output=True, text=True, timeout=timeout)
+            p = subprocess.run([sys.executable, "-m", "genlip.train.cli", "--recipe", recipe, *overrides],
+                               env=run_env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as e:
             text = "".join(x.decode(errors="replace") if isinstance(x, bytes) else x or ""
                            for x in (e.stdout, e.stderr))
@@ -403,6 +425,8 @@ def trainer(tmp: Path, timeout: float = 150.0) -> dict:
         out[name] = {"rc": p.returncode, "seconds": round(time.time() - t, 1),
                      "final_loss": float(loss.group(1)) if loss else None,
                      "already_finished": "already finished" in text}
+        if name == "stage1_cudagraphs":
+            out[name]["cudagraph_skips"] = [x.strip()[-200:] for x in text.splitlines() if "skipping cudagraphs" in x]
         if p.returncode:
             out[name]["tail"] = text[-1500:]
     return out
@@ -706,6 +730,7 @@ def main() -> None:
         record("trainer", lambda: trainer(Path(tmp)))
     record("stage1:b64:prefix", lambda: stage1(peak, b, "prefix"))
     record("stage2:L16:4x8192:issue_mix", lambda: stage2(peak, "L16", 4, r, False, "issue"))
+    record("stage1:b256:prefix", lambda: stage1_large(peak, 4 * b))
     with tempfile.TemporaryDirectory() as tmp:
         parts = {}
 
@@ -721,7 +746,6 @@ def main() -> None:
                                         partial("variants")))
     record("profile:stage2", lambda: profile_stage2(4, r))
     record("profile", lambda: profile(b))
-    record("stage1:b256:prefix", lambda: stage1(peak, 4 * b, "prefix"))
     record("blockmask", blockmask)
     record("prefix_check", prefix_check)
     record("stage1:b64:flex", lambda: stage1(peak, b, "flex" if DEV == "cuda" else "dense"))
