@@ -232,9 +232,9 @@ def stage1_large(peak: float, batch: int) -> dict:
     try:
         return stage1(peak, batch, "prefix")
     except torch.OutOfMemoryError as e:
-        model_err = f"OutOfMemoryError: {str(e)[:200]}"
+        why = f"OutOfMemoryError: {str(e)[:200]}"
     fresh()
-    return {**stage1(peak, batch, "prefix", checkpointing=True), "without_checkpointing": model_err}
+    return {**stage1(peak, batch, "prefix", checkpointing=True), "without_checkpointing": why}
 
 
 def release_cudagraphs() -> None:
