@@ -36,6 +36,35 @@ def _matmul_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else t.dtype
 
 
+def _lse_and_target(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: log-sum-exp of ``logits`` in fp32, and the logit of the target ``y``."""
+    x = logits.float()
+    return torch.logsumexp(x, dim=-1), x.gather(1, y[:, None]).squeeze(1)
+
+
+def _softmax_grad(logits: torch.Tensor, lse: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``(softmax(logits) - onehot(y)) * g`` in ``logits``' dtype, the softmax in fp32 from ``lse``."""
+    p = torch.exp(logits.float() - lse[:, None])
+    col = torch.arange(logits.shape[1], device=logits.device)
+    return (torch.where(col[None, :] == y[:, None], p - 1.0, p) * g).to(logits.dtype)
+
+
+# On CUDA the chunked loss's elementwise work over each [chunk, vocab] block runs as two compiled kernels, each one
+# read of the bf16 logits (the log-sum-exp with the target's logit; the softmax gradient, written in bf16 for the
+# backward GEMMs), instead of ~10 eager passes over fp32 copies (at vocab 151,936 one pass over a 1024-row chunk
+# reads and writes ~1.2 GB). None: fused on CUDA, the eager code on the CPU; True / False: fused / eager everywhere
+# (to measure or debug either; TORCHDYNAMO_DISABLE=1 runs the two functions uncompiled).
+FUSED_CE: bool | None = None
+_FUSED: dict = {}
+
+
+def _fused(fn):
+    """``fn`` compiled (on first use: importing the compiler costs ~1 s, which the CPU path never pays)."""
+    if fn not in _FUSED:
+        _FUSED[fn] = torch.compile(fn, dynamic=True)
+    return _FUSED[fn]
+
+
 class _ChunkedLinearCE(torch.autograd.Function):
     """Sum of cross-entropies of ``h @ w.T`` against ``y``, computed (and differentiated) in row chunks.
 
@@ -46,17 +75,22 @@ class _ChunkedLinearCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, w: torch.Tensor, y: torch.Tensor, chunk: int) -> torch.Tensor:
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, y: torch.Tensor, chunk: int, fused: bool) -> torch.Tensor:
         cdt = _matmul_dtype(h)
         wc = w.to(cdt)
         lse = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         for s in range(0, h.shape[0], chunk):
-            logits = (h[s:s + chunk].to(cdt) @ wc.t()).float()  # (c, V)
-            lse[s:s + chunk] = torch.logsumexp(logits, dim=-1)
-            total += (lse[s:s + chunk] - logits.gather(1, y[s:s + chunk, None]).squeeze(1)).sum()
+            logits = h[s:s + chunk].to(cdt) @ wc.t()  # (c, V)
+            if fused:
+                lse[s:s + chunk], target = _fused(_lse_and_target)(logits, y[s:s + chunk])
+            else:
+                logits = logits.float()
+                lse[s:s + chunk] = torch.logsumexp(logits, dim=-1)
+                target = logits.gather(1, y[s:s + chunk, None]).squeeze(1)
+            total += (lse[s:s + chunk] - target).sum()
         ctx.save_for_backward(h, w, y, lse)
-        ctx.chunk, ctx.cdt = chunk, cdt
+        ctx.chunk, ctx.cdt, ctx.fused = chunk, cdt, fused
         return total
 
     @staticmethod
@@ -68,26 +102,32 @@ class _ChunkedLinearCE(torch.autograd.Function):
         grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if ctx.needs_input_grad[1] else None
         for s in range(0, h.shape[0], ctx.chunk):
             hc = h[s:s + ctx.chunk].to(cdt)
-            p = torch.exp((hc @ wc.t()).float() - lse[s:s + ctx.chunk, None])  # softmax, (c, V)
-            p[torch.arange(hc.shape[0], device=h.device), y[s:s + ctx.chunk]] -= 1.0
-            p *= grad_out
-            pc = p.to(cdt)
+            if ctx.fused:
+                pc = _fused(_softmax_grad)(hc @ wc.t(), lse[s:s + ctx.chunk], y[s:s + ctx.chunk], grad_out)
+            else:
+                p = torch.exp((hc @ wc.t()).float() - lse[s:s + ctx.chunk, None])  # softmax, (c, V)
+                p[torch.arange(hc.shape[0], device=h.device), y[s:s + ctx.chunk]] -= 1.0
+                p *= grad_out
+                pc = p.to(cdt)
             if grad_h is not None:
                 grad_h[s:s + ctx.chunk] = (pc @ wc).to(h.dtype)
             if grad_w is not None:
                 grad_w += (pc.t() @ hc).float()
-        return grad_h, None if grad_w is None else grad_w.to(w.dtype), None, None
+        return grad_h, None if grad_w is None else grad_w.to(w.dtype), None, None, None
 
 
 def supervised_ce(h: torch.Tensor, lm_head_weight: torch.Tensor, y: torch.Tensor, impl: str = "plain",
-                  chunk_size: int = 1024) -> torch.Tensor:
-    """Summed cross-entropy of ``lm_head(h)`` for gathered supervised rows ``h`` ``(M, d)`` and targets ``y``."""
+                  chunk_size: int = 1024, fused: bool | None = None) -> torch.Tensor:
+    """Summed cross-entropy of ``lm_head(h)`` for gathered supervised rows ``h`` ``(M, d)`` and targets ``y``.
+    ``fused`` (chunked only): the compiled elementwise kernels; ``None``: as ``FUSED_CE`` says."""
     if h.shape[0] == 0:
         return h.sum() * 0.0 + lm_head_weight.sum() * 0.0
     if impl == "plain":
         return F.cross_entropy((h @ lm_head_weight.t()).float(), y, reduction="sum")
     if impl == "chunked":
-        return _ChunkedLinearCE.apply(h, lm_head_weight, y, chunk_size)
+        if fused is None:
+            fused = h.is_cuda if FUSED_CE is None else FUSED_CE
+        return _ChunkedLinearCE.apply(h, lm_head_weight, y, chunk_size, fused)
     raise ValueError(f"unknown loss implementation {impl!r}; use 'plain' or 'chunked'")
 
 
