@@ -28,14 +28,15 @@ lease still returns the first ones. ``--only`` takes names or their starts up to
   layers compiled (``train.compile=true``) with the chunked loss (``train.loss_impl=chunked``), then compiled alone;
 - ``eval``: greedy answers/s of that model at batch 1 and batch 16 (``mllm.chat.answer_batch``), and how many of
   the batched answers differ from batch 1's (bf16);
-- ``variants``: the batch-64 stage-1 step with one change each, against ``stage1:b64:prefix``: the blocks compiled for
-  dynamic shapes (what genlip-pretrain does, stage-1 text lengths varying per batch; the other steps here are compiled
-  for their fixed shapes), that step through genlip-pretrain's own step function (``trainer_step``: the batch copied
-  from pinned host memory, the loss and the gradient norm read back every step for the non-finite check; against
-  ``dynamic_shapes`` it is what the trainer adds to the bare step), the blocks compiled as one graph
-  (``model.compile_scope=transformer``) with CUDA graphs (``reduce-overhead``) and without, bf16 parameters with fp32
-  master weights (FSDP2 over a process group of one, what ``train.param_dtype=bf16`` runs on one GPU), blocks compiled
-  with CUDA graphs, per-sample SDPA (``segments``), and no compilation;
+- ``variants``: the batch-64 stage-1 step with one change each, against ``stage1:b64:prefix``: the chunked loss's
+  eager elementwise code instead of its two compiled kernels (``loss_eager``: what every figure before them ran), the
+  blocks compiled for dynamic shapes (what genlip-pretrain does, stage-1 text lengths varying per batch; the other
+  steps here are compiled for their fixed shapes), that step through genlip-pretrain's own step function
+  (``trainer_step``: the batch copied from pinned host memory, the loss and the gradient norm read back every step for
+  the non-finite check; against ``dynamic_shapes`` it is what the trainer adds to the bare step), the blocks compiled
+  as one graph (``model.compile_scope=transformer``) with CUDA graphs (``reduce-overhead``) and without, bf16
+  parameters with fp32 master weights (FSDP2 over a process group of one, what ``train.param_dtype=bf16`` runs on one
+  GPU), blocks compiled with CUDA graphs, per-sample SDPA (``segments``), and no compilation;
 - ``profile:stage2`` and ``profile``: one stage-2 step (issue mix) and one stage-1 batch-64 step under
   ``torch.profiler``: host vs device time, device time by kind of kernel (GEMM, attention, fused elementwise,
   optimizer, ...), launches and the top kernels;
@@ -219,11 +220,17 @@ def stage1(peak: float, batch: int, backend: str, compile_mode: str | None = "de
     tflop = genlip_train_flops(cfg, n_img, text, batch, int((labels != -100).sum())) / 1e12
     return {"preset": PRESET["L16"], "batch": batch, "backend": backend, "compile_mode": compile_mode,
             "compile_scope": scope, "dynamic_shapes": dynamic, "trainer_step": trainer_step,
-            "activation_checkpointing": "full" if checkpointing else "none",
+            "activation_checkpointing": "full" if checkpointing else "none", "loss_kernels": loss_kernels(),
             "param_dtype": "bf16" if param_bf16 else "fp32", "sec_per_step": sec, "dispatch_ms": host,
             "samples_per_s": batch / sec, "tokens_per_s": batch * (n_img + text) / sec, "tflop_per_step": tflop,
             "tflops": tflop / sec, "share_of_peak": tflop / sec / peak, "peak_gb": peak_gb(),
             "first_step_s": t_compile}
+
+
+def loss_kernels() -> str:
+    import genlip.loss as L
+
+    return "fused" if (DEV == "cuda" if L.FUSED_CE is None else L.FUSED_CE) else "eager"
 
 
 def stage1_large(peak: float, batch: int) -> dict:
@@ -254,6 +261,19 @@ def release_cudagraphs() -> None:
     fresh()
 
 
+def eager_loss(fn):
+    """``fn`` with the chunked loss's eager elementwise code (``genlip.loss.FUSED_CE``)."""
+    import genlip.loss as L
+
+    def run():
+        before, L.FUSED_CE = L.FUSED_CE, False
+        try:
+            return fn()
+        finally:
+            L.FUSED_CE = before
+    return run
+
+
 def variants(peak: float, batch: int, base: dict | None, deadline: float, progress=lambda out: None) -> dict:
     """One change each against the ``prefix`` step measured in this process (``base``: ``stage1:b64:prefix``'s
     result when it ran, else measured here; each variant's ratio in ``vs_base``), the most promising first (the step
@@ -261,6 +281,7 @@ def variants(peak: float, batch: int, base: dict | None, deadline: float, progre
     releases its memory pool after it; no variant starts after ``deadline`` (seconds since the start);
     ``progress(out)`` after each one (a lease that ends mid-section keeps what finished)."""
     runs = {"base": lambda: dict(base) if base and "sec_per_step" in base else stage1(peak, batch, "prefix"),
+            "loss_eager": eager_loss(lambda: stage1(peak, batch, "prefix")),
             "dynamic_shapes": lambda: stage1(peak, batch, "prefix", dynamic=True),
             "trainer_step": lambda: stage1(peak, batch, "prefix", dynamic=True, trainer_step=True),
             "reduce_overhead_transformer": lambda: stage1(peak, batch, "prefix", compile_mode="reduce-overhead",
@@ -660,10 +681,13 @@ def profile_stage2(rows: int, row_len: int) -> dict:
 
 
 def smoke_mode() -> None:
-    """Toy sizes on the CPU (``--smoke``)."""
+    """Toy sizes on the CPU (``--smoke``), with the chunked loss's compiled kernels that CUDA runs."""
+    import genlip.loss as L
+
     global DEV, SMOKE, IMAGE, S1_IMAGE, S1_TEXT
     DEV, SMOKE, IMAGE, S1_IMAGE, S1_TEXT = "cpu", True, 32, 32, 16
     PRESET.update({"L16": "tiny", "So16": "tiny"})
+    L.FUSED_CE = True
 
 
 def main() -> None:

@@ -39,8 +39,12 @@ def test_every_section_runs_in_priority_order_without_error(tmp_path):
     for name in ("stage1:b64:prefix", "stage1:b256:prefix", "stage2:L16:4x8192:issue_mix"):
         assert res[name]["sec_per_step"] > 0 and res[name]["tflop_per_step"] > 0, name
     v = res["variants"]
-    assert set(v) - {"section_s"} == {"base", "dynamic_shapes", "trainer_step", "reduce_overhead_transformer",
-                                      "compile_transformer", "param_bf16", "reduce_overhead", "segments", "eager"}
+    assert set(v) - {"section_s"} == {"base", "loss_eager", "dynamic_shapes", "trainer_step",
+                                      "reduce_overhead_transformer", "compile_transformer", "param_bf16",
+                                      "reduce_overhead", "segments", "eager"}
+    # the chunked loss's compiled kernels (what CUDA runs) in every step but the variant without them
+    assert {k: r["loss_kernels"] for k, r in v.items() if k != "section_s"} == {
+        k: "eager" if k == "loss_eager" else "fused" for k in v if k != "section_s"}
     assert v["trainer_step"]["trainer_step"] and v["trainer_step"]["dynamic_shapes"]  # genlip-pretrain's step
     assert all(v[k]["vs_base"] > 0 for k in v if k not in ("base", "section_s"))
     assert res["mllm"]["chunked_vs_plain_loss_rel_diff"] < 1e-4
@@ -65,8 +69,8 @@ def test_long_sections_stop_at_the_deadline_and_report_each_finished_part(tmp_pa
     bench.smoke_mode()
     seen = []
     out = bench.variants(1.0, 2, None, deadline=-1.0, progress=lambda o: seen.append(dict(o)))
-    assert len(out) == 9 and all(v == {"skipped": "deadline"} for v in out.values())
-    assert [len(s) for s in seen] == list(range(1, 10))  # each part reported as it ends
+    assert len(out) == 10 and all(v == {"skipped": "deadline"} for v in out.values())
+    assert [len(s) for s in seen] == list(range(1, 11))  # each part reported as it ends
     base = bench.stage1(1.0, 2, "prefix")
     out = bench.variants(1.0, 2, base, deadline=1e9)  # the base given is reused, not changed
     assert out["base"]["sec_per_step"] == base["sec_per_step"] and "vs_base" not in base
