@@ -112,7 +112,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
             if grad_h is not None:
                 grad_h[s:s + ctx.chunk] = (pc @ wc).to(h.dtype)
             if grad_w is not None:
-                grad_w += (pc.t() @ hc).float()
+                grad_w += pc.t() @ hc  # accumulated in fp32 (in place: no fp32 copy of the product)
         return grad_h, None if grad_w is None else grad_w.to(w.dtype), None, None, None
 
 
