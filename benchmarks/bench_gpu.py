@@ -10,8 +10,8 @@ lease still returns the first ones. ``--only`` takes names or their starts up to
 
 - ``env``: device, versions, the bf16 GEMM peak measured now (8192^3 products): the "share of peak" denominator;
 - ``trainer``: ``genlip-pretrain`` on this device with the tiny recipes (a check, not a figure): stage 1, the same
-  command again, stage 1 with bf16 parameters, stage 2 packed (FlexAttention) from the first, stage 1 with CUDA
-  graphs;
+  command again, stage 1 with bf16 parameters, stage 2 packed (FlexAttention, compiled blocks, full activation
+  checkpointing) from the first, stage 1 with CUDA graphs;
 - ``stage1:b64:prefix``: the stage-1 step at paper width (L16: 24 x 1024; 224 px = 196 patches + 64 text),
   compiled blocks, bf16 autocast, fused AdamW, chunked loss as in the paper recipes, the ``prefix`` attention that
   ``auto`` picks, batch 64. Each stage-1 step also reports ``dispatch_ms``, the host time until the step's work is
@@ -411,7 +411,8 @@ def trainer(tmp: Path, timeout: float = 150.0) -> dict:
     """``genlip-pretrain`` itself on this device (its CUDA-only paths: pinned batches, bf16 autocast, bf16 parameters
     over a process group of one, FlexAttention block masks in packed training, CUDA graphs, checkpoints): the tiny
     stage-1 recipe, the same command again (must say ``already finished``), stage 1 with ``train.param_dtype=bf16``,
-    stage 2 packed from the first run, stage 1 compiled with CUDA graphs (``model.compile_mode=reduce-overhead``;
+    stage 2 packed from the first run (compiled blocks with full activation checkpointing, as the paper recipes
+    can run them), stage 1 compiled with CUDA graphs (``model.compile_mode=reduce-overhead``;
     with inductor's reasons for any graph it left out). Each: exit code, seconds, final loss, the output's end when
     it failed."""
     import re
@@ -423,8 +424,10 @@ def trainer(tmp: Path, timeout: float = 150.0) -> dict:
             "stage1_again": ["stage1_tiny_cpu", f"train.steps={s1}", f"train.output_dir={tmp / 's1'}"],
             "stage1_param_bf16": ["stage1_tiny_cpu", f"train.steps={s1}", f"train.output_dir={tmp / 's1b'}",
                                   "train.param_dtype=bf16"],
+            # as the paper's stage-2 recipes run it: full activation checkpointing, compiled blocks
             "stage2": ["stage2_tiny_cpu", f"train.steps={s2}", f"train.output_dir={tmp / 's2'}",
-                       f"model.init_from={tmp / 's1'}"],
+                       f"model.init_from={tmp / 's1'}", "model.activation_checkpointing=full",
+                       *([] if SMOKE else ["model.compile=true"])],
             # CUDA graphs in the trainer (the CPU compiles too slowly for the smoke run: there the flags only)
             "stage1_cudagraphs": ["stage1_tiny_cpu", f"train.steps={s1}", f"train.output_dir={tmp / 's1g'}",
                                   "model.compile_mode=reduce-overhead", *([] if SMOKE else ["model.compile=true"])]}

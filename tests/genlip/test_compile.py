@@ -52,7 +52,8 @@ def test_the_whole_transformer_compiles_forward_and_backward():
             torch.testing.assert_close(p.grad, grads[n], atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("scope,ac", [("blocks", "none"), ("blocks", "selective"), ("transformer", "none")])
+@pytest.mark.parametrize("scope,ac", [("blocks", "none"), ("blocks", "selective"), ("blocks", "full"),
+                                      ("transformer", "none")])
 def test_the_trainers_compile_scopes_give_the_eager_loss_and_gradients(scope, ac):
     """``model.compile=true`` as genlip-pretrain applies it (``compile_model``): per block (checkpointed from outside
     the compiled block) or the whole stack of blocks; a training forward and backward equal the eager model's.
