@@ -7,6 +7,8 @@ recomputes each chunk's logits in the backward pass, so peak memory is ``chunk_s
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -53,15 +55,29 @@ def _softmax_grad(logits: torch.Tensor, lse: torch.Tensor, y: torch.Tensor, g: t
 # read of the bf16 logits (the log-sum-exp with the target's logit; the softmax gradient, written in bf16 for the
 # backward GEMMs), instead of ~10 eager passes over fp32 copies (at vocab 151,936 one pass over a 1024-row chunk
 # reads and writes ~1.2 GB). None: fused on CUDA, the eager code on the CPU; True / False: fused / eager everywhere
-# (to measure or debug either; TORCHDYNAMO_DISABLE=1 runs the two functions uncompiled).
-FUSED_CE: bool | None = None
+# (to measure or debug either). The environment sets it: GENLIP_FUSED_CE=0 (or 1); TORCHDYNAMO_DISABLE=1 runs the two
+# functions uncompiled, and model.compile with them. A chunk of one row runs the eager code (a size of 1 would
+# compile both functions again).
+FUSED_CE: bool | None = {"0": False, "1": True}.get(os.environ.get("GENLIP_FUSED_CE", ""))
 _FUSED: dict = {}
 
 
 def _fused(fn):
-    """``fn`` compiled (on first use: importing the compiler costs ~1 s, which the CPU path never pays)."""
+    """``fn`` compiled (on first use: importing the compiler costs ~1 s, which the CPU path never pays); a failure to
+    build its kernels says how to run without them."""
     if fn not in _FUSED:
-        _FUSED[fn] = torch.compile(fn, dynamic=True)
+        compiled = torch.compile(fn, dynamic=True)
+
+        def run(*args):
+            from torch._dynamo.exc import BackendCompilerFailed
+
+            try:
+                return compiled(*args)
+            except BackendCompilerFailed as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                raise RuntimeError(f"the chunked loss's compiled kernels failed to build ({first}); "
+                                   "GENLIP_FUSED_CE=0 runs its eager code") from e
+        _FUSED[fn] = run
     return _FUSED[fn]
 
 
@@ -82,7 +98,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         for s in range(0, h.shape[0], chunk):
             logits = h[s:s + chunk].to(cdt) @ wc.t()  # (c, V)
-            if fused:
+            if fused and logits.shape[0] > 1:
                 lse[s:s + chunk], target = _fused(_lse_and_target)(logits, y[s:s + chunk])
             else:
                 logits = logits.float()
@@ -102,7 +118,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
         grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if ctx.needs_input_grad[1] else None
         for s in range(0, h.shape[0], ctx.chunk):
             hc = h[s:s + ctx.chunk].to(cdt)
-            if ctx.fused:
+            if ctx.fused and hc.shape[0] > 1:
                 pc = _fused(_softmax_grad)(hc @ wc.t(), lse[s:s + ctx.chunk], y[s:s + ctx.chunk], grad_out)
             else:
                 p = torch.exp((hc @ wc.t()).float() - lse[s:s + ctx.chunk, None])  # softmax, (c, V)

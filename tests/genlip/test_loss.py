@@ -92,7 +92,7 @@ def test_fused_chunked_kernels_equal_the_eager_ones_in_fp32_and_under_bf16_autoc
     """The compiled kernels CUDA runs over each ``[chunk, vocab]`` block (inductor compiles them on the CPU here):
     loss and gradients equal the eager chunked loss's, with a ragged last chunk and a chunk larger than the rows, and
     under bf16 autocast (the softmax gradient handed to the backward GEMMs in bf16, as eager does)."""
-    for seed, rows, chunk, amp in ((2, 37, 8, False), (3, 5, 1024, False), (4, 40, 16, True)):
+    for seed, rows, chunk, amp in ((2, 37, 8, False), (3, 5, 1024, False), (6, 17, 8, False), (4, 40, 16, True)):
         h, w, y = _problem(seed, rows, 32, 500, 0.2)
         res = {}
         for fused in (False, True):
@@ -101,15 +101,22 @@ def test_fused_chunked_kernels_equal_the_eager_ones_in_fp32_and_under_bf16_autoc
                 loss = supervised_ce(hh, ww, y, "chunked", chunk_size=chunk, fused=fused)
             (loss * 0.37).backward()
             res[fused] = (loss.detach(), hh.grad, ww.grad)
-        for a, b in zip(res[False], res[True]):
-            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+        for a, b in zip(res[False], res[True]):  # bf16: one rounding of the softmax gradient may differ by an ulp
+            torch.testing.assert_close(b, a, atol=2e-3 if amp else 1e-5, rtol=2e-2 if amp else 1e-5)
         assert res[True][1].abs().sum() > 0 and res[True][2].abs().sum() > 0
 
 
 def test_fused_chunked_backward_runs_off_the_main_thread():
-    """On CUDA autograd runs a backward on its own device thread: the compiled softmax gradient is called there."""
+    """On CUDA autograd runs a backward on its own device thread: the compiled softmax gradient is compiled and
+    called there."""
     import threading
 
+    import torch._dynamo
+
+    import genlip.loss as L
+
+    torch._dynamo.reset()
+    L._FUSED.clear()
     h, w, y = _problem(5, 20, 16, 300, 0.3)
     hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
     loss = supervised_ce(hh, ww, y, "chunked", chunk_size=8, fused=True)
@@ -129,3 +136,36 @@ def test_fused_chunked_backward_runs_off_the_main_thread():
     supervised_ce(ref_h, ref_w, y, "chunked", chunk_size=8, fused=False).backward()
     torch.testing.assert_close(hh.grad, ref_h.grad, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ww.grad, ref_w.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_kernels_that_fail_to_build_say_how_to_run_without_them(monkeypatch):
+    """A CUDA machine whose compiler cannot build the kernels (no working Triton) gets one line naming the switch."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    import genlip.loss as L
+
+    def broken(fn, **kw):
+        def run(*a):
+            raise BackendCompilerFailed(lambda *x: None, RuntimeError("Cannot find a working triton installation"),
+                                        None)
+        return run
+
+    monkeypatch.setattr(L, "_FUSED", {})
+    monkeypatch.setattr(torch, "compile", broken)
+    h, w, y = _problem(7, 9, 16, 50, 0.3)
+    try:
+        supervised_ce(h, w, y, "chunked", chunk_size=8, fused=True)
+    except RuntimeError as e:
+        msg = str(e)
+    assert "failed to build" in msg and "GENLIP_FUSED_CE=0" in msg and "\n" not in msg, msg
+
+
+def test_the_environment_switches_the_fused_kernels():
+    import os
+    import subprocess
+    import sys
+
+    def value(setting: str) -> str:
+        return subprocess.run([sys.executable, "-c", "import genlip.loss as L; print(L.FUSED_CE)"], check=True,
+                              capture_output=True, text=True, env={**os.environ, "GENLIP_FUSED_CE": setting}).stdout
+    assert [value(v).strip() for v in ("0", "1", "")] == ["False", "True", "None"]
