@@ -10,8 +10,7 @@ lease still returns the first ones. ``--only`` takes names or their starts up to
 
 - ``env``: device, versions, the bf16 GEMM peak measured now (8192^3 products): the "share of peak" denominator;
 - ``trainer``: ``genlip-pretrain`` on this device with the tiny recipes (a check, not a figure): stage 1, the same
-  command again, stage 1 with bf16 parameters, stage 2 packed (FlexAttention, compiled blocks, full activation
-  checkpointing) from the first, stage 1 with CUDA graphs;
+  command again, stage 1 with bf16 parameters, stage 2 packed (FlexAttention) from the first;
 - ``stage1:b64:prefix``: the stage-1 step at paper width (L16: 24 x 1024; 224 px = 196 patches + 64 text),
   compiled blocks, bf16 autocast, fused AdamW, chunked loss as in the paper recipes, the ``prefix`` attention that
   ``auto`` picks, batch 64. Each stage-1 step also reports ``dispatch_ms``, the host time until the step's work is
@@ -36,7 +35,9 @@ lease still returns the first ones. ``--only`` takes names or their starts up to
   the non-finite check; against ``dynamic_shapes`` it is what the trainer adds to the bare step), the blocks compiled
   as one graph (``model.compile_scope=transformer``) with CUDA graphs (``reduce-overhead``) and without, bf16
   parameters with fp32 master weights (FSDP2 over a process group of one, what ``train.param_dtype=bf16`` runs on one
-  GPU), blocks compiled with CUDA graphs, per-sample SDPA (``segments``), and no compilation;
+  GPU), no compilation, blocks compiled with CUDA graphs, and per-sample SDPA (``segments``);
+- ``trainer:compiled``: ``genlip-pretrain`` again (a check): stage 2 with compiled blocks and full activation
+  checkpointing, stage 1 with CUDA graphs (two micro-batches per step; inductor's reasons for leaving a graph out);
 - ``profile:stage2`` and ``profile``: one stage-2 step (issue mix) and one stage-1 batch-64 step under
   ``torch.profiler``: host vs device time, device time by kind of kernel (GEMM, attention, fused elementwise,
   optimizer, ...), launches and the top kernels;
@@ -238,8 +239,11 @@ def stage1_large(peak: float, batch: int) -> dict:
     H100: it peaked at 76 GB on an H200), with full checkpointing as the paper recipes train it, the failure kept."""
     try:
         return stage1(peak, batch, "prefix")
-    except torch.OutOfMemoryError as e:
-        why = f"OutOfMemoryError: {str(e)[:200]}"
+    except RuntimeError as e:  # torch.OutOfMemoryError, or cuBLAS / Triton running out of memory
+        if not isinstance(e, torch.OutOfMemoryError) and not any(
+                m in str(e) for m in ("out of memory", "ALLOC_FAILED", "out of resource")):
+            raise
+        why = f"{type(e).__name__}: {str(e)[:200]}"
     fresh()
     return {**stage1(peak, batch, "prefix", checkpointing=True), "without_checkpointing": why}
 
@@ -288,9 +292,9 @@ def variants(peak: float, batch: int, base: dict | None, deadline: float, progre
                                                           scope="transformer"),
             "compile_transformer": lambda: stage1(peak, batch, "prefix", scope="transformer"),
             "param_bf16": lambda: stage1(peak, batch, "prefix", param_bf16=True),
+            "eager": lambda: stage1(peak, batch, "prefix", compile_mode=None),
             "reduce_overhead": lambda: stage1(peak, batch, "prefix", compile_mode="reduce-overhead"),
-            "segments": lambda: stage1(peak, batch, "segments"),
-            "eager": lambda: stage1(peak, batch, "prefix", compile_mode=None)}
+            "segments": lambda: stage1(peak, batch, "segments")}
     out = {}
     for name, fn in runs.items():
         if time.time() - T0 > deadline:
@@ -407,32 +411,39 @@ def stage2(peak: float, preset: str, rows: int, row_len: int, checkpointing: boo
             "share_of_peak": tflop / sec / peak, "peak_gb": peak_gb(), "fits_80gb": peak_gb() < 79.0}
 
 
-def trainer(tmp: Path, timeout: float = 150.0) -> dict:
+def trainer(tmp: Path, timeout: float = 150.0, compiled: bool = False, deadline: float = float("inf")) -> dict:
     """``genlip-pretrain`` itself on this device (its CUDA-only paths: pinned batches, bf16 autocast, bf16 parameters
-    over a process group of one, FlexAttention block masks in packed training, CUDA graphs, checkpoints): the tiny
-    stage-1 recipe, the same command again (must say ``already finished``), stage 1 with ``train.param_dtype=bf16``,
-    stage 2 packed from the first run (compiled blocks with full activation checkpointing, as the paper recipes
-    can run them), stage 1 compiled with CUDA graphs (``model.compile_mode=reduce-overhead``;
-    with inductor's reasons for any graph it left out). Each: exit code, seconds, final loss, the output's end when
-    it failed."""
+    over a process group of one, FlexAttention block masks in packed training, checkpoints): the tiny stage-1 recipe,
+    the same command again (must say ``already finished``), stage 1 with ``train.param_dtype=bf16``, stage 2 packed
+    from the first run. ``compiled``: stage 2 with compiled blocks and full activation checkpointing (as the paper
+    recipes can run it) and stage 1 with CUDA graphs (``model.compile_mode=reduce-overhead``, two micro-batches per
+    step; with inductor's reasons for any graph it left out); stage 1 first if the other call has not run it. Each
+    run: exit code, seconds, final loss, the output's end when it failed; none starts after ``deadline`` (seconds
+    since the start), each is stopped after ``timeout`` seconds."""
     import re
     import subprocess
 
     env = {**os.environ, "GENLIP_HOME": str(tmp / "home")}
     s1, s2 = (4, 3) if SMOKE else (30, 20)
-    runs = {"stage1": ["stage1_tiny_cpu", f"train.steps={s1}", f"train.output_dir={tmp / 's1'}"],
-            "stage1_again": ["stage1_tiny_cpu", f"train.steps={s1}", f"train.output_dir={tmp / 's1'}"],
-            "stage1_param_bf16": ["stage1_tiny_cpu", f"train.steps={s1}", f"train.output_dir={tmp / 's1b'}",
-                                  "train.param_dtype=bf16"],
-            # as the paper's stage-2 recipes run it: full activation checkpointing, compiled blocks
-            "stage2": ["stage2_tiny_cpu", f"train.steps={s2}", f"train.output_dir={tmp / 's2'}",
-                       f"model.init_from={tmp / 's1'}", "model.activation_checkpointing=full",
-                       *([] if SMOKE else ["model.compile=true"])],
-            # CUDA graphs in the trainer (the CPU compiles too slowly for the smoke run: there the flags only)
-            "stage1_cudagraphs": ["stage1_tiny_cpu", f"train.steps={s1}", f"train.output_dir={tmp / 's1g'}",
-                                  "model.compile_mode=reduce-overhead", *([] if SMOKE else ["model.compile=true"])]}
+    first = ["stage1_tiny_cpu", f"train.steps={s1}", f"train.output_dir={tmp / 's1'}"]
+    stage2 = ["stage2_tiny_cpu", f"train.steps={s2}", f"model.init_from={tmp / 's1'}"]
+    on_gpu = [] if SMOKE else ["model.compile=true"]  # the CPU compiles too slowly for the smoke run: flags only
+    if not compiled:
+        runs = {"stage1": first, "stage1_again": first,
+                "stage1_param_bf16": ["stage1_tiny_cpu", f"train.steps={s1}", f"train.output_dir={tmp / 's1b'}",
+                                      "train.param_dtype=bf16"],
+                "stage2": [*stage2, f"train.output_dir={tmp / 's2'}"]}
+    else:
+        runs = {} if (tmp / "s1" / "checkpoints").is_dir() else {"stage1": first}
+        runs["stage2_compiled_checkpointed"] = [*stage2, f"train.output_dir={tmp / 's2c'}",
+                                                "model.activation_checkpointing=full", *on_gpu]
+        runs["stage1_cudagraphs"] = ["stage1_tiny_cpu", f"train.steps={s1}", f"train.output_dir={tmp / 's1g'}",
+                                     "train.micro_batch=16", "model.compile_mode=reduce-overhead", *on_gpu]
     out = {}
     for name, (recipe, *overrides) in runs.items():
+        if time.time() - T0 > deadline:
+            out[name] = {"skipped": "deadline"}
+            continue
         t = time.time()
         # inductor says why it leaves a graph out of CUDA graphs only on its cudagraphs log
         run_env = {**env, "TORCH_LOGS": "cudagraphs"} if name == "stage1_cudagraphs" else env
@@ -526,7 +537,8 @@ def mllm(peak: float, parts, deadline: float, micro: int = 4, seq: int = 2048, p
     for p in model.parameters():
         p.requires_grad_(p not in tower)  # the frozen protocol: projector + LLM
     trained = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trained, lr=2e-5, fused=True)  # as MllmTrainer builds it
+    # fused, no weight decay, as MllmTrainer's with the recipes' defaults (one group here: the same kernel work)
+    opt = torch.optim.AdamW(trained, lr=2e-5, weight_decay=0.0, fused=True)
     chunked_loss = chunked_lm_loss(model, bf16=DEV == "cuda")
     mode = {"chunked": False}
 
@@ -753,8 +765,8 @@ def main() -> None:
     b = 2 if SMOKE else 64
     r = 256 if SMOKE else 8192
     # the figures of the goals first (a short lease still measures them), then what explains them, then the rest
-    with tempfile.TemporaryDirectory() as tmp:
-        record("trainer", lambda: trainer(Path(tmp)))
+    runs_dir = tempfile.TemporaryDirectory()  # both trainer sections' runs (the compiled one continues stage 1)
+    record("trainer", lambda: trainer(Path(runs_dir.name), deadline=args.deadline))
     record("stage1:b64:prefix", lambda: stage1(peak, b, "prefix"))
     record("stage2:L16:4x8192:issue_mix", lambda: stage2(peak, "L16", 4, r, False, "issue"))
     record("stage1:b256:prefix", lambda: stage1_large(peak, 4 * b))
@@ -771,6 +783,8 @@ def main() -> None:
         parts.clear()
     record("variants", lambda: variants(peak, b, results.get("stage1:b64:prefix"), args.deadline,
                                         partial("variants")))
+    record("trainer:compiled", lambda: trainer(Path(runs_dir.name), compiled=True, deadline=args.deadline))
+    runs_dir.cleanup()
     record("profile:stage2", lambda: profile_stage2(4, r))
     record("profile", lambda: profile(b))
     record("blockmask", blockmask)
