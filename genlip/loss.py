@@ -59,6 +59,17 @@ def _softmax_grad(logits: torch.Tensor, lse: torch.Tensor, y: torch.Tensor, g: t
 # functions uncompiled, and model.compile with them. A chunk of one row runs the eager code (a size of 1 would
 # compile both functions again).
 FUSED_CE: bool | None = {"0": False, "1": True}.get(os.environ.get("GENLIP_FUSED_CE", ""))
+
+
+def environment_problem() -> str | None:
+    """What is wrong with ``GENLIP_FUSED_CE`` (a value other than 0 or 1), else None: the training commands refuse
+    to start on it (one line, exit code 2) and the chunked loss raises it, so a typo is never taken for unset."""
+    value = os.environ.get("GENLIP_FUSED_CE", "")
+    if value in ("", "0", "1"):
+        return None
+    return f"GENLIP_FUSED_CE must be 0 or 1 (unset: compiled on CUDA), not {value!r}"
+
+
 _FUSED: dict = {}
 
 
@@ -67,13 +78,12 @@ def _fused(fn):
     build its kernels says how to run without them."""
     if fn not in _FUSED:
         compiled = torch.compile(fn, dynamic=True)
+        failed = torch._dynamo.exc.BackendCompilerFailed  # loaded by torch.compile
 
         def run(*args):
-            from torch._dynamo.exc import BackendCompilerFailed
-
             try:
                 return compiled(*args)
-            except BackendCompilerFailed as e:
+            except failed as e:
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
                 raise RuntimeError(f"the chunked loss's compiled kernels failed to build ({first}); "
                                    "GENLIP_FUSED_CE=0 runs its eager code") from e
@@ -141,6 +151,8 @@ def supervised_ce(h: torch.Tensor, lm_head_weight: torch.Tensor, y: torch.Tensor
     if impl == "plain":
         return F.cross_entropy((h @ lm_head_weight.t()).float(), y, reduction="sum")
     if impl == "chunked":
+        if (problem := environment_problem()) is not None:
+            raise ValueError(problem)
         if fused is None:
             fused = h.is_cuda if FUSED_CE is None else FUSED_CE
         return _ChunkedLinearCE.apply(h, lm_head_weight, y, chunk_size, fused)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
+from genlip.loss import environment_problem
 from genlip.run import dist as D
 from genlip.run.config import RecipeError, load_recipe, to_dict
 from genlip.run.resources import ResourceNotFound, bundled_names, resolve
@@ -20,7 +21,11 @@ from genlip.run.resources import ResourceNotFound, bundled_names, resolve
 
 def load_for_command(prog: str, name: str, kind: str, overrides: list[str], cls: type) -> Any:
     """What every training command does first: a recipe path or bundled name, its overrides, validated; a user's
-    mistake is one line ``<prog>: bad recipe: ...`` and exit code 2, before anything is built."""
+    mistake is one line ``<prog>: bad recipe: ...`` (or ``bad environment``: a project variable with a value it does
+    not take) and exit code 2, before anything is built."""
+    if (problem := environment_problem()) is not None:
+        print(f"{prog}: bad environment: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     try:
         return load_recipe(resolve(name, kind), overrides, cls)
     except (RecipeError, ResourceNotFound) as e:

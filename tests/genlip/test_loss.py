@@ -169,3 +169,13 @@ def test_the_environment_switches_the_fused_kernels():
         return subprocess.run([sys.executable, "-c", "import genlip.loss as L; print(L.FUSED_CE)"], check=True,
                               capture_output=True, text=True, env={**os.environ, "GENLIP_FUSED_CE": setting}).stdout
     assert [value(v).strip() for v in ("0", "1", "")] == ["False", "True", "None"]
+    # a typo is refused, not taken for unset: by the training commands before anything starts, and by the loss
+    p = subprocess.run([sys.executable, "-m", "genlip.train.cli", "--recipe", "stage1_tiny_cpu"], capture_output=True,
+                       text=True, env={**os.environ, "GENLIP_FUSED_CE": "yes"})
+    assert p.returncode == 2 and p.stderr.strip() == (
+        "genlip-pretrain: bad environment: GENLIP_FUSED_CE must be 0 or 1 (unset: compiled on CUDA), not 'yes'")
+    code = ("import torch; from genlip.loss import supervised_ce; "
+            "supervised_ce(torch.ones(2, 4), torch.ones(5, 4), torch.zeros(2, dtype=torch.long), 'chunked')")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "GENLIP_FUSED_CE": "true"})
+    assert p.returncode == 1 and p.stderr.strip().splitlines()[-1].startswith("ValueError: GENLIP_FUSED_CE must be")
