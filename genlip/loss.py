@@ -51,9 +51,9 @@ def _softmax_grad(logits: torch.Tensor, lse: torch.Tensor, y: torch.Tensor, g: t
     return (torch.where(col[None, :] == y[:, None], p - 1.0, p) * g).to(logits.dtype)
 
 
-# On CUDA the chunked loss's elementwise work over each [chunk, vocab] block runs as two compiled kernels, each one
-# read of the bf16 logits (the log-sum-exp with the target's logit; the softmax gradient, written in bf16 for the
-# backward GEMMs), instead of ~10 eager passes over fp32 copies (at vocab 151,936 one pass over a 1024-row chunk
+# On CUDA the chunked loss's elementwise work over each [chunk, vocab] block runs as two compiled functions that read
+# the bf16 logits (the log-sum-exp with the target's logit; the softmax gradient, written in bf16 for the backward
+# GEMMs), instead of ~10 eager passes over fp32 copies (at vocab 151,936 one pass over a 1024-row chunk
 # reads and writes ~1.2 GB). None: fused on CUDA, the eager code on the CPU; True / False: fused / eager everywhere
 # (to measure or debug either). The environment sets it: GENLIP_FUSED_CE=0 (or 1); TORCHDYNAMO_DISABLE=1 runs the two
 # functions uncompiled, and model.compile with them. A chunk of one row runs the eager code (a size of 1 would
