@@ -11,9 +11,10 @@ from transformers import AutoTokenizer
 from genlip.config import PRESETS, GenLIPConfig
 from genlip.data.builders import FixedResBuilder, NativeResBuilder
 from genlip.data.sequence import CaptionEncoder
-from genlip.data.sources import DataError, SourceSpec
+from genlip.data.sources import DataError, SourceSpec, expand_paths
 from genlip.data.synth import write_corpus
 from genlip.run.checkpoint import resolve_weights_dir
+from genlip.run.config import RecipeError
 from genlip.run.dirs import generated_dir
 from genlip.train.recipe import Recipe
 
@@ -40,6 +41,10 @@ def recipe_patch_size(recipe: Recipe) -> int:
     return int(recipe.model.overrides.get("patch_size", PRESETS[recipe.model.preset].get("patch_size", 16)))
 
 
+def _placeholder(value: str) -> str:
+    return " (the recipe's placeholder: set it to your own)" if "/path/to/" in value else ""
+
+
 def build_stream_parts(recipe: Recipe):
     """``(sources, tokenizer, builder)`` for the recipe's stage."""
     data = recipe.data
@@ -52,13 +57,20 @@ def build_stream_parts(recipe: Recipe):
             sources = [SourceSpec(path=str(corpus / pattern), type="wds", name="synth")]
         if tok_dir == "auto":
             tok_dir = str(corpus / "tokenizer")
+    # the recipe's own mistakes (what a paper recipe leaves to fill in included): one line and exit code 2 before
+    # anything is built, like a wrong key
     if tok_dir == "auto":
-        raise DataError("data.tokenizer=auto needs data.synth; point data.tokenizer at a tokenizer directory "
-                        "(e.g. a local copy of the Qwen3 tokenizer)")
+        raise RecipeError("data.tokenizer=auto needs data.synth; point data.tokenizer at a tokenizer directory "
+                          "(e.g. a local copy of the Qwen3 tokenizer)")
     if not sources:
-        raise DataError("no data: set data.sources (WebDataset, parquet or JSONL) or data.synth")
+        raise RecipeError("no data: set data.sources (WebDataset, parquet or JSONL) or data.synth")
     if not Path(tok_dir).exists():
-        raise DataError(f"tokenizer directory {tok_dir!r} does not exist")
+        raise RecipeError(f"data.tokenizer: directory {tok_dir!r} does not exist{_placeholder(tok_dir)}")
+    for i, spec in enumerate(sources):
+        try:
+            expand_paths(spec.path)
+        except DataError as e:
+            raise RecipeError(f"data.sources.{i}.path: {e}{_placeholder(str(spec.path))}") from None
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     encoder = CaptionEncoder(tokenizer, data.prompt, data.max_caption_tokens)
     if data.native:

@@ -190,6 +190,20 @@ def test_bad_recipe_key_is_reported(home, tmp_path):
     assert p.returncode == 2 and "unknown key 'optim.learning_rate'" in p.stderr
 
 
+def test_missing_data_and_tokenizer_are_recipe_mistakes_in_one_line(home, tmp_path):
+    """What a paper recipe leaves to fill in (``/path/to/...``), or any path that does not exist: exit code 2 and one
+    line naming the key, before anything is built or logged."""
+    p = _run(home, tmp_path / "x", "data.tokenizer=/path/to/qwen3-tokenizer", check=False)
+    assert p.returncode == 2 and p.stderr.strip() == (
+        "genlip-pretrain: bad recipe: data.tokenizer: directory '/path/to/qwen3-tokenizer' does not exist (the "
+        "recipe's placeholder: set it to your own)")
+    p = _run(home, tmp_path / "x", f"data.sources=[{{path: {tmp_path / 'none.tar'}, type: wds}}]", check=False)
+    assert p.returncode == 2 and p.stderr.strip() == (
+        f"genlip-pretrain: bad recipe: data.sources.0.path: no file matches '{tmp_path / 'none.tar'}' (from "
+        f"'{tmp_path / 'none.tar'}')")
+    assert not (tmp_path / "x").exists()
+
+
 def test_checkpoints_and_exports_carry_the_training_preprocessing(reference_run, tmp_path):
     """The tiny recipe trains at 32 px with bilinear resizing: a checkpoint's AutoImageProcessor, the HF export and the
     timm export (through timm's own data config and transforms) all reproduce that input, so features match."""
