@@ -182,6 +182,15 @@ def train(recipe: Recipe) -> Path:
     return Path(t.output_dir)
 
 
+def _options(recipe: Recipe, device: torch.device) -> str:
+    """The speed and memory options in effect, as one part of the start-up line."""
+    m, t = recipe.model, recipe.train
+    precision = t.precision if t.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    compiled = f"compiled {m.compile_scope} ({m.compile_mode})" if m.compile else "not compiled"
+    return (f"{precision} compute, {t.param_dtype} params, {compiled}, attention {m.attn_backend}, "
+            f"checkpointing {m.activation_checkpointing}, loss {m.loss_impl}")
+
+
 def resolve_batches(t, world_size: int) -> BatchPlan:
     """Split ``train.global_batch`` over the ranks (see :mod:`genlip.run.batching`) and write the result into the
     recipe (micro-batch, global batch and steps as trained), so checkpoints hold what was run."""
@@ -193,14 +202,14 @@ def resolve_batches(t, world_size: int) -> BatchPlan:
 def setup(recipe: Recipe, device: torch.device, plan: BatchPlan | None = None) -> Run:
     """Model, optimizer, data and trainer state, from scratch or from the run's checkpoint; prints the set-up."""
     t = recipe.train
-    allocator = configure_cpu_allocator(t.cpu_allocator) if device.type == "cpu" else "cuda caching"
     if t.precision == "bf16" and device.type != "cuda":
         raise RecipeError("train.precision=bf16 needs CUDA; bf16 matmuls are far slower than fp32 on CPUs")
     rank, _, ws = D.world()
     plan = plan or resolve_batches(t, ws)
     run_dir = Path(t.output_dir)
     torch.manual_seed(t.seed)  # identical initial weights on every rank
-    sources, tokenizer, builder = build_stream_parts(recipe)
+    sources, tokenizer, builder = build_stream_parts(recipe)  # the recipe's data mistakes stop here, before any log
+    allocator = configure_cpu_allocator(t.cpu_allocator) if device.type == "cpu" else "cuda caching"
     model = build_model(recipe, tokenizer).to(device)
     if recipe.model.compile:
         compile_model(model, recipe.model.compile_mode, recipe.model.compile_scope)
@@ -235,7 +244,7 @@ def setup(recipe: Recipe, device: torch.device, plan: BatchPlan | None = None) -
              f"{c.hidden_size}) {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params | "
              f"{plan.describe()} | {t.steps} steps | "
              f"{ws * dataset.streams_per_rank} data streams | device {device.type} (allocator: {allocator}) | "
-             f"run dir {run_dir}")
+             f"{_options(recipe, device)} | run dir {run_dir}")
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and t.precision != "fp32"
                 else contextlib.nullcontext())
     loader = make_loader(dataset, recipe.data.num_workers, pin_memory=device.type == "cuda")
