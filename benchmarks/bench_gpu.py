@@ -1,11 +1,11 @@
 """Every GPU figure of BENCHMARKS.md in one command (one H100/H200), printed as JSON lines and written to
 ``--out/bench_gpu.json`` after each section:
 
-    python benchmarks/bench_gpu.py --out results/gpu [--deadline 420] [--only stage1,variants,...]
+    python benchmarks/bench_gpu.py --out results/gpu [--deadline 480] [--only stage1,variants,...]
 
-Sections run in this order, the figures of the issue's goals first, then what explains them, then figures measured
+Sections run in this order, the figures of BENCHMARKS.md's goals first, then what explains them, then figures measured
 before; no section (nor variant, nor MLLM configuration) starts once ``--deadline`` seconds have passed, so a short
-lease still returns the first ones. ``--only`` takes names or their starts up to a ``:`` (``stage2`` is every
+GPU allocation still returns the first ones. ``--only`` takes names or their starts up to a ``:`` (``stage2`` is every
 ``stage2:*``).
 
 - ``env``: device, versions, the bf16 GEMM peak measured now (8192^3 products): the "share of peak" denominator;
@@ -16,8 +16,8 @@ lease still returns the first ones. ``--only`` takes names or their starts up to
   ``auto`` picks, batch 64. Each stage-1 step also reports ``dispatch_ms``, the host time until the step's work is
   queued, waits at the step's own host syncs included (the profiles count those syncs and their waits): close to
   ``sec_per_step`` means the step is bound by the host or by its syncs;
-- ``stage2:L16:4x8192:issue_mix``: packed rows (FlexAttention, compiled blocks) of the issue's own mix (4 x 8192,
-  images of up to 1024 patches + ~80 text tokens, ``RowPacker``; comparable to its 98.6K tokens/s): tokens/s,
+- ``stage2:L16:4x8192:issue_mix``: packed rows (FlexAttention, compiled blocks) of the first GPU measurement's mix (4
+  x 8192, images of up to 1024 patches + ~80 text tokens, ``RowPacker``; comparable to its 98.6K tokens/s): tokens/s,
   share of peak, peak memory;
 - ``stage1:b256:prefix``: the stage-1 step at batch 256 (where it does not fit, with full activation checkpointing,
   as the paper recipes run it);
@@ -38,7 +38,7 @@ lease still returns the first ones. ``--only`` takes names or their starts up to
   GPU), no compilation, blocks compiled with CUDA graphs, and per-sample SDPA (``segments``);
 - ``trainer:compiled``: ``genlip-pretrain`` again (a check): stage 2 with compiled blocks and full activation
   checkpointing, stage 1 with CUDA graphs (two micro-batches per step; inductor's reasons for leaving a graph out);
-- ``profile:stage2`` and ``profile``: one stage-2 step (issue mix) and one stage-1 batch-64 step under
+- ``profile:stage2`` and ``profile``: one stage-2 step (that mix) and one stage-1 batch-64 step under
   ``torch.profiler``: host vs device time, device time by kind of kernel (GEMM, attention, fused elementwise,
   optimizer, ...), launches and the top kernels;
 - ``blockmask``: building one step's FlexAttention block mask on this device: ``create_block_mask`` against the
@@ -707,7 +707,8 @@ def smoke_mode() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="results/gpu")
+    ap.add_argument("--out", default="results/gpu", help="directory for bench_gpu.json (default: %(default)s, "
+                    "relative to the current directory)")
     ap.add_argument("--deadline", type=float, default=420.0, help="seconds after which no new section starts")
     ap.add_argument("--only", default="", help="comma-separated sections to run, each a name or the start of names "
                     "up to a ':' (stage2 runs every stage2:* section; default: all)")
