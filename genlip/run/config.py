@@ -33,7 +33,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value in allowed and type(value) in {type(a) for a in allowed}:
             return value
         close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-        raise RecipeError(f"{where}: {value!r} is not one of {', '.join(repr(a) for a in allowed)}"
+        # YAML reads yes/no/on/off/true/false as booleans: say so rather than show a True the user never typed
+        shown = (f"{value!r} (YAML reads yes/no/on/off/true/false as a boolean)"
+                 if isinstance(value, bool) and not any(isinstance(a, bool) for a in allowed) else repr(value))
+        raise RecipeError(f"{where}: {shown} is not one of {', '.join(repr(a) for a in allowed)}"
                           + (f"; did you mean {close[0]!r}?" if close else ""))
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)

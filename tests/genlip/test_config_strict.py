@@ -78,6 +78,13 @@ def test_every_recipe_choice_field_refuses_an_unknown_value(cls, load):
         assert load([f"{path}={allowed[-1]}", *COMPANIONS.get(path, [])]) is not None
 
 
+def test_a_yaml_boolean_given_for_a_choice_says_how_yaml_read_it():
+    """``model.activation_checkpointing=yes`` arrives as True: the message says why, instead of a True never typed."""
+    with pytest.raises(RecipeError, match=r"model.activation_checkpointing: True \(YAML reads yes/no/on/off/true/false "
+                                          r"as a boolean\) is not one of 'none', 'selective', 'full'"):
+        load_recipe(resolve_recipe("stage1_tiny_cpu"), ["model.activation_checkpointing=yes"])
+
+
 def test_a_near_miss_gets_a_suggestion():
     with pytest.raises(RecipeError, match=r"train.precision: 'bf61' is not one of .*did you mean 'bf16'"):
         load_recipe(resolve_recipe("stage1_tiny_cpu"), ["train.precision=bf61"])
