@@ -5,12 +5,14 @@ always leave the process group cleanly."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import textwrap
 import typing
 from collections.abc import Callable
 from typing import Any, Literal
 
+import torch
 import yaml
 
 from genlip.loss import environment_problem
@@ -46,6 +48,8 @@ def execute(prog: str, fn: Callable[[Any], Any], recipe: Any, failures: tuple[ty
     """``fn(recipe)``: 0 when it returns; 2 with one line for a recipe mistake found late (a checkpoint that does not
     fit the recipe, say); 1 with one line for the expected ``failures``; anything else is a bug and keeps its
     traceback. The distributed process group is torn down in every case."""
+    if not torch.cuda.is_available():  # else DeepSpeed, which accelerate imports, warns it found no GPU, mid-run
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     try:
         fn(recipe)
     except RecipeError as e:
