@@ -397,6 +397,5 @@ def _warn_recipe_changes(saved: Path, recipe: Recipe) -> None:
     if saved.exists():
         changed = [d for d in recipe_diff(yaml.safe_load(saved.read_text()), recipe)
                    if not d.startswith("checkpoint.resume")]
-        if changed:
-            log.warning("resuming with a recipe that differs from the checkpoint's: %s", "; ".join(changed))
+        if changed:  # once, from the first rank
             D.print0("WARNING: the recipe differs from the checkpoint's: " + "; ".join(changed))

@@ -187,6 +187,13 @@ def test_nan_step_is_skipped_and_counted_when_asked(home, tmp_path):
     assert math.isnan(rows[3]["loss"]) and all(math.isfinite(r["loss"]) for r in rows[4:])
 
 
+def test_a_changed_recipe_on_resume_is_said_once(home, tmp_path):
+    _run(home, tmp_path / "r", "train.steps=2", "checkpoint.every=1")
+    p = _run(home, tmp_path / "r", "train.steps=3", "checkpoint.every=1")
+    out = p.stdout + p.stderr
+    assert out.count("differs from the checkpoint's") == 1 and "train.steps: 2 -> 3" in out, out[-2000:]
+
+
 def test_bad_recipe_key_is_reported(home, tmp_path):
     p = _run(home, tmp_path / "x", "optim.learning_rate=1", check=False)
     assert p.returncode == 2 and "unknown key 'optim.learning_rate'" in p.stderr
