@@ -50,6 +50,8 @@ def build_stream_parts(recipe: Recipe):
     data = recipe.data
     sources = list(data.sources)
     tok_dir = data.tokenizer
+    if tok_dir != "auto" and not Path(tok_dir).exists():  # before generating a corpus
+        raise RecipeError(f"data.tokenizer: directory {tok_dir!r} does not exist{_placeholder(tok_dir)}")
     if data.synth is not None:
         corpus = ensure_synth_corpus(data.synth)
         if not sources:
@@ -64,8 +66,6 @@ def build_stream_parts(recipe: Recipe):
                           "(e.g. a local copy of the Qwen3 tokenizer)")
     if not sources:
         raise RecipeError("no data: set data.sources (WebDataset, parquet or JSONL) or data.synth")
-    if not Path(tok_dir).exists():
-        raise RecipeError(f"data.tokenizer: directory {tok_dir!r} does not exist{_placeholder(tok_dir)}")
     for i, spec in enumerate(sources):
         try:
             expand_paths(spec.path)

@@ -211,6 +211,8 @@ def test_missing_data_and_tokenizer_are_recipe_mistakes_in_one_line(home, tmp_pa
         f"genlip-pretrain: bad recipe: data.sources.0.path: no file matches '{tmp_path / 'none.tar'}' (from "
         f"'{tmp_path / 'none.tar'}')")
     assert not (tmp_path / "x").exists()
+    p = _run(home, tmp_path / "x", f"data.synth={{dir: {tmp_path / 'corpus'}}}", "data.tokenizer=/nope", check=False)
+    assert p.returncode == 2 and not (tmp_path / "corpus").exists()  # refused before a corpus is generated
 
 
 def test_checkpoints_and_exports_carry_the_training_preprocessing(reference_run, tmp_path):
