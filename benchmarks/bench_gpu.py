@@ -231,7 +231,7 @@ def stage1(peak: float, batch: int, backend: str, compile_mode: str | None = "de
 def loss_kernels() -> str:
     import genlip.loss as L
 
-    return "fused" if (DEV == "cuda" if L.FUSED_CE is None else L.FUSED_CE) else "eager"
+    return "fused" if L.fuses(torch.device(DEV)) else "eager"
 
 
 def stage1_large(peak: float, batch: int) -> dict:

@@ -58,16 +58,21 @@ def _softmax_grad(logits: torch.Tensor, lse: torch.Tensor, y: torch.Tensor, g: t
 # (to measure or debug either). The environment sets it: GENLIP_FUSED_CE=0 (or 1); TORCHDYNAMO_DISABLE=1 runs the two
 # functions uncompiled, and model.compile with them. A chunk of one row runs the eager code (a size of 1 would
 # compile both functions again).
-FUSED_CE: bool | None = {"0": False, "1": True}.get(os.environ.get("GENLIP_FUSED_CE", ""))
+_FUSED_CE_ENV = os.environ.get("GENLIP_FUSED_CE", "")
+FUSED_CE: bool | None = {"0": False, "1": True}.get(_FUSED_CE_ENV)
 
 
 def environment_problem() -> str | None:
     """What is wrong with ``GENLIP_FUSED_CE`` (a value other than 0 or 1), else None: the training commands refuse
     to start on it (one line, exit code 2) and the chunked loss raises it, so a typo is never taken for unset."""
-    value = os.environ.get("GENLIP_FUSED_CE", "")
-    if value in ("", "0", "1"):
+    if _FUSED_CE_ENV in ("", "0", "1"):
         return None
-    return f"GENLIP_FUSED_CE must be 0 or 1 (unset: compiled on CUDA), not {value!r}"
+    return f"GENLIP_FUSED_CE must be 0 or 1 (unset: compiled on CUDA), not {_FUSED_CE_ENV!r}"
+
+
+def fuses(device: torch.device) -> bool:
+    """Whether the chunked loss runs its compiled functions on ``device`` (``FUSED_CE``; unset: on CUDA)."""
+    return device.type == "cuda" if FUSED_CE is None else FUSED_CE
 
 
 _FUSED: dict = {}
@@ -108,12 +113,8 @@ class _ChunkedLinearCE(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         for s in range(0, h.shape[0], chunk):
             logits = h[s:s + chunk].to(cdt) @ wc.t()  # (c, V)
-            if fused and logits.shape[0] > 1:
-                lse[s:s + chunk], target = _fused(_lse_and_target)(logits, y[s:s + chunk])
-            else:
-                logits = logits.float()
-                lse[s:s + chunk] = torch.logsumexp(logits, dim=-1)
-                target = logits.gather(1, y[s:s + chunk, None]).squeeze(1)
+            lse_and_target = _fused(_lse_and_target) if fused and logits.shape[0] > 1 else _lse_and_target
+            lse[s:s + chunk], target = lse_and_target(logits, y[s:s + chunk])
             total += (lse[s:s + chunk] - target).sum()
         ctx.save_for_backward(h, w, y, lse)
         ctx.chunk, ctx.cdt, ctx.fused = chunk, cdt, fused
@@ -153,9 +154,7 @@ def supervised_ce(h: torch.Tensor, lm_head_weight: torch.Tensor, y: torch.Tensor
     if impl == "chunked":
         if (problem := environment_problem()) is not None:
             raise ValueError(problem)
-        if fused is None:
-            fused = h.is_cuda if FUSED_CE is None else FUSED_CE
-        return _ChunkedLinearCE.apply(h, lm_head_weight, y, chunk_size, fused)
+        return _ChunkedLinearCE.apply(h, lm_head_weight, y, chunk_size, fuses(h.device) if fused is None else fused)
     raise ValueError(f"unknown loss implementation {impl!r}; use 'plain' or 'chunked'")
 
 
