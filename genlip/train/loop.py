@@ -182,12 +182,11 @@ def train(recipe: Recipe) -> Path:
     return Path(t.output_dir)
 
 
-def _options(recipe: Recipe, device: torch.device) -> str:
+def _options(recipe: Recipe, bf16: bool) -> str:
     """The speed and memory options in effect, as one part of the start-up line."""
     m, t = recipe.model, recipe.train
-    precision = t.precision if t.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     compiled = f"compiled {m.compile_scope} ({m.compile_mode})" if m.compile else "not compiled"
-    return (f"{precision} compute, {t.param_dtype} params, {compiled}, attention {m.attn_backend}, "
+    return (f"{'bf16' if bf16 else 'fp32'} compute, {t.param_dtype} params, {compiled}, attention {m.attn_backend}, "
             f"checkpointing {m.activation_checkpointing}, loss {m.loss_impl}")
 
 
@@ -240,13 +239,13 @@ def setup(recipe: Recipe, device: torch.device, plan: BatchPlan | None = None) -
     dataset.rotation = consumed % dataset.streams_per_rank
     accum = plan.accum
     c = model.config
+    bf16 = device.type == "cuda" and t.precision != "fp32"  # auto: bf16 autocast on CUDA
     D.print0(f"GenLIP stage {recipe.stage} | {recipe.model.preset or 'init_from'} ({c.num_hidden_layers} x "
              f"{c.hidden_size}) {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params | "
              f"{plan.describe()} | {t.steps} steps | "
              f"{ws * dataset.streams_per_rank} data streams | device {device.type} (allocator: {allocator}) | "
-             f"{_options(recipe, device)} | run dir {run_dir}")
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and t.precision != "fp32"
-                else contextlib.nullcontext())
+             f"{_options(recipe, bf16)} | run dir {run_dir}")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     loader = make_loader(dataset, recipe.data.num_workers, pin_memory=device.type == "cuda")
     return Run(recipe, device, model, wrapped, optimizer, tokenizer, accum, state,
                iter(loader), consumed, dict(state["data"]["streams"]),
