@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from genlip.data.decode import SkipSample, SkipStats, decode_image, find_caption
-from genlip.data.sources import DataError, SourceSpec, SourceStream
+from genlip.data.sources import DataError, SourceSpec, SourceStream, expand_paths
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,15 @@ class PretrainStream(IterableDataset):
     def __init__(self, sources: list[SourceSpec], builder: ExampleBuilder, batch_size: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1, num_workers: int = 0, min_image_size: int = 2,
                  max_aspect_ratio: float = 200.0, max_skip_fraction: float = 0.1, min_seen_for_check: int = 200,
-                 resume: dict | None = None) -> None:
+                 resume: dict | None = None, units: list[list[str]] | None = None) -> None:
         if not sources:
             raise DataError("no data sources configured")
         self.sources, self.builder, self.batch_size, self.seed = sources, builder, batch_size, seed
+        # each source's files, resolved once here (``units``: already resolved by the caller); the workers receive
+        # the lists with the dataset instead of globbing every shard again
+        self.units = [list(u) for u in units] if units is not None else [expand_paths(s.path) for s in sources]
+        if len(self.units) != len(sources):
+            raise ValueError(f"units: {len(self.units)} file lists for {len(sources)} sources")
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.min_image_size, self.max_aspect_ratio = min_image_size, max_aspect_ratio
         self.max_skip_fraction, self.min_seen_for_check = max_skip_fraction, min_seen_for_check
@@ -85,7 +90,8 @@ class PretrainStream(IterableDataset):
             log.warning("skipping %s: %s", reason, where)
             stats.skip(reason, where)
 
-        streams = [SourceStream(s, sid, n_streams, self.seed, on_error) for s in self.sources]
+        streams = [SourceStream(s, sid, n_streams, self.seed, on_error, units=u)
+                   for s, u in zip(self.sources, self.units)]
         for st, spec in zip(streams, self.sources):
             if spec.name in state.get("sources", {}):
                 st.load_state(state["sources"][spec.name])
@@ -128,7 +134,9 @@ class PretrainStream(IterableDataset):
         def replay(pos: dict) -> dict:
             """Rebuild an example that was read before the checkpoint but not yet trained on. What it reads past (a
             cut shard between the cursor and the record) was counted then, and is in the restored stats already."""
-            st = SourceStream(self.sources[pos["source"]], sid, n_streams, self.seed, lambda reason, where: None)
+            k = pos["source"]
+            st = SourceStream(self.sources[k], sid, n_streams, self.seed, lambda reason, where: None,
+                              units=self.units[k])
             st.load_state(pos["cursor"])
             where, rec = next(iter(st))
             try:

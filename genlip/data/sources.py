@@ -308,9 +308,12 @@ def _read_jsonl(path: str, spec: SourceSpec, on_error) -> Iterator[tuple[str, di
 class SourceStream:
     """Iterates one source's records for one stream, epoch after epoch, from a resumable cursor."""
 
-    def __init__(self, spec: SourceSpec, stream: int, n_streams: int, seed: int, on_error) -> None:
+    def __init__(self, spec: SourceSpec, stream: int, n_streams: int, seed: int, on_error,
+                 units: list[str] | None = None) -> None:
         self.spec, self.stream, self.n_streams, self.seed, self.on_error = spec, stream, n_streams, seed, on_error
-        self.units = expand_paths(spec.path)
+        # ``units``: the source's files, expanded once by the caller (a paper-scale pattern names ~100K shards; a
+        # stream per worker and one per record replayed on resume would otherwise each glob/stat them again)
+        self.units = list(units) if units is not None else expand_paths(spec.path)
         split = spec.split
         if split == "auto":
             split = "shard" if len(self.units) >= n_streams else "sample"

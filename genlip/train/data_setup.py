@@ -46,7 +46,8 @@ def _placeholder(value: str) -> str:
 
 
 def build_stream_parts(recipe: Recipe):
-    """``(sources, tokenizer, builder)`` for the recipe's stage."""
+    """``(sources, units, tokenizer, builder)`` for the recipe's stage; ``units[i]``: source i's files, expanded
+    once (the data stream and its workers reuse the lists)."""
     data = recipe.data
     sources = list(data.sources)
     tok_dir = data.tokenizer
@@ -66,9 +67,10 @@ def build_stream_parts(recipe: Recipe):
                           "(e.g. a local copy of the Qwen3 tokenizer)")
     if not sources:
         raise RecipeError("no data: set data.sources (WebDataset, parquet or JSONL) or data.synth")
+    units = []
     for i, spec in enumerate(sources):
         try:
-            expand_paths(spec.path)
+            units.append(expand_paths(spec.path))
         except DataError as e:
             raise RecipeError(f"data.sources.{i}.path: {e}{_placeholder(str(spec.path))}") from None
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
@@ -83,4 +85,4 @@ def build_stream_parts(recipe: Recipe):
         if data.image_size % P:
             raise ValueError(f"data.image_size {data.image_size} is not a multiple of the patch size {P}")
         builder = FixedResBuilder(encoder, data.image_size, [0.5] * 3, [0.5] * 3)
-    return sources, tokenizer, builder
+    return sources, units, tokenizer, builder

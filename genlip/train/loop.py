@@ -207,7 +207,8 @@ def setup(recipe: Recipe, device: torch.device, plan: BatchPlan | None = None) -
     plan = plan or resolve_batches(t, ws)
     run_dir = Path(t.output_dir)
     torch.manual_seed(t.seed)  # identical initial weights on every rank
-    sources, tokenizer, builder = build_stream_parts(recipe)  # the recipe's data mistakes stop here, before any log
+    # the recipe's data mistakes stop here, before any log
+    sources, units, tokenizer, builder = build_stream_parts(recipe)
     allocator = configure_cpu_allocator(t.cpu_allocator) if device.type == "cpu" else "cuda caching"
     model = build_model(recipe, tokenizer).to(device)
     if recipe.model.compile:
@@ -235,7 +236,8 @@ def setup(recipe: Recipe, device: torch.device, plan: BatchPlan | None = None) -
                              num_workers=recipe.data.num_workers, min_image_size=recipe.data.min_image_size,
                              max_aspect_ratio=recipe.data.max_aspect_ratio,
                              max_skip_fraction=recipe.data.max_skip_fraction,
-                             min_seen_for_check=recipe.data.skip_check_after, resume=state["data"]["streams"])
+                             min_seen_for_check=recipe.data.skip_check_after, resume=state["data"]["streams"],
+                             units=units)
     dataset.rotation = consumed % dataset.streams_per_rank
     accum = plan.accum
     c = model.config

@@ -10,6 +10,8 @@ from collections import Counter
 import pytest
 import torch
 
+import genlip.data.dataset as dataset_mod
+import genlip.data.sources as sources_mod
 from genlip.data.dataset import ExampleBuilder, PretrainStream
 from genlip.data.decode import SkipSample, SkipStats, caption_from_record, decode_image
 from genlip.data.sources import DataError, SourceSpec, SourceStream, expand_paths, read_wds_shard
@@ -352,3 +354,27 @@ def test_resume_rebuilding_held_back_examples_does_not_count_a_cut_again(tmp_pat
         got = next(resumed)
         assert got["index"].tolist() == want["index"].tolist()
         assert got["_state"]["stats"] == want["_state"]["stats"]
+
+
+def test_stream_expands_its_file_patterns_once(tmp_path, monkeypatch):
+    """A paper-scale pattern names ~100K shards: the stream globs them when built, not again per stream or for
+    every held-back record rebuilt on resume."""
+    pattern = _shards(tmp_path, 3, per=7)
+    specs = [SourceSpec(path=pattern, name="s")]
+    full = iter(PretrainStream(specs, HoldOneBuilder(), batch_size=3))
+    ref = [next(full) for _ in range(4)]
+    assert ref[0]["_state"]["pending"]  # the resume below rebuilds a held-back record
+    resumed_ds = PretrainStream(specs, HoldOneBuilder(), batch_size=3, resume={"0": ref[0]["_state"]})
+    calls = []
+
+    def counting(p):
+        calls.append(p)
+        raise AssertionError("expanded again")
+
+    monkeypatch.setattr(sources_mod, "expand_paths", counting)
+    monkeypatch.setattr(dataset_mod, "expand_paths", counting)
+    resumed = iter(resumed_ds)
+    assert [next(resumed)["index"].tolist() for _ in range(3)] == [b["index"].tolist() for b in ref[1:]]
+    assert calls == []
+    with pytest.raises(ValueError, match="2 file lists for 1 sources"):
+        PretrainStream(specs, HoldOneBuilder(), batch_size=3, units=[[pattern], [pattern]])
