@@ -168,8 +168,8 @@ S1_IMAGE, S1_TEXT = 224, 64
 
 def trainer_train_step(model, opt, batch: dict, loss_impl: str = "chunked"):
     """``genlip-pretrain``'s own optimizer step (``genlip.train.loop.train_step``) on ``batch`` as its loader hands
-    it over (CPU tensors, pinned on CUDA): the copy to the device, the supervised-token count, the loss read back
-    per micro-batch, the gradient norm read back for the non-finite check, the learning-rate schedule."""
+    it over (CPU tensors, pinned on CUDA): the copy to the device, the supervised-token count, the loss and the
+    gradient norm read back once per step for the non-finite check, the learning-rate schedule."""
     from types import SimpleNamespace
 
     from genlip.train.loop import train_step as loop_step

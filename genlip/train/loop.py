@@ -272,7 +272,9 @@ def train_step(run: Run, micro: list[dict], step: int) -> tuple[float, float, in
     else:
         n_local = sum(count_supervised(m["labels"], m.get("sample_ids")) for m in micro)
     n_global = int(D.all_reduce_sum(torch.tensor(n_local, dtype=torch.float64)).item())
-    loss_sum = torch.zeros((), dtype=torch.float64)
+    # the loss stays on the device until the step's end: one read-back per step, not a wait for every
+    # micro-batch's backward before the next one's copy and forward can be queued
+    loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
     poison = float("nan") if step in recipe.debug.nan_steps else 1.0
     # CUDA graphs (compile modes reduce-overhead, max-autotune) reuse their output memory from one run to the next:
     # each micro-batch's forward + backward is one run, said explicitly rather than left to inference
@@ -285,9 +287,11 @@ def train_step(run: Run, micro: list[dict], step: int) -> tuple[float, float, in
         with sync, run.autocast:
             out = wrapped(**m, num_items_in_batch=max(n_global, 1), loss_impl=recipe.model.loss_impl)
             (out.loss * (ws * poison)).backward()  # DDP/FSDP average gradients over ranks; undo that
-        loss_sum += out.loss_sum.double().cpu() * poison
-    loss = float(D.all_reduce_sum(loss_sum).item()) / max(n_global, 1)
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(wrapped.parameters(), recipe.optim.clip_grad))
+        loss_sum += out.loss_sum.detach().double() * poison
+    loss_total = D.all_reduce_sum(loss_sum)
+    norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), recipe.optim.clip_grad)  # queued before reading
+    loss = float(loss_total.item()) / max(n_global, 1)
+    grad_norm = float(norm)
     if math.isfinite(loss) and math.isfinite(grad_norm):
         for g in run.optimizer.param_groups:
             g["lr"] = lr_at(step - 1, recipe.train.steps, recipe.optim.lr, recipe.optim.min_lr,
