@@ -175,8 +175,10 @@ def ignore_preemption_signals(worker_id: int = 0) -> None:
     ``--signal`` without ``B:``) belong to the trainer, which finishes its step and saves; they must not kill the
     workers first. SIGUSR1 is ignored. SIGTERM is blocked and taken by a thread that reads who sent it: from the
     worker's own parent it is the loader shutting its workers down (``Process.terminate``), and the worker exits;
-    from anyone else it is ignored. (Where ``sigwaitinfo`` is missing, SIGTERM keeps its default.)"""
+    from anyone else it is ignored. (Where ``sigwaitinfo`` is missing, SIGTERM keeps its default.) SIGINT (Ctrl-C in
+    a terminal reaches the whole foreground process group) is ignored too: the trainer finishes its step and saves."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if not hasattr(signal, "sigwaitinfo"):
         return
     parent = os.getppid()

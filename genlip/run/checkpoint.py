@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,29 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX)
                   and (p / "trainer_state.json").exists())
+
+
+REPLACED_PREFIX = "replaced-"
+
+
+def set_aside(run_dir: str | Path) -> Path | None:
+    """Before a run starts over in a directory that holds an earlier run (``resume=none``): move the earlier run's
+    files into ``run_dir/replaced-<time>/``. Nothing is deleted, and nothing of it is taken for the new run's: a resume,
+    the newest-checkpoint lookups (captioning, export, a GenLIP run as an MLLM tower) and checkpoint pruning read
+    ``run_dir`` only. Returns where they went, or None when there was nothing. Call it from one process."""
+    run_dir = Path(run_dir)
+    old = sorted(p for p in run_dir.iterdir() if not p.name.startswith(REPLACED_PREFIX)) if run_dir.is_dir() else []
+    if not old:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest, n = run_dir / f"{REPLACED_PREFIX}{stamp}", 1
+    while dest.exists():
+        n += 1
+        dest = run_dir / f"{REPLACED_PREFIX}{stamp}-{n}"
+    dest.mkdir()
+    for p in old:
+        p.rename(dest / p.name)
+    return dest
 
 
 def find_resume(run_dir: Path, resume: str) -> Path | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -97,6 +98,8 @@ def bounded(default: Any, **bounds: float) -> Any:
 
 
 def _check_bounds(f: dataclasses.Field, value: Any, path: str) -> None:
+    if f.metadata.get("bounds") and isinstance(value, float) and math.isinf(value):
+        raise RecipeError(f"{path}: {value!r} is out of range (must be a finite number)")
     for op, bound in f.metadata.get("bounds", {}).items():
         sym, ok = _BOUNDS[op]
         if value is not None and not ok(value, bound):
@@ -261,3 +264,22 @@ def recipe_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
             out.append(f"{path}: {a.get(k)!r} -> {b.get(k)!r}")
     return out
 
+
+
+def changed_since(saved: str | Path, recipe: Any, ignore: tuple[str, ...] = ()) -> list[str]:
+    """:func:`recipe_diff` between the recipe a run saved (``saved``: its ``recipe.yaml``) and ``recipe``, leaving out
+    the keys under ``ignore`` (dotted keys or sections: how a run executes, not what it trains)."""
+    def ignored(key: str) -> bool:
+        return any(key == p or key.startswith(p + ".") for p in ignore)
+    return [d for d in recipe_diff(yaml.safe_load(Path(saved).read_text()), recipe)
+            if not ignored(d.split(": ", 1)[0])]
+
+
+def refuse_other_recipe(saved: str | Path, recipe: Any, ignore: tuple[str, ...], finished: str, again: str) -> None:
+    """A finished run given again with a different recipe would report the old result as the new one: a
+    :class:`RecipeError` naming each key that differs (``finished``: where the result is; ``again``: the override
+    that trains it again)."""
+    changed = changed_since(saved, recipe, ignore) if Path(saved).is_file() else []
+    if changed:
+        raise RecipeError(f"{finished} is a finished run of another recipe ({'; '.join(changed)}): give another "
+                          f"train.output_dir, or {again} to train it again there")

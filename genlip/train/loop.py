@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import yaml
 
 from genlip.config import GenLIPConfig, genlip_config
 from genlip.contrastive import GenLIPForContrastive
-from genlip.data.dataset import PretrainStream, make_loader, split_meta
+from genlip.data.dataset import PREEMPTION_SIGNALS, PretrainStream, make_loader, split_meta
 from genlip.data.decode import SkipStats
 from genlip.export_hf import image_processor
 from genlip.loss import count_supervised
@@ -30,7 +31,7 @@ from genlip.modeling import GenLIPForCaptioning
 from genlip.run import checkpoint as C
 from genlip.run import dist as D
 from genlip.run.batching import BatchPlan, plan_batches
-from genlip.run.config import RecipeError, recipe_diff
+from genlip.run.config import RecipeError, recipe_diff, refuse_other_recipe
 from genlip.run.curves import plot_curves
 from genlip.run.runtime import configure_cpu_allocator
 from genlip.train.data_setup import build_stream_parts
@@ -78,6 +79,11 @@ def build_model(recipe: Recipe, tokenizer) -> GenLIPForCaptioning:
     return model
 
 
+# recipe keys that change how a run executes, not what it trains (options tested equal to the default, bookkeeping):
+# a finished run given again with other values of these is still the same run
+HOW_IT_RUNS = ("checkpoint", "log", "debug", "train.output_dir", "train.micro_batch", "train.parallel",
+               "train.cpu_allocator", "data.num_workers", "model.attn_backend", "model.loss_impl",
+               "model.activation_checkpointing", "model.compile", "model.compile_mode", "model.compile_scope")
 ARCH_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "patch_size")
 
 
@@ -94,16 +100,29 @@ def _check_preset(recipe: Recipe, config, src: Path) -> None:
 
 
 class _Preempt:
-    """SIGTERM/SIGUSR1 (SLURM pre-emption): finish the current step, save, exit."""
+    """SIGTERM/SIGUSR1 (SLURM pre-emption) and a first Ctrl-C (SIGINT): finish the current step, save, exit. A second
+    Ctrl-C stops at once (Python's KeyboardInterrupt). The loader workers ignore all three (``genlip.data.dataset``)."""
 
     def __init__(self) -> None:
-        self.flag = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        self.flag = self.interrupted = False
+        for sig in (*PREEMPTION_SIGNALS, signal.SIGINT):
             with contextlib.suppress(ValueError):  # not in the main thread
                 signal.signal(sig, self._set)
 
-    def _set(self, *_):
+    def _set(self, sig, _frame):
         self.flag = True
+        if sig == signal.SIGINT:
+            self.interrupted = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            if D.is_main():
+                print("\ninterrupted: finishing this step and saving it (Ctrl-C again stops at once, unsaved)",
+                      file=sys.stderr, flush=True)
+
+    def agreed(self) -> bool:
+        """Whether any rank was signalled: every rank stops after the same step (a collective with several)."""
+        if D.world()[2] == 1:
+            return self.flag
+        return bool(D.all_reduce_sum(torch.tensor(float(self.flag))).item())
 
 
 @dataclass
@@ -143,17 +162,23 @@ def train(recipe: Recipe) -> Path:
     plan = resolve_batches(recipe.train, D.world()[2])
     done = _finished(recipe)
     if done is not None:
+        refuse_other_recipe(done / "recipe.yaml", recipe, HOW_IT_RUNS, str(done), "--resume none")
         D.print0(f"already finished: {recipe.train.output_dir} reached step {recipe.train.steps}; final weights: "
                  f"{done} (raise train.steps to train on, or --resume none to start again)")
         return Path(recipe.train.output_dir)
+    if recipe.checkpoint.resume == "none":  # starting over: the earlier run's files must not pass for this one's
+        moved = C.set_aside(recipe.train.output_dir) if D.is_main() else None
+        if moved is not None:
+            D.print0(f"starting over (--resume none): the earlier run's files moved to {moved}")
+        D.barrier()
     run = setup(recipe, device, plan)
     preempt = _Preempt()
     t = recipe.train
     step = last_saved = run.state["step"]
-    loss, tic = float("nan"), time.time()
+    loss, tic, stopped = float("nan"), time.time(), False
     run.wrapped.train()
     try:
-        while step < t.steps and not preempt.flag:
+        while step < t.steps and not (stopped := preempt.agreed()):
             micro = run.next_step_batches()
             loss, grad_norm, n_global = train_step(run, micro, step + 1)
             step += 1
@@ -164,7 +189,7 @@ def train(recipe: Recipe) -> Path:
             if step % recipe.checkpoint.every == 0 or step == t.steps:
                 save_checkpoint(run, step)
                 last_saved = step
-        if preempt.flag and last_saved != step:
+        if stopped and last_saved != step:  # every rank (the save is collective)
             save_checkpoint(run, step)
             last_saved = step
     finally:
@@ -172,7 +197,10 @@ def train(recipe: Recipe) -> Path:
     if D.is_main() and (Path(t.output_dir) / "metrics.jsonl").exists():
         rows = [json.loads(x) for x in (Path(t.output_dir) / "metrics.jsonl").read_text().splitlines() if x.strip()]
         plot_curves(rows, Path(t.output_dir) / "curves.png", f"{recipe.name} (stage {recipe.stage})")
-    if preempt.flag:
+    if stopped and preempt.interrupted:
+        D.print0(f"interrupted: saved step {last_saved}; run the same command to continue (--resume auto)")
+        raise SystemExit(130)
+    if stopped:
         D.print0(f"pre-empted: saved step {last_saved}, exiting")
     elif D.is_main() and last_saved == t.steps:
         stats = SkipStats.from_dict(run.state["skips"])  # every rank's, gathered by the final save

@@ -77,6 +77,10 @@ class OptimRecipe:
     warmup_ratio: float = bounded(0.007, ge=0, lt=1)
     clip_grad: float = bounded(1.0, gt=0)
 
+    def __post_init__(self) -> None:
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1) (AdamW's beta1, beta2), got {self.betas}")
+
 
 @dataclass
 class TrainRecipe:

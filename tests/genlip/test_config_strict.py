@@ -188,6 +188,9 @@ def test_a_bad_choice_on_the_command_line_is_one_line_before_anything_runs(tmp_p
     ("data.image_size=50", "data.image_size 50 is not a multiple of the patch size 16"),
     ("checkpoint.resume=.", "is not a checkpoint directory"),
     ("optim.betas=[0.9", "not valid YAML"),
+    ("optim.betas=[0.9]", "optim.betas must be two numbers in [0, 1)"),
+    ("optim.betas=[0.9,1.5]", "optim.betas must be two numbers in [0, 1) (AdamW's beta1, beta2), got [0.9, 1.5]"),
+    ("optim.lr=inf", "optim.lr: inf is out of range (must be a finite number)"),
 ])
 def test_a_bad_value_is_one_line_and_exit_2_before_anything_is_built(tmp_path, override, words):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GENLIP_HOME": str(tmp_path / "home")}

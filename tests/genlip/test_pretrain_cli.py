@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from genlip.run import checkpoint as C
+
 RECIPE = str(Path(__file__).parents[1] / "recipes" / "tiny_stage1.yaml")
 RECIPE2 = str(Path(__file__).parents[1] / "recipes" / "tiny_stage2.yaml")
 
@@ -250,11 +252,12 @@ def test_checkpoints_and_exports_carry_the_training_preprocessing(reference_run,
     torch.testing.assert_close(got, want, atol=3e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
 def test_preemption_signal_to_the_whole_process_group_saves_and_resumes_exactly(home, tmp_path, sig):
     """What scancel and SLURM pre-emption do: the signal reaches every process of the job, the loader workers too.
     The workers ignore it, the trainer finishes its step, saves and exits 0; the resumed run ends where an
-    uninterrupted one does."""
+    uninterrupted one does. Ctrl-C in a terminal (SIGINT to the foreground process group) does the same and exits
+    130, without a traceback."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "genlip.train.cli", "--recipe", RECIPE, f"train.output_dir={out}",
            "data.num_workers=2", "checkpoint.every=100"]
@@ -266,9 +269,11 @@ def test_preemption_signal_to_the_whole_process_group_saves_and_resumes_exactly(
         time.sleep(0.02)
     os.killpg(proc.pid, sig)
     stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-3000:]
+    ctrl_c = sig == signal.SIGINT
+    assert proc.returncode == (130 if ctrl_c else 0) and "Traceback" not in stderr, stderr[-3000:]
     saved = sorted((out / "checkpoints").glob("step_*"))
-    assert saved and "pre-empted: saved step" in stdout and int(saved[-1].name[5:]) < 12
+    said = "interrupted: saved step" if ctrl_c else "pre-empted: saved step"
+    assert saved and said in stdout and int(saved[-1].name[5:]) < 12, stdout[-2000:]
     _run(home, out, "data.num_workers=2", "checkpoint.every=100", "--resume", "auto")
     _run(home, tmp_path / "ref", "data.num_workers=2", "checkpoint.every=100")  # the same run, uninterrupted
     _assert_same_curve(_losses(out), _losses(tmp_path / "ref"), 12)
@@ -312,3 +317,34 @@ def test_bf16_parameters_in_one_process_shard_over_a_group_of_one(home, tmp_path
     assert sorted(got) == [3, 4]
     for s in (3, 4):
         assert got[s][0] == pytest.approx(b[s][0], rel=1e-6), (s, got[s], b[s])
+
+
+def test_a_finished_run_given_another_recipe_is_refused_naming_the_keys(home, reference_run):
+    """Given again, a finished run says so (also with other values of keys that only change how it runs); given a
+    recipe that trains something else, it would pass the old weights off as the new ones: one line, exit 2."""
+    before = sorted(str(p.relative_to(reference_run)) for p in reference_run.rglob("*"))
+    same = _run(home, reference_run, "log.every=5", "data.num_workers=0", "checkpoint.keep=5")
+    assert "already finished" in same.stdout, same.stdout[-2000:] + same.stderr[-2000:]
+    p = _run(home, reference_run, "optim.lr=0.00123", "optim.clip_grad=0.5", check=False)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert lines[0].startswith(f"genlip-pretrain: bad recipe: {reference_run}/checkpoints/step_")
+    assert "is a finished run of another recipe (optim.clip_grad: 1.0 -> 0.5; optim.lr: " in lines[0]
+    assert " -> 0.00123)" in lines[0] and "--resume none" in lines[0]
+    assert sorted(str(p.relative_to(reference_run)) for p in reference_run.rglob("*")) == before
+
+
+def test_starting_over_sets_the_earlier_run_aside(home, reference_run, tmp_path):
+    """``--resume none`` in a directory that holds a finished 12-step run: the earlier files move to replaced-*/,
+    so the new 3-step run's checkpoints are the only ones a resume, a rerun or a newest-checkpoint lookup sees."""
+    run_dir = tmp_path / "r"
+    shutil.copytree(reference_run, run_dir)
+    old = sorted(p.name for p in run_dir.iterdir())
+    p = _run(home, run_dir, "train.steps=3", "checkpoint.every=1", "checkpoint.resume=none")
+    assert "starting over (--resume none): the earlier run's files moved to " in p.stdout, p.stdout[-2000:]
+    aside = [d for d in run_dir.iterdir() if d.name.startswith("replaced-")]
+    assert len(aside) == 1 and sorted(q.name for q in aside[0].iterdir()) == old
+    assert [c.name for c in C.list_checkpoints(run_dir)] == ["step_00000002", "step_00000003"]
+    assert sorted(_losses(run_dir)) == [1, 2, 3]
+    again = _run(home, run_dir, "train.steps=3", "checkpoint.every=1")
+    assert f"reached step 3; final weights: {run_dir}/checkpoints/step_00000003" in again.stdout, again.stdout
