@@ -26,7 +26,7 @@ import mllm  # noqa: F401  (registers the native variant)
 from mllm.image_modes import default_pinpoints, resize_num_tokens
 from mllm.native import NativeLlavaConfig, NativeLlavaForConditionalGeneration
 from mllm.processing import CHAT_TEMPLATE, IMAGE_PLACEHOLDER, ImageSpec, make_image_processor
-from mllm.towers import NATIVE_KINDS, load_tower
+from mllm.towers import check_tower_use, load_tower
 
 log = logging.getLogger(__name__)
 MODES = ("resize", "anyres", "native")
@@ -46,15 +46,8 @@ def build_mllm(vision_path: str, llm_path: str, mode: str = "resize", image_size
     the projector is freshly initialised, the tower and LLM weights are the checkpoints'."""
     if mode not in MODES:
         raise ValueError(f"image mode must be one of {MODES}, got {mode!r}")
-    tower, info = load_tower(vision_path, dtype)
-    if mode == "native" and info.kind not in NATIVE_KINDS:
-        raise ValueError(f"native mode needs a GenLIP or SigLIP2-NaFlex tower, not {info.kind}")
-    if mode != "native" and info.kind == "siglip2":
-        raise ValueError("a SigLIP2-NaFlex tower takes native-resolution input: use mode=native")
-    size = image_size or info.image_size or 384
-    if info.image_size is not None and size != info.image_size:
-        raise ValueError(f"the {info.kind} tower has position embeddings for {info.image_size} px, not {size}; "
-                         f"use image_size={info.image_size}")
+    tower, _ = load_tower(vision_path, dtype)
+    info, size = check_tower_use(tower.config, mode, image_size, feature_layer)
     spec = ImageSpec(mode=mode, kind=info.kind, patch_size=info.patch_size, image_size=size,
                      image_mean=info.image_mean, image_std=info.image_std, has_cls=info.has_cls,
                      pinpoints=pinpoints or (default_pinpoints(size) if mode == "anyres" else []),

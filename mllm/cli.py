@@ -53,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.cmd == "chat":
+        if args.max_new_tokens < 1 or (args.sample and args.temperature <= 0):
+            bad = (f"--max-new-tokens must be at least 1, got {args.max_new_tokens}" if args.max_new_tokens < 1 else
+                   f"--temperature must be above 0 with --sample, got {args.temperature}")
+            print(f"genlip-mllm: {bad}", file=sys.stderr)
+            return 2
         try:
             image = load_image(args.image) if args.image else None  # before the model: a bad path fails at once
             model, tok, spec, ip = load_mllm(args.model)

@@ -6,17 +6,47 @@ Which parameters train is declared here as a learning rate per module group; 0 m
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
 from genlip.run.config import bounded
 from genlip.run.resources import resolve_deepspeed
 
+BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+
 
 def zero_stage(config_path: str) -> int:
-    """The ZeRO stage a DeepSpeed JSON config asks for (0 when it names none)."""
-    with open(config_path, encoding="utf-8") as f:
-        return int(json.load(f).get("zero_optimization", {}).get("stage", 0))
+    """The ZeRO stage a DeepSpeed JSON config asks for (0 when it names none), after checking that the config is one
+    the MLLM trainer can run: a one-line ``ValueError`` for JSON that does not parse, a stage other than 0-3, batch
+    sizes that are not ``"auto"`` (the recipe's ``train.global_batch`` / ``micro_batch`` fill them), an ``optimizer``
+    or ``scheduler`` section (it would replace the recipe's AdamW groups and schedule), or ZeRO without
+    ``zero_allow_untested_optimizer`` (the recipe's AdamW is PyTorch's)."""
+    where = f"train.deepspeed: {config_path}"
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where}: not a UTF-8 text file ({e.reason})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{where}: a DeepSpeed config is a JSON object, got {type(cfg).__name__}")
+    zero = cfg.get("zero_optimization", {})
+    stage = zero.get("stage", 0) if isinstance(zero, dict) else None
+    if type(stage) is not int or not 0 <= stage <= 3:
+        raise ValueError(f"{where}: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
+    not_auto = [k for k in BATCH_KEYS if cfg.get(k) != "auto"]
+    if not_auto:
+        raise ValueError(f"{where}: set {', '.join(f'{k!r}' for k in not_auto)} to \"auto\" (the recipe's "
+                         "train.global_batch and train.micro_batch decide the batch)")
+    own = [k for k in ("optimizer", "scheduler") if k in cfg]
+    if own:
+        raise ValueError(f"{where}: remove {' and '.join(repr(k) for k in own)}: the recipe's AdamW (one group per "
+                         "module group, lr.*) and train.scheduler are what the trainer steps")
+    if stage > 0 and cfg.get("zero_allow_untested_optimizer") is not True:
+        raise ValueError(f"{where}: set \"zero_allow_untested_optimizer\": true (ZeRO with the recipe's PyTorch AdamW)")
+    return stage
 
 
 # the Hugging Face Trainer's lr_scheduler_type values that take no extra arguments
@@ -100,9 +130,12 @@ class MllmTrainRecipe:
     resume: str = "auto"  # auto | none | a checkpoint directory
 
     def __post_init__(self) -> None:
+        if self.resume not in ("auto", "none") and not os.path.isfile(os.path.join(self.resume, "trainer_state.json")):
+            raise ValueError(f"train.resume: {self.resume!r} is not a checkpoint directory (auto, none, or a "
+                             "run's checkpoint-N directory)")
         if self.deepspeed:  # checked here, before any model is loaded
             self.deepspeed = str(resolve_deepspeed(self.deepspeed))
-            if (self.compile or self.loss_impl == "chunked") and zero_stage(self.deepspeed) == 3:
+            if zero_stage(self.deepspeed) == 3 and (self.compile or self.loss_impl == "chunked"):
                 raise ValueError("train.compile=true is not supported with ZeRO-3 (DeepSpeed's parameter hooks "
                                  "around compiled layers are untested here); use zero2 or train.compile=false"
                                  if self.compile else

@@ -9,6 +9,7 @@ penultimate layer.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -56,11 +57,39 @@ def tower_info(vcfg: PretrainedConfig) -> TowerInfo:
     return TowerInfo(kind, int(vcfg.patch_size), image_size, int(vcfg.hidden_size), kind == "clip", mean, std)
 
 
+def check_tower_use(vcfg: PretrainedConfig, mode: str, image_size: int | None,
+                    feature_layer: int) -> tuple[TowerInfo, int]:
+    """The tower's :class:`TowerInfo` and the image side it will be fed, or a one-line ``ValueError`` naming the
+    recipe key (``model.mode``, ``model.image_size``, ``model.feature_layer``) that does not fit this tower."""
+    info = tower_info(vcfg)
+    if mode == "native" and info.kind not in NATIVE_KINDS:
+        raise ValueError(f"model.mode=native needs a GenLIP or SigLIP2-NaFlex tower, not {info.kind}; use "
+                         "model.mode=resize or anyres")
+    if mode != "native" and info.kind == "siglip2":
+        raise ValueError("a SigLIP2-NaFlex tower takes native-resolution input: set model.mode=native")
+    size = image_size or info.image_size or 384
+    if size % info.patch_size:
+        raise ValueError(f"model.image_size={size} is not a multiple of the {info.kind} tower's patch size "
+                         f"{info.patch_size}")
+    if info.image_size is not None and size != info.image_size:
+        raise ValueError(f"model.image_size={size}: the {info.kind} tower has position embeddings for "
+                         f"{info.image_size} px; set model.image_size={info.image_size} (or null: the tower's own)")
+    n = int(vcfg.num_hidden_layers)  # hidden_states: the embeddings and each layer's output, n + 1 entries
+    if not -(n + 1) <= feature_layer <= n:
+        raise ValueError(f"model.feature_layer={feature_layer}: the {info.kind} tower has {n} layers, so "
+                         f"hidden_states[i] exists for i in {-(n + 1)}..{n} (-1: the last, -2: the penultimate)")
+    return info, size
+
+
 def looks_like_path(name: str) -> bool:
     """Whether ``name`` can only be a local path, never a Hugging Face Hub id (``name`` or ``owner/name``): it starts
-    with ``/``, ``.`` or ``~``, or has more than one path separator, or ends with one."""
+    with ``/``, ``.`` or ``~``, or has more than one path separator, or ends with one, or its first part is a local
+    directory (``models/siglip-typo`` next to a ``models/`` folder: a typo, not a Hub id to wait for)."""
     seps = tuple({"/", os.sep, *(os.altsep or "")})
-    return name.startswith((".", "~", *seps)) or sum(map(name.count, seps)) > 1 or name.endswith(seps)
+    if name.startswith((".", "~", *seps)) or sum(map(name.count, seps)) > 1 or name.endswith(seps):
+        return True
+    first = re.split("|".join(map(re.escape, seps)), name)[0]
+    return first != name and os.path.isdir(first)
 
 
 def load_vision_config(path: str) -> PretrainedConfig:

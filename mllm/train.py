@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 import yaml
 from accelerate import PartialState
 from transformers import AutoModelForImageTextToText, Trainer, TrainerCallback, TrainingArguments
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.trainer_utils import get_last_checkpoint
 
 from genlip.data.dataset import PREEMPTION_SIGNALS
@@ -24,8 +26,8 @@ from genlip.data.tokenizer import train_tokenizer
 from genlip.loss import IGNORE_INDEX, shift_labels, supervised_ce
 from genlip.run import dist as D
 from genlip.run.batching import plan_batches
-from genlip.run.checkpoint import list_checkpoints
-from genlip.run.config import RecipeError, recipe_diff, save_recipe
+from genlip.run.checkpoint import list_checkpoints, set_aside
+from genlip.run.config import RecipeError, recipe_diff, refuse_other_recipe, save_recipe
 from genlip.run.curves import plot_curves
 from genlip.run.dirs import generated_dir
 from genlip.run.runtime import configure_cpu_allocator
@@ -35,9 +37,14 @@ from mllm.image_modes import default_pinpoints
 from mllm.processing import ConversationEncoder, make_image_processor
 from mllm.recipe import MllmRecipe
 from mllm.tiny import make_tiny_llm
-from mllm.towers import load_vision_config, looks_like_path
+from mllm.towers import check_tower_use, load_vision_config, looks_like_path
 
 log = logging.getLogger(__name__)
+# recipe keys that change how a run executes, not what it trains (tested to give the same weights, or bookkeeping):
+# a finished run given again with other values of these is still the same run
+HOW_IT_RUNS = ("train.resume", "train.output_dir", "train.micro_batch", "train.logging_steps", "train.report_to",
+               "train.save_steps", "train.save_total_limit", "train.cpu_allocator", "train.deepspeed", "train.compile",
+               "train.gradient_checkpointing", "train.loss_impl", "data.num_workers", "debug")
 GROUPS = {"projector": ("model.multi_modal_projector.", "model.image_newline"),
           "vision_tower": ("model.vision_tower.",),
           "language_model": ("model.language_model.", "lm_head.")}
@@ -77,24 +84,77 @@ def _resolve_vision(path: str) -> str:
 
 
 def check_model_paths(recipe: MllmRecipe) -> None:
-    """Before anything is generated or built: ``model.vision`` must give a vision config and a path-like
-    ``model.llm`` must exist; otherwise a :class:`RecipeError` (one line, exit code 2)."""
+    """Before anything is generated or built, a :class:`RecipeError` (one line, exit code 2) unless: ``model.init_from``
+    is a saved MLLM and no ``model.vision`` / ``model.llm`` is given beside it (they would be ignored); or
+    ``model.vision`` gives a vision config that fits ``model.mode``, ``model.image_size`` and ``model.feature_layer``,
+    and a local ``model.llm`` is a causal LM directory with a tokenizer."""
     m = recipe.model
     if m.init_from:
-        return  # vision and llm are not used
+        _check_init_from(m)
+        return
     if m.vision:
         try:
-            load_vision_config(_resolve_vision(m.vision))
+            vcfg = load_vision_config(_resolve_vision(m.vision))
+            check_tower_use(vcfg, m.mode, m.image_size, m.feature_layer)
         except FileNotFoundError as e:
             raise RecipeError(f"model.vision: {e}") from None
-    if m.llm and looks_like_path(m.llm) and not os.path.isdir(os.path.expanduser(m.llm)):
-        raise RecipeError(f"model.llm: {m.llm}: no such directory")
+        except ValueError as e:
+            raise RecipeError(f"model.vision={m.vision}: {e}") from None
+    if m.llm and m.llm != "tiny":
+        _check_llm(m.llm)
+
+
+def _check_init_from(m) -> None:
+    path = Path(os.path.expanduser(m.init_from))
+    if not (path / "genlip_mllm_image.json").is_file():
+        why = "no such directory" if not path.exists() else "not a saved MLLM (no genlip_mllm_image.json)"
+        hint = f"; did you mean {path / 'final'}?" if (path / "final" / "genlip_mllm_image.json").is_file() else \
+            " (a previous stage's output_dir/final: run that stage first, e.g. `genlip-mllm pretrain`)"
+        raise RecipeError(f"model.init_from: {m.init_from}: {why}{hint}")
+    given = [f"model.{k}={getattr(m, k)}" for k in ("vision", "llm") if getattr(m, k)]
+    if given:
+        raise RecipeError(f"{' and '.join(given)} would be ignored: the model, its tower and LLM included, comes "
+                          f"from model.init_from={m.init_from}; give one or the other")
+
+
+def _check_llm(name: str) -> None:
+    path = os.path.expanduser(name)
+    if looks_like_path(path) and not os.path.isdir(path):
+        raise RecipeError(f"model.llm: {name}: no such directory")
+    if not os.path.isdir(path):
+        return  # a Hub id: transformers says what it cannot find
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise RecipeError(f"model.llm: {name}: not a model directory (no config.json)")
+    model_type = json.loads(Path(path, "config.json").read_text()).get("model_type")
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise RecipeError(f"model.llm: {name}: a {model_type!r} checkpoint, not a causal language model "
+                          "(e.g. a Qwen2.5-*-Instruct directory)")
+    if not any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json",
+                                                                "tokenizer.model", "vocab.json")):
+        raise RecipeError(f"model.llm: {name}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
+
+
+def check_data(recipe: MllmRecipe) -> None:
+    """Before anything is generated or built: ``data.path`` (your own data, which the generated ``data.synth`` sets
+    never replace) must exist, and ``model.llm=tiny`` (the small LLM made with the generated sets' tokenizer) needs
+    ``data.synth``; otherwise a :class:`RecipeError`."""
+    data = recipe.data
+    if data.path and not os.path.isfile(os.path.expanduser(data.path)):
+        raise RecipeError(f"data.path: {data.path}: no such file (a LLaVA JSON or JSONL file)")
+    if data.image_root and not os.path.isdir(os.path.expanduser(data.image_root)):
+        raise RecipeError(f"data.image_root: {data.image_root}: no such directory")
+    if not data.path and data.synth is None:
+        raise RecipeError("no data: set data.path (a LLaVA JSON or JSONL file) or data.synth")
+    if recipe.model.llm == "tiny" and data.synth is None and not recipe.model.init_from:
+        raise RecipeError("model.llm=tiny is the small LLM made with the generated data's tokenizer, which needs "
+                          "data.synth; point model.llm at an LLM directory instead")
 
 
 def ensure_sft_data(recipe: MllmRecipe) -> tuple[str, str]:
-    """The recipe's data; the generated SFT sets (and the tiny LLM, when ``model.llm=tiny``) are made on first use."""
+    """The recipe's data: ``data.path`` when given (the generated sets are then made only for the tiny LLM, when
+    ``model.llm=tiny``), else the generated SFT sets, made on first use."""
     data = recipe.data
-    if data.synth is None:
+    if data.synth is None or (data.path and recipe.model.llm != "tiny"):
         return data.path, data.image_root
     spec = dict(data.synth)
     samples, seed = int(spec.get("samples", 512)), int(spec.get("seed", 0))
@@ -113,6 +173,8 @@ def ensure_sft_data(recipe: MllmRecipe) -> tuple[str, str]:
                         "SFT data")
     if recipe.model.llm == "tiny":
         recipe.model.llm = str(out / "tiny-llm")
+    if data.path:
+        return data.path, data.image_root
     return str(out / f"{which}.json"), str(out / "images")
 
 
@@ -160,17 +222,24 @@ class SaveProcessing(TrainerCallback):
 
 
 class Preemption(TrainerCallback):
-    """SIGTERM/SIGUSR1 (SLURM pre-emption, ``scancel``): finish the current step, save a checkpoint, stop; the run
-    resumes from it with ``train.resume=auto``. The loader workers ignore these signals (:mod:`mllm.data`)."""
+    """SIGTERM/SIGUSR1 (SLURM pre-emption, ``scancel``) and a first Ctrl-C (SIGINT): finish the current step, save a
+    checkpoint, stop; the run resumes from it with ``train.resume=auto``. A second Ctrl-C stops at once. The loader
+    workers ignore these signals (:mod:`mllm.data`)."""
 
     def __init__(self) -> None:
-        self.flag = False
-        for sig in PREEMPTION_SIGNALS:
+        self.flag = self.interrupted = False
+        for sig in (*PREEMPTION_SIGNALS, signal.SIGINT):
             with contextlib.suppress(ValueError):  # not in the main thread
                 signal.signal(sig, self._set)
 
-    def _set(self, *_):
+    def _set(self, sig, _frame):
         self.flag = True
+        if sig == signal.SIGINT:
+            self.interrupted = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            if D.is_main():
+                print("\ninterrupted: finishing this step and saving it (Ctrl-C again stops at once, unsaved)",
+                      file=sys.stderr, flush=True)
 
     def on_step_end(self, args, state, control, **kw):
         if self.flag:
@@ -245,16 +314,24 @@ def train(recipe: MllmRecipe) -> Path:
     """Build (or continue), train and save ``output_dir/final``; a finished run given again only says so."""
     t = recipe.train
     out, cuda, ws = Path(t.output_dir), torch.cuda.is_available(), D.world()[2]
-    if t.resume != "none" and (out / "final" / "recipe.yaml").exists():  # the last file a finished run writes
-        D.print0(f"already finished: {out / 'final'} holds the trained model (train.resume=none trains it again)")
-        return out / "final"
     # epochs fix the budget; with max_steps the steps are rescaled like genlip-pretrain's
     plan = plan_batches(t.global_batch, t.micro_batch, ws, max(t.max_steps, 1), t.batch_rounding)
     t.micro_batch, t.global_batch = plan.micro_batch, plan.global_batch
     if t.max_steps > 0:
         t.max_steps = plan.steps
+    saved = out / "final" / "recipe.yaml"  # the last file a finished run writes
+    if t.resume != "none" and saved.exists():
+        if recipe.model.llm == "tiny":
+            ensure_sft_data(recipe)  # the generated LLM's directory, as the finished run saved it (made already)
+        refuse_other_recipe(saved, recipe, HOW_IT_RUNS, str(out / "final"), "train.resume=none")
+        D.print0(f"already finished: {out / 'final'} holds the trained model (train.resume=none trains it again)")
+        return out / "final"
     D.print0(f"batches: {plan.describe()}")
     check_model_paths(recipe)
+    check_data(recipe)
+    if recipe.data.path and recipe.data.synth is not None:
+        D.print0(f"data: {recipe.data.path} (the recipe's generated data.synth sets are not used"
+                 f"{'; only its tiny LLM' if recipe.model.llm == 'tiny' else ''})")
     _process_state(t, ws, cuda)
     torch.manual_seed(t.seed)
     data_path, image_root = ensure_sft_data(recipe)
@@ -280,7 +357,16 @@ def train(recipe: MllmRecipe) -> Path:
                           callbacks=[SaveProcessing(out, model, tokenizer, spec, recipe), preempt],
                           compute_loss_func=(chunked_lm_loss(model, cuda and t.precision != "fp32")
                                              if t.loss_impl == "chunked" else None))
+    if t.resume == "none":  # starting over: the earlier run's checkpoints and final/ must not pass for this one's
+        moved = set_aside(out) if D.is_main() else None
+        if moved is not None:
+            D.print0(f"starting over (train.resume=none): the earlier run's files moved to {moved}")
+        D.barrier()
     trainer.train(resume_from_checkpoint=_resume_point(recipe, out))
+    if preempt.interrupted:
+        D.print0(f"interrupted: saved {out / f'checkpoint-{trainer.state.global_step}'}; run the same command to "
+                 "continue (train.resume=auto)")
+        raise SystemExit(130)
     if preempt.flag:
         D.print0(f"pre-empted: saved {out / f'checkpoint-{trainer.state.global_step}'}, exiting "
                  "(train.resume=auto continues)")
@@ -330,14 +416,17 @@ def _with_lora(model, recipe: MllmRecipe):
 
 def training_arguments(recipe: MllmRecipe, ws: int, cuda: bool, max_lr: float) -> TrainingArguments:
     t = recipe.train
-    return TrainingArguments(
+    # transformers renamed gradient_checkpointing (a deprecated alias, with a FutureWarning, on newer versions)
+    ckpt = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+            else "gradient_checkpointing")
+    return TrainingArguments(**{ckpt: t.gradient_checkpointing},
         output_dir=t.output_dir, per_device_train_batch_size=t.micro_batch,
         gradient_accumulation_steps=t.global_batch // (t.micro_batch * ws), num_train_epochs=t.epochs,
         max_steps=t.max_steps, learning_rate=max_lr, lr_scheduler_type=t.scheduler,
         warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps, save_steps=t.save_steps, save_total_limit=t.save_total_limit, seed=t.seed,
         data_seed=t.seed, bf16=cuda and t.precision != "fp32", deepspeed=t.deepspeed,
-        gradient_checkpointing=t.gradient_checkpointing, report_to=list(t.report_to), remove_unused_columns=False,
+        report_to=list(t.report_to), remove_unused_columns=False,
         dataloader_num_workers=recipe.data.num_workers, use_cpu=not cuda, disable_tqdm=not D.is_main(),
         accelerator_config={"use_configured_state": True} if (not cuda and (t.deepspeed or ws > 1)) else None)
 

@@ -28,3 +28,12 @@ def test_unusable_inputs_are_one_line(tmp_path, kind, words):
     lines = [x for x in p.stderr.strip().splitlines() if " INFO " not in x]
     assert p.returncode == 2 and len(lines) == 1 and words in lines[0] and "Traceback" not in p.stderr, p.stderr
     assert str(tmp_path) in lines[0]  # names the file
+
+
+@pytest.mark.parametrize("args,words", [(["--max-new-tokens", "0"], "--max-new-tokens must be at least 1, got 0"),
+                                        (["--sample", "--temperature", "-1"],
+                                         "--temperature must be above 0 with --sample, got -1.0")])
+def test_generation_settings_out_of_range_are_one_line(tmp_path, args, words):
+    p = subprocess.run([str(BIN / "genlip-mllm"), "chat", "--model", str(tmp_path), "--prompt", "hi", *args],
+                       capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [f"genlip-mllm: {words}"], p.stderr

@@ -1,13 +1,17 @@
 """Every tower type through forward, backward and generate, in every mode it supports; features land exactly on
 the image tokens; token counts equal transformers' own processors; save -> load -> same tokens."""
 
+import re
+
 import pytest
 import torch
 from PIL import Image
 
+from genlip.run.config import RecipeError
 from mllm.build import build_mllm, load_mllm, save_mllm
 from mllm.processing import ConversationEncoder, make_image_processor, preprocess_images
-from mllm.train import apply_trainable
+from mllm.recipe import MllmRecipe
+from mllm.train import apply_trainable, check_model_paths
 from tests.mllm_fixtures import TOWER_MODES, make_llm, make_towers
 
 CASES = [(t, m) for t, modes in TOWER_MODES.items() for m in modes]
@@ -154,3 +158,43 @@ def test_a_tower_that_is_not_there_is_one_line(ckpts, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"empty: not a model directory \(no config.json\)$"):
         load_vision_config(str(tmp_path / "empty"))
+
+
+def _recipe(**model):
+    r = MllmRecipe()
+    for k, v in model.items():
+        setattr(r.model, k, v)
+    return r
+
+
+def test_towers_and_llms_that_do_not_fit_the_recipe_are_recipe_errors_naming_the_key(ckpts, tmp_path, monkeypatch):
+    """What build_mllm would refuse only after the data is generated is found by check_model_paths first, as a
+    RecipeError (one line, exit code 2) that names the key to change."""
+    towers = ckpts[0]
+    llm = make_llm(tmp_path / "llm")
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (dict(vision=str(towers["siglip"]), llm=str(llm), mode="native"),
+         "model.mode=native needs a GenLIP or SigLIP2-NaFlex tower, not siglip"),
+        (dict(vision=str(towers["siglip"]), llm=str(llm), image_size=48),
+         "model.image_size=48: the siglip tower has position embeddings for 32 px; set model.image_size=32"),
+        (dict(vision=str(towers["siglip2"]), llm=str(llm), mode="resize"), "set model.mode=native"),
+        (dict(vision=str(towers["clip"]), llm=str(llm), feature_layer=-10),
+         "model.feature_layer=-10: the clip tower has 2 layers, so hidden_states[i] exists for i in -3..2"),
+        (dict(vision=str(towers["genlip"]), llm=str(tmp_path / "empty")), "not a model directory (no config.json)"),
+        (dict(vision=str(towers["genlip"]), llm=str(towers["siglip"])),
+         "a 'siglip_vision_model' checkpoint, not a causal language model"),
+    ]
+    for model, want in cases:
+        with pytest.raises(RecipeError, match=re.escape(want)):
+            check_model_paths(_recipe(**model))
+    check_model_paths(_recipe(vision=str(towers["clip"]), llm=str(llm), feature_layer=-3))  # the embeddings: fine
+    check_model_paths(_recipe(vision=str(towers["genlip"]), llm=str(llm), mode="native"))
+    (llm / "tokenizer.json").unlink()
+    (llm / "tokenizer_config.json").unlink()
+    with pytest.raises(RecipeError, match="no tokenizer files"):
+        check_model_paths(_recipe(vision=str(towers["genlip"]), llm=str(llm)))
+    # a misspelt relative path next to the folder it names is a path, not a Hub id to try (and wait for)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RecipeError, match=re.escape("model.vision: llm/typo: no such directory")):
+        check_model_paths(_recipe(vision="llm/typo", llm=str(llm)))

@@ -3,6 +3,8 @@ LoRA, resume, and DeepSpeed ZeRO-2 / ZeRO-3 with two CPU processes."""
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from genlip.run.config import RecipeError, load_recipe
+from mllm.recipe import MllmRecipe
 from tests.mllm_fixtures import make_llm, make_towers
 
 RECIPES = Path(__file__).parents[1] / "recipes"
@@ -155,9 +159,11 @@ def test_zero2_and_zero3_with_two_processes_match(env, aligned, finetuned, tmp_p
     assert losses(finetuned) == pytest.approx(curves["zero2"], rel=1e-3)  # one process
 
 
-def test_preemption_signal_to_the_process_group_saves_a_checkpoint_and_resumes(env, aligned, tmp_path):
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_preemption_signal_to_the_process_group_saves_a_checkpoint_and_resumes(env, aligned, tmp_path, sig):
     """SIGTERM to the whole process group, loader workers included: the trainer saves after its current step and
-    exits 0 without a final model; train.resume=auto then finishes the run."""
+    exits 0 without a final model; train.resume=auto then finishes the run. Ctrl-C (SIGINT) does the same and exits
+    130, without a traceback."""
     import signal
 
     out = tmp_path / "pre"
@@ -171,12 +177,13 @@ def test_preemption_signal_to_the_process_group_saves_a_checkpoint_and_resumes(e
         seen.append(line)
         if "'loss'" in line:
             break
-    os.killpg(proc.pid, signal.SIGTERM)
+    os.killpg(proc.pid, getattr(signal, sig))
     rest, _ = proc.communicate(timeout=600)
     log = "".join(seen) + rest
-    assert proc.returncode == 0, log[-3000:]
+    assert proc.returncode == (130 if sig == "SIGINT" else 0) and "Traceback" not in log, log[-3000:]
     ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    assert "pre-empted: saved" in log and ckpts and int(ckpts[-1].name.split("-")[1]) < 40
+    said = "interrupted: saved" if sig == "SIGINT" else "pre-empted: saved"
+    assert said in log and ckpts and int(ckpts[-1].name.split("-")[1]) < 40, log[-3000:]
     assert not (out / "final").exists()
     run(env, "finetune", out, f"model.init_from={aligned}", "train.max_steps=40", "train.save_steps=100",
         "data.num_workers=2")
@@ -201,10 +208,12 @@ def test_samples_dropped_in_training_are_counted_by_reason(env, tmp_path):
                                                           "<image>"}, {"from": "gpt", "value": "a red square"}]})
     (root / "d.json").write_text(json.dumps(records))
     out = tmp_path / "ft"
-    run(env, "finetune", out, f"model.vision={env[1]['genlip']}", f"model.llm={make_llm(tmp_path / 'llm')}",
-        "model.mode=resize", "model.image_size=32", "data.synth=null", f"data.path={root / 'd.json'}",
-        f"data.image_root={root}", "data.max_length=96", "data.num_workers=1", "train.max_steps=2",
-        "train.global_batch=8", "train.micro_batch=8")
+    # the test recipe generates its data (data.synth): a data.path given beside it is what trains, and it says so
+    p = run(env, "finetune", out, f"model.vision={env[1]['genlip']}", f"model.llm={make_llm(tmp_path / 'llm')}",
+            "model.mode=resize", "model.image_size=32", f"data.path={root / 'd.json'}",
+            f"data.image_root={root}", "data.max_length=96", "data.num_workers=1", "train.max_steps=2",
+            "train.global_batch=8", "train.micro_batch=8")
+    assert f"data: {root / 'd.json'} (the recipe's generated data.synth sets are not used)" in p.stdout
     assert json.loads((out / "final" / "skipped.json").read_text()) == {
         "records": {}, "training": {"corrupt_image": 1, "too_long": 1}}
     last = [r for r in json.loads((out / "final" / "log_history.json").read_text()) if "loss" in r][-1]
@@ -296,3 +305,103 @@ def test_chunked_lm_loss_enters_bf16_itself_outside_the_models_autocast():
         assert float(loss) == pytest.approx(float(ref), rel=tol)
     with pytest.raises(RuntimeError, match="needs num_items_in_batch"):
         chunked_lm_loss(llm, False)(out, labels)
+
+
+def test_a_finished_run_given_another_recipe_is_refused_naming_the_keys(env, aligned, finetuned):
+    """A finished run given again says so; given a recipe that trains something else it would pass the old model off
+    as the new one: one line naming each changed key, exit 2. Keys of how a run executes do not count."""
+    again = run(env, "pretrain", aligned.parent, f"model.vision={env[1]['genlip']}")  # llm=tiny, as it was saved
+    assert "already finished" in again.stdout, again.stderr[-2000:]
+    again = run(env, "finetune", finetuned.parent, f"model.init_from={aligned}", "train.logging_steps=3",
+                "train.save_steps=5", "data.num_workers=1")
+    assert "already finished" in again.stdout, again.stderr[-2000:]
+    before = sorted(p.name for p in finetuned.parent.iterdir())
+    p = run(env, "finetune", finetuned.parent, f"model.init_from={aligned}", "lr.vision_tower=2e-6",
+            "train.max_steps=8", check=False)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert lines[0].startswith(f"genlip-mllm: bad recipe: {finetuned} is a finished run of another recipe (")
+    assert "lr.vision_tower: 0.0 -> 2e-06" in lines[0] and "train.max_steps: 4 -> 8" in lines[0]
+    assert "train.resume=none" in lines[0] and "logging_steps" not in lines[0]
+    assert sorted(p.name for p in finetuned.parent.iterdir()) == before
+
+
+@pytest.mark.parametrize("case", ["missing", "run_dir", "with_vision"])
+def test_init_from_mistakes_are_one_line_before_anything_is_made(env, aligned, tmp_path, case):
+    init = {"missing": "/no/such/run/final", "run_dir": str(aligned.parent), "with_vision": str(aligned)}[case]
+    extra = [f"model.vision={env[1]['siglip']}"] if case == "with_vision" else []
+    p = subprocess.run([str(BIN / "genlip-mllm"), "finetune", "--recipe", str(RECIPES / "mllm_finetune.yaml"),
+                        f"model.init_from={init}", *extra, f"train.output_dir={tmp_path / 'out'}"],
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "GENLIP_HOME": str(tmp_path / "home")})
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    want = {"missing": f"model.init_from: {init}: no such directory (a previous stage's output_dir/final: run that "
+                       "stage first, e.g. `genlip-mllm pretrain`)",
+            "run_dir": f"model.init_from: {init}: not a saved MLLM (no genlip_mllm_image.json); did you mean "
+                       f"{aligned}?",
+            "with_vision": f"model.vision={env[1]['siglip']} would be ignored: the model, its tower and LLM included, "
+                           f"comes from model.init_from={init}; give one or the other"}[case]
+    assert lines[0] == f"genlip-mllm: bad recipe: {want}"
+    assert not (tmp_path / "home").exists() and not (tmp_path / "out").exists()
+
+
+AUTO = {k: "auto" for k in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")}
+
+
+@pytest.mark.parametrize("config, want", [
+    ('{"zero_optimization": {"stage": 2},', "not valid JSON ("),  # then json's own words, line and column
+    ("[1, 2]", "a DeepSpeed config is a JSON object, got list"),
+    (json.dumps({"zero_optimization": {"stage": 7}, **AUTO}), "zero_optimization.stage must be 0, 1, 2 or 3, got 7"),
+    (json.dumps({"zero_optimization": {"stage": "2"}, **AUTO}),
+     "zero_optimization.stage must be 0, 1, 2 or 3, got '2'"),
+    (json.dumps({"zero_optimization": {"stage": 2}, "zero_allow_untested_optimizer": True,
+                 "train_batch_size": "auto"}),
+     "set 'train_micro_batch_size_per_gpu', 'gradient_accumulation_steps' to \"auto\""),
+    (json.dumps({"zero_optimization": {"stage": 2}, "zero_allow_untested_optimizer": True, **AUTO,
+                 "optimizer": {"type": "AdamW"}}), "remove 'optimizer': the recipe's AdamW"),
+    (json.dumps({"zero_optimization": {"stage": 3}, **AUTO}), 'set "zero_allow_untested_optimizer": true'),
+])
+def test_own_deepspeed_configs_are_checked_when_the_recipe_loads(tmp_path, config, want):
+    """A DeepSpeed JSON of the user's own that the trainer cannot run is one line at load (exit code 2 through the
+    commands), not a traceback on every rank after the models are loaded."""
+    path = tmp_path / "ds.json"
+    path.write_text(config)
+    with pytest.raises(RecipeError, match=re.escape(f"train.deepspeed: {path}: {want}")):
+        load_recipe(None, [f"train.deepspeed={path}"], MllmRecipe)
+    ok = tmp_path / "ok.json"
+    ok.write_text(json.dumps({"zero_optimization": {"stage": 2}, "zero_allow_untested_optimizer": True, **AUTO}))
+    assert load_recipe(None, [f"train.deepspeed={ok}"], MllmRecipe).train.deepspeed == str(ok)
+
+
+@pytest.mark.parametrize("overrides, want", [
+    (["data.path=/no/such.json"], "data.path: /no/such.json: no such file (a LLaVA JSON or JSONL file)"),
+    (["data.synth=null"], "no data: set data.path (a LLaVA JSON or JSONL file) or data.synth"),
+    (["data.synth=null", "data.path={json}"], "model.llm=tiny is the small LLM made with the generated data's "
+                                              "tokenizer, which needs data.synth; point model.llm at an LLM "
+                                              "directory instead"),
+])
+def test_data_mistakes_are_one_line_before_anything_is_made(env, tmp_path, overrides, want):
+    (tmp_path / "d.json").write_text("[]")
+    p = subprocess.run([str(BIN / "genlip-mllm"), "pretrain", "--recipe", str(RECIPES / "mllm_pretrain.yaml"),
+                        f"model.vision={env[1]['genlip']}", *[o.format(json=tmp_path / "d.json") for o in overrides],
+                        f"train.output_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "GENLIP_HOME": str(tmp_path / "home")})
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert lines[0] == f"genlip-mllm: bad recipe: {want}"
+    assert not (tmp_path / "home").exists() and not (tmp_path / "out").exists()
+
+
+def test_training_again_sets_the_earlier_run_aside(env, aligned, finetuned, tmp_path):
+    """``train.resume=none`` where a finished run is: its checkpoints and final/ move to replaced-*/, so neither a
+    resume of the new run nor its rotation of checkpoints can take them for its own."""
+    out = tmp_path / "ft"
+    shutil.copytree(finetuned.parent, out)
+    old = sorted(p.name for p in out.iterdir())
+    p = run(env, "finetune", out, f"model.init_from={aligned}", "train.resume=none", "train.max_steps=2")
+    assert "starting over (train.resume=none): the earlier run's files moved to " in p.stdout, p.stdout[-2000:]
+    aside = [d for d in out.iterdir() if d.name.startswith("replaced-")]
+    assert len(aside) == 1 and sorted(q.name for q in aside[0].iterdir()) == old
+    assert sorted(d.name for d in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert len(losses(out / "final")) == 2 and len(losses(aside[0] / "final")) == 4
