@@ -1,16 +1,27 @@
-"""``genlip-data``: data utilities. ``genlip-data synth --out DIR --samples N`` writes the generated corpus."""
+"""genlip-data: the generated data, written where you want it.
+
+    genlip-data synth --out corpus --samples 4096          # WebDataset shards + a BPE tokenizer + corpus.json
+    genlip-pretrain data.sources.0.path='corpus/shards/*.tar' data.tokenizer=corpus/tokenizer
+    genlip-data synth-sft --out sft --samples 512          # LLaVA caption and instruction sets with their images
+
+Writing into a directory that holds an earlier corpus or SFT set replaces it (no stale shards are left to be read);
+a directory that holds anything else is refused.
+"""
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+from pathlib import Path
 
 from genlip.data.synth import write_corpus
 from genlip.data.synth_sft import write_sft
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="genlip-data")
+    parser = argparse.ArgumentParser(prog="genlip-data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("synth", help="write a generated image-caption corpus as WebDataset shards + a tokenizer")
     s.add_argument("--out", required=True, help="the corpus directory to write (shards, tokenizer, corpus.json)")
@@ -23,6 +34,19 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--samples", type=int, default=512, help="generated images (default: %(default)s)")
     t.add_argument("--seed", type=int, default=0, help="the generator's seed; same seed, same data")
     args = parser.parse_args(argv)
+    small = [f"--{k.replace('_', '-')} must be at least {lo}, got {getattr(args, k)}"
+             for k, lo in (("samples", 1), ("shard_size", 1), ("vocab", 300)) if getattr(args, k, lo) < lo]
+    if small:
+        print(f"genlip-data: {small[0]}", file=sys.stderr)
+        return 2
+    mine = "corpus.json" if args.cmd == "synth" else "sft.json"
+    out = Path(args.out)
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / mine).is_file():
+            print(f"genlip-data: {out} is not empty and holds no earlier {mine}: choose another --out",
+                  file=sys.stderr)
+            return 2
+        shutil.rmtree(out)  # an earlier output of this command: replaced whole
     if args.cmd == "synth":
         out = write_corpus(args.out, args.samples, seed=args.seed, shard_size=args.shard_size,
                            tokenizer_vocab=args.vocab)

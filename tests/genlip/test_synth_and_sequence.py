@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from genlip.data import cli as data_cli
 from genlip.data.decode import SkipSample
 from genlip.data.sequence import CaptionEncoder, collate_fixed
 from genlip.data.synth import synth_sample, write_corpus
@@ -76,3 +77,20 @@ def test_collate_pads_text_and_masks_labels():
     b = collate_fixed(ex, pad_id=0)
     assert b["input_ids"].shape == (2, 8) and b["attention_mask"].sum(1).tolist() == [3, 1]
     assert (b["labels"][1, 1:] == IGNORE_INDEX).all() and b["labels"][1, 0] == 4
+
+
+def test_the_synth_command_replaces_its_earlier_corpus_and_refuses_other_directories(tmp_path):
+    """A smaller corpus written over a bigger one leaves no stale shard for a ``shards/*.tar`` glob to read; a
+    directory holding something else is never written into; sizes below 1 are one line, exit 2."""
+    out = tmp_path / "c"
+    assert data_cli.main(["synth", "--out", str(out), "--samples", "12", "--shard-size", "4", "--vocab", "300"]) == 0
+    assert len(list((out / "shards").glob("*.tar"))) == 3
+    assert data_cli.main(["synth", "--out", str(out), "--samples", "4", "--shard-size", "4", "--vocab", "300"]) == 0
+    assert [p.name for p in (out / "shards").glob("*.tar")] == ["000000.tar"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert data_cli.main(["synth", "--out", str(tmp_path / "mine"), "--samples", "4"]) == 2
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    assert data_cli.main(["synth", "--out", str(tmp_path / "z"), "--samples", "0"]) == 2
+    assert data_cli.main(["synth-sft", "--out", str(tmp_path / "z"), "--samples", "0"]) == 2
+    assert not (tmp_path / "z").exists()
