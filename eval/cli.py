@@ -21,6 +21,7 @@ from eval.pipeline import run_pipeline
 from eval.report import load_cells, write_report
 from eval.run import EvalError, run_suite
 from eval.suites import SUITES
+from eval.sweep import __doc__ as sweep_doc
 from eval.sweep import sweep
 from eval.synth_bench import write_synth_benchmarks
 from genlip.run.config import RecipeError
@@ -43,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--force", action="store_true", help="run lmms-eval again even if --out already holds these scores")
     r.add_argument("--batch-size", type=int, default=1, help="questions answered together (left-padded; answers "
                    "equal batch size 1's; 16 or more on a GPU)")
-    sw = sub.add_parser("sweep", help="a grid of encoders x LLMs x protocols x suites (resumable)")
-    sw.add_argument("--grid", required=True, help="a grid YAML (see eval/sweep.py), checked before anything runs")
+    sw = sub.add_parser("sweep", help="a grid of encoders x LLMs x protocols x suites (resumable)",
+                        description=sweep_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sw.add_argument("--grid", required=True, help="a grid YAML (the format above), checked before anything runs")
     rp = sub.add_parser("report", help="tables, charts and pairwise comparisons of evaluated cells")
     rp.add_argument("results", nargs="+", help="directories written by `genlip-eval run` (or their scores.json)")
     rp.add_argument("--out", required=True, help="report directory (report.md, report.csv, charts)")
@@ -124,6 +126,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 2
     if args.batch_size < 1:
         print(f"genlip-eval: --batch-size must be at least 1, got {args.batch_size}", file=sys.stderr)
+        return 2
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        print(f"genlip-eval: --max-new-tokens must be at least 1, got {args.max_new_tokens}", file=sys.stderr)
+        return 2
+    if args.tasks_dir is not None and not Path(args.tasks_dir).is_dir():
+        print(f"genlip-eval: --tasks-dir {args.tasks_dir}: no such directory (write it with `genlip-eval "
+              "local-tasks`)", file=sys.stderr)
         return 2
     out = args.out or str(Path("results") / Path(args.model).resolve().parent.name / args.suite)
     try:

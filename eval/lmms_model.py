@@ -33,12 +33,15 @@ class Progress:
         self.every, self.stream = every, stream or sys.stderr
         self.start: dict[str, float] = {}
         self.last = 0.0
+        self.mark = time.monotonic()  # a benchmark's clock starts when the previous one finished (or at creation)
 
     def step(self, task: str) -> None:
         now = time.monotonic()
-        self.start.setdefault(task, now)
+        self.start.setdefault(task, self.mark)
         self.done[task] += 1
         finished = self.done[task] == self.total[task]
+        if finished:
+            self.mark = now
         if finished or now - self.last >= self.every:
             self.last = now
             n, total = self.done[task], self.total[task]

@@ -16,18 +16,23 @@ PER_SAMPLE = {"anls,none": "anls", "relaxed_overall,none": "relaxed_overall", "e
 
 
 def load_cells(paths: list[str | Path]) -> list[dict]:
-    """``scores.json`` files (or directories holding one) written by ``genlip-eval run``. A cell without a name
+    """``scores.json`` files (or directories holding one) written by ``genlip-eval run``, or a sweep's ``out``
+    directory (each of its evaluated cells and suites). A cell without a name
     (a sweep names its cells) is named by the shortest end of its directory path that no other cell shares
     (``A/synth`` and ``B/synth`` become ``A/synth`` and ``B/synth``, not ``synth`` twice); two cells with one name
     are an error, never a comparison of a cell with itself."""
     cells, dirs = [], []
-    for p in paths:
-        p = Path(p)
-        f = p / "scores.json" if p.is_dir() else p
-        if not f.exists():
-            raise FileNotFoundError(f"{p} holds no scores.json (run `genlip-eval run` first)")
-        cells.append(json.loads(f.read_text()))
-        dirs.append(f.resolve().parent)
+    for p in map(Path, paths):
+        if p.is_dir() and not (p / "scores.json").exists() and (swept := sorted(p.glob("cells/*/eval/*/scores.json"))):
+            files = swept  # a sweep's out directory: every evaluated cell and suite
+        else:
+            files = [p / "scores.json" if p.is_dir() else p]
+        for f in files:
+            if not f.exists():
+                raise FileNotFoundError(f"{p} holds no scores.json (run `genlip-eval run` first, or give a sweep's "
+                                        "out directory)")
+            cells.append(json.loads(f.read_text()))
+            dirs.append(f.resolve().parent)
     for cell, d in zip(cells, dirs):
         if "name" not in cell:
             others = [o for o in dirs if o != d]
@@ -35,8 +40,9 @@ def load_cells(paths: list[str | Path]) -> list[dict]:
             while n < len(d.parts) and any(o.parts[-n:] == d.parts[-n:] for o in others):
                 n += 1
             cell["name"] = "/".join(d.parts[-n:])
-    names = [c["name"] for c in cells]
-    dup = sorted({n for n in names if names.count(n) > 1})
+    # one cell may hold several suites (a sweep evaluates each cell on each of its suites), each suite once
+    keys = [(c["name"], c["suite"]) for c in cells]
+    dup = sorted({n for n, s in keys if keys.count((n, s)) > 1})
     if dup:
         raise ValueError(f"two or more cells are named {dup}: give each result directory once")
     return cells
@@ -138,7 +144,7 @@ def write_report(cells: list[dict], out: str | Path, compare_pair: tuple[str, st
         extra = [c for c in sub.columns if c not in cols + ["source", "cell", "suite"] and sub[c].notna().any()]
         md += [f"## {suite}", "", sub[["source", "cell", *cols, *extra]].to_markdown(index=False, floatfmt=".1f"), ""]
         ours = sub[sub["source"] == "ours"]
-        by_name = {c["name"]: c for c in cells}
+        by_name = {c["name"]: c for c in cells if c["suite"] == suite}
         md += [f"- {name}: " + (f"at most {by_name[name]['limit']} samples per task (`--limit`), not the full "
                                 "benchmarks" if by_name[name].get("limit") else "full benchmarks (no `--limit`)")
                for name in ours["cell"]] + [""]
@@ -163,13 +169,17 @@ def write_report(cells: list[dict], out: str | Path, compare_pair: tuple[str, st
         fig.savefig(out / f"{suite}.png", dpi=120)
         plt.close(fig)
     if compare_pair:
-        by = {c["name"]: c for c in cells}
-        missing = [n for n in compare_pair if n not in by]
+        names = {c["name"] for c in cells}
+        missing = [n for n in compare_pair if n not in names]
         if missing:
-            raise KeyError(f"no cell named {missing}; cells: {sorted(by)}")
+            raise KeyError(f"no cell named {missing}; cells: {sorted(names)}")
         if compare_pair[0] == compare_pair[1]:
             raise ValueError(f"--compare needs two different cells, got {compare_pair[0]!r} twice")
-        rows = compare(by[compare_pair[0]], by[compare_pair[1]])
+        a, b = ({c["suite"]: c for c in cells if c["name"] == n} for n in compare_pair)
+        shared = [s for s in a if s in b]
+        if not shared:
+            raise ValueError(f"{compare_pair[0]} and {compare_pair[1]} share no suite ({sorted(a)} vs {sorted(b)})")
+        rows = [{**({"suite": s} if len(shared) > 1 else {}), **r} for s in shared for r in compare(a[s], b[s])]
         cmp = pd.DataFrame(rows)
         cmp.to_csv(out / "compare.csv", index=False)
         if "significant" in cmp:

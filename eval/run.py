@@ -6,8 +6,10 @@ results file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -18,6 +20,8 @@ from eval.suites import SUITES, averages
 from eval.synth_bench import write_synth_benchmarks
 
 PROGRESS_PREFIX = "[genlip-eval]"  # lines the lmms-eval model prints for the user (eval.lmms_model.Progress)
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class EvalError(RuntimeError):
@@ -37,7 +41,7 @@ def _run_streaming(args: list[str], env: dict, cwd: Path, log: Path, timeout: fl
             for line in p.stdout:
                 fh.write(line)
                 if line.strip():
-                    last = line.strip().split("\r")[-1]
+                    last = ANSI.sub("", line.strip().split("\r")[-1])  # lmms-eval colours its log lines
                 if line.startswith(PROGRESS_PREFIX):
                     print(line.rstrip(), file=sys.stderr, flush=True)
         finally:
@@ -103,6 +107,8 @@ def run_suite(model_dir: str | Path, suite: str, out_dir: str | Path, limit: int
     work.mkdir(exist_ok=True)
     started = {p.name for p in (out / "raw").rglob("*_results.json")} if (out / "raw").exists() else set()
     returncode, last_line = _run_streaming(args, env, work, out / "lmms_eval.log", timeout)
+    with contextlib.suppress(OSError):  # kept only when lmms-eval left something there
+        work.rmdir()
     new = sorted(f for f in (out / "raw").rglob("*_results.json") if f.name[0].isdigit() and f.name not in started) \
         if (out / "raw").exists() else []
     if returncode != 0 or not new:

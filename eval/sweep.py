@@ -1,6 +1,11 @@
 """Sweeps: a grid of encoders x LLMs x protocols x suites. Each cell trains its MLLM (alignment, then instruction
 tuning) or reuses a finished one, then evaluates it; finished work is skipped on re-run, and a failed cell is
-reported without stopping the others. The report compares every finished cell.
+reported without stopping the others. The report compares every finished cell (`genlip-eval report OUT` again).
+
+Before anything runs, every cell's recipes, overrides, encoder and LLM are checked as genlip-mllm would check them,
+and a finished stage that the grid now describes differently (another encoder, learning rate, override) is refused:
+its result would pass for the new experiment's. Give such a grid another `out`, or delete the stage's directory.
+An evaluation runs again where the grid's `eval` limit or generation length differ from its saved scores'.
 
 Grid file (YAML)::
 
@@ -32,7 +37,10 @@ import yaml
 from eval.report import load_cells, write_report
 from eval.run import run_suite
 from eval.suites import SUITES
-from genlip.run.config import bounded, load_config, to_dict
+from genlip.run.config import RecipeError, bounded, load_config, load_recipe, to_dict
+from genlip.run.resources import ResourceNotFound, resolve
+from mllm.recipe import MllmRecipe
+from mllm.train import check_model_paths
 
 
 @dataclass
@@ -44,7 +52,7 @@ class EncoderEntry:
 @dataclass
 class ProtocolEntry:
     mode: Literal["resize", "anyres", "native"] = "resize"
-    lr_vision: float = 0.0  # 0 = the encoder frozen
+    lr_vision: float = bounded(0.0, ge=0)  # 0 = the encoder frozen
 
 
 @dataclass
@@ -55,8 +63,8 @@ class StageOverrides:
 
 @dataclass
 class EvalEntry:
-    limit: int | None = None
-    max_new_tokens: int | None = None
+    limit: int | None = bounded(None, ge=1)
+    max_new_tokens: int | None = bounded(None, ge=1)
     tasks_dir: str | None = None
     batch_size: int = bounded(1, ge=1)  # questions answered together (answers equal batch size 1's)
 
@@ -100,6 +108,80 @@ def cells(grid: dict) -> list[dict]:
     return out
 
 
+def _stage_overrides(cell: dict, grid: dict, root: Path) -> dict[str, list[str]]:
+    """The ``genlip-mllm`` overrides of each stage of ``cell``: the cell's own, then the grid's for that stage."""
+    d = root / "cells" / cell["name"]
+    # the encoder's own resolution unless the grid sets one (a recipe's value would not fit every tower)
+    pre = [f"model.vision={cell['vision']}", f"model.llm={cell['llm_path']}", f"model.mode={cell['mode']}",
+           f"train.output_dir={d / 'pretrain'}", f"model.image_size={cell['image_size'] or 'null'}"]
+    fin = [f"model.init_from={d / 'pretrain' / 'final'}", f"lr.vision_tower={cell['lr_vision']}",
+           f"train.output_dir={d / 'finetune'}"]
+    return {"pretrain": pre + list(grid["overrides"].get("pretrain", [])),
+            "finetune": fin + list(grid["overrides"].get("finetune", []))}
+
+
+def _settings(cell: dict, grid: dict) -> dict[str, dict]:
+    """What each training stage of ``cell`` trains: recorded with its output, compared when the grid is run again."""
+    pre = {"vision": cell["vision"], "image_size": cell["image_size"], "llm": cell["llm_path"], "mode": cell["mode"],
+           "recipe": grid["pretrain_recipe"], "overrides": list(grid["overrides"].get("pretrain", []))}
+    fin = {"pretrain": pre, "lr_vision": cell["lr_vision"], "recipe": grid["finetune_recipe"],
+           "overrides": list(grid["overrides"].get("finetune", []))}
+    return {"pretrain": pre, "finetune": fin}
+
+
+def _finished(d: Path, stage: str) -> bool:
+    return (d / stage / "final" / "genlip_mllm_image.json").exists()
+
+
+def _changed(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def check_grid(grid: dict, root: Path) -> None:
+    """Before any cell runs, a :class:`RecipeError` (one line, exit code 2) for: a stage recipe or override that
+    ``genlip-mllm`` would refuse (a name, key or value), an encoder or LLM it could not load (a path, a tower that
+    does not fit the protocol's mode or the image size), and a finished stage of a cell that the grid now describes
+    differently (its result would be reported as the new experiment's)."""
+    for cell in cells(grid):
+        ov = _stage_overrides(cell, grid, root)
+        where = f"cell {cell['name']}"
+        for stage in ("pretrain", "finetune"):
+            try:
+                recipe = load_recipe(resolve(grid[f"{stage}_recipe"], "mllm"), ov[stage], MllmRecipe)
+            except (RecipeError, ResourceNotFound) as e:
+                raise RecipeError(f"{where}, {stage}: {e}") from None
+            if recipe.stage != stage:
+                raise RecipeError(f"{where}: {stage}_recipe {grid[f'{stage}_recipe']!r} is a {recipe.stage} recipe")
+            if stage == "pretrain":
+                try:
+                    check_model_paths(recipe)
+                except RecipeError as e:
+                    raise RecipeError(f"{where}: {e}") from None
+        d = root / "cells" / cell["name"]
+        recorded = json.loads((d / "cell.json").read_text()) if (d / "cell.json").exists() else {}
+        now = _settings(cell, grid)
+        for stage in ("pretrain", "finetune"):
+            if _finished(d, stage) and stage in recorded and (diff := _changed(recorded[stage], now[stage])):
+                raise RecipeError(f"{where}: its finished {stage} stage was trained with other settings "
+                                  f"({'; '.join(diff)}); give the grid another `out`, or delete {d / stage} to "
+                                  "train it again")
+                # (the first changed stage is enough: a changed pretraining changes the finetuning too)
+
+
+def _record(d: Path, stage: str, settings: dict) -> None:
+    f = d / "cell.json"
+    recorded = json.loads(f.read_text()) if f.exists() else {}
+    recorded[stage] = settings[stage]
+    f.write_text(json.dumps(recorded, indent=1))
+
+
 def _mllm(stage: str, recipe: str, overrides: list[str]) -> None:
     cmd = [sys.executable, "-m", "mllm.cli", stage, "--recipe", recipe, *overrides]
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -110,25 +192,23 @@ def _mllm(stage: str, recipe: str, overrides: list[str]) -> None:
 
 def run_cell(cell: dict, grid: dict, root: Path) -> dict:
     d = root / "cells" / cell["name"]
-    pre, fin = d / "pretrain" / "final", d / "finetune" / "final"
+    d.mkdir(parents=True, exist_ok=True)
+    ov, settings = _stage_overrides(cell, grid, root), _settings(cell, grid)
     steps = []
-    if not (pre / "genlip_mllm_image.json").exists():
-        ov = [f"model.vision={cell['vision']}", f"model.llm={cell['llm_path']}", f"model.mode={cell['mode']}",
-              f"train.output_dir={d / 'pretrain'}"]
-        # the encoder's own resolution unless the grid sets one (a recipe's value would not fit every tower)
-        ov.append(f"model.image_size={cell['image_size'] if cell['image_size'] else 'null'}")
-        _mllm("pretrain", grid["pretrain_recipe"], ov + list(grid["overrides"].get("pretrain", [])))
-        steps.append("pretrain")
-    if not (fin / "genlip_mllm_image.json").exists():
-        ov = [f"model.init_from={pre}", f"lr.vision_tower={cell['lr_vision']}", f"train.output_dir={d / 'finetune'}"]
-        _mllm("finetune", grid["finetune_recipe"], ov + list(grid["overrides"].get("finetune", [])))
-        steps.append("finetune")
+    for stage in ("pretrain", "finetune"):
+        if not _finished(d, stage):
+            _mllm(stage, grid[f"{stage}_recipe"], ov[stage])
+            steps.append(stage)
+        _record(d, stage, settings)  # what the stage's output holds (check_grid compares it on the next run)
     scores = {}
     for suite in grid["suites"]:
         target = d / "eval" / suite
-        if not (target / "scores.json").exists():
-            run_suite(fin, suite, target, grid["eval"].get("limit"), grid["eval"].get("max_new_tokens"),
-                      tasks_dir=grid["eval"].get("tasks_dir"), batch_size=grid["eval"].get("batch_size", 1))
+        # lmms-eval runs again where the limit, generation length or model differ from the saved scores', and
+        # always after the model was (re)trained in this run
+        res = run_suite(d / "finetune" / "final", suite, target, grid["eval"].get("limit"),
+                        grid["eval"].get("max_new_tokens"), tasks_dir=grid["eval"].get("tasks_dir"),
+                        reuse="finetune" not in steps, batch_size=grid["eval"].get("batch_size", 1))
+        if not res.get("reused"):
             steps.append(f"eval:{suite}")
         res = json.loads((target / "scores.json").read_text())
         res["name"] = cell["name"]
@@ -141,6 +221,7 @@ def sweep(grid_path: str | Path) -> dict:
     """Run (or resume) the grid; writes ``out/status.json`` and ``out/report``; returns the status per cell."""
     grid = load_grid(grid_path)
     root = Path(grid["out"])
+    check_grid(grid, root)
     root.mkdir(parents=True, exist_ok=True)
     (root / "grid.resolved.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
     status = {}

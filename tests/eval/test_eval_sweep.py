@@ -1,8 +1,10 @@
 """A tiny sweep end to end through the CLI: 2 encoders x 1 LLM x 1 protocol x 1 suite, plus one broken encoder that
-fails alone; a re-run reuses every finished cell; the report compares the finished ones."""
+fails alone; a re-run reuses every finished cell; the report compares the finished ones. A grid with a mistake that
+the training command would refuse, or one that describes a finished cell differently, stops before anything runs."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +25,7 @@ def test_tiny_sweep_runs_resumes_and_reports(tmp_path):
         "out": str(tmp_path / "sweep"),
         "encoders": {"genlip": {"path": str(towers["genlip"]), "image_size": 32},
                      "siglip": {"path": str(towers["siglip"])},
-                     "broken": {"path": str(tmp_path / "no-such-tower")}},
+                     "missing": {"path": str(tmp_path / "no-such-tower")}},
         "llms": {"tiny": "tiny"},
         "protocols": {"frozen": {"mode": "resize", "lr_vision": 0.0}},
         "suites": ["synth"],
@@ -35,6 +37,17 @@ def test_tiny_sweep_runs_resumes_and_reports(tmp_path):
     env = {**os.environ, "GENLIP_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "eval.cli", "sweep", "--grid", str(gf)]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500, cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        f"genlip-eval: cell missing__tiny__frozen: model.vision: {tmp_path / 'no-such-tower'}: no such directory"], \
+        p.stderr[-3000:]
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "home").exists(), "checked before anything runs"
+    # a tower whose config loads but whose weights do not: found only when its cell trains, and that cell alone fails
+    shutil.copytree(towers["siglip"], tmp_path / "broken")
+    (tmp_path / "broken" / "model.safetensors").write_bytes(b"not safetensors")
+    grid["encoders"] = {**grid["encoders"], "broken": {"path": str(tmp_path / "broken")}}
+    del grid["encoders"]["missing"]
+    gf.write_text(yaml.safe_dump(grid))
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500, cwd=tmp_path)
     assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-3000:]  # one cell failed, and says so
     status = json.loads((tmp_path / "sweep" / "status.json").read_text())
@@ -56,6 +69,28 @@ def test_tiny_sweep_runs_resumes_and_reports(tmp_path):
     status2 = json.loads((tmp_path / "sweep" / "status.json").read_text())
     assert status2["genlip__tiny__frozen"]["ran"] == [] and status2["siglip__tiny__frozen"]["ran"] == []
     # nothing finished was trained or evaluated again: every checkpoint and sample log is the same file, untouched
+    assert _finished_outputs(tmp_path / "sweep", done) == before
+    assert not list((tmp_path / "sweep" / "cells").glob("*/eval/*/cwd")), "no empty lmms-eval working directories"
+
+    # the same cells described differently: refused, naming what changed, before anything runs or is rewritten
+    resolved = (tmp_path / "sweep" / "grid.resolved.yaml").read_text()
+    for change, words in [
+        ({"protocols": {"frozen": {"mode": "resize", "lr_vision": 2.0e-6}}}, "its finished finetune stage was "
+         "trained with other settings (lr_vision: 0.0 -> 2e-06)"),
+        ({"overrides": {"pretrain": [*small, "train.seed=1"], "finetune": small}}, "its finished pretrain stage "
+         "was trained with other settings (overrides: [" + ", ".join(repr(o) for o in small) + "] -> ["),
+        ({"encoders": {"genlip": {"path": str(towers["clip"]), "image_size": 32}}}, "(vision: "),
+        ({"overrides": {"pretrain": small, "finetune": [*small, "train.max_stesp=2"]}},
+         "finetune: unknown key 'train.max_stesp'; did you mean train.max_steps?"),
+        ({"pretrain_recipe": "pretrain_tiny_cpuu"}, "pretrain: "),
+    ]:
+        gf.write_text(yaml.safe_dump({**grid, **change}))
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and words in lines[0] and "Traceback" not in p.stderr, \
+            (change, p.stderr[-3000:])
+        assert lines[0].startswith("genlip-eval: cell "), lines[0]
+    assert (tmp_path / "sweep" / "grid.resolved.yaml").read_text() == resolved
     assert _finished_outputs(tmp_path / "sweep", done) == before
 
 

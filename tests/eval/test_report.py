@@ -83,11 +83,16 @@ def test_the_command_says_so_in_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("args,words", [(["--model", "{tmp}/none"], "is not an MLLM directory"),
-                                        (["--model", "{tmp}/m", "--limit", "0"], "--limit must be at least 1")])
+                                        (["--model", "{tmp}/m", "--limit", "0"], "--limit must be at least 1"),
+                                        (["--model", "{tmp}/m", "--max-new-tokens", "-1"],
+                                         "--max-new-tokens must be at least 1, got -1"),
+                                        (["--model", "{tmp}/m", "--tasks-dir", "{tmp}/nope"],
+                                         "--tasks-dir {tmp}/nope: no such directory")])
 def test_run_refuses_a_wrong_model_or_limit_before_starting_lmms_eval(tmp_path, args, words):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "genlip_mllm_image.json").write_text("{}")
     p = subprocess.run([str(BIN / "genlip-eval"), "run", *[a.format(tmp=tmp_path) for a in args]], cwd=tmp_path,
                        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    words = words.format(tmp=tmp_path)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and words in p.stderr, p.stderr
     assert not (tmp_path / "results").exists()
