@@ -96,3 +96,29 @@ def test_run_refuses_a_wrong_model_or_limit_before_starting_lmms_eval(tmp_path, 
     words = words.format(tmp=tmp_path)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and words in p.stderr, p.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_a_sweep_directory_with_two_suites_per_cell_reports_and_compares(tmp_path):
+    """A sweep evaluates each cell on each of its suites: ``genlip-eval report OUT`` takes the sweep's directory,
+    one cell name may appear once per suite, and --compare compares the two cells on every suite they share."""
+    sw = tmp_path / "sweep"
+    for name, chart in (("a", 14), ("b", 10)):
+        _cell(sw / "cells" / name / "eval" / "synth", chart, name=name)
+        d = sw / "cells" / name / "eval" / "paper14"
+        d.mkdir(parents=True)
+        bench = {b.name: 40.0 + chart for b in SUITES["paper14"]}
+        (d / "scores.json").write_text(json.dumps({"suite": "paper14", "benchmarks": bench, "name": name,
+                                                   "averages": averages(SUITES["paper14"], bench),
+                                                   "samples_dir": str(d)}))
+    cells = load_cells([sw])
+    assert sorted((c["name"], c["suite"]) for c in cells) == [("a", "paper14"), ("a", "synth"), ("b", "paper14"),
+                                                              ("b", "synth")]
+    p = subprocess.run([str(BIN / "genlip-eval"), "report", str(sw), "--out", str(tmp_path / "r"), "--compare", "a",
+                        "b"], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = list(csv.DictReader((tmp_path / "r" / "compare.csv").read_text().splitlines()))
+    assert {r["suite"] for r in rows} == {"synth", "paper14"}
+    diff = {(r["suite"], r["benchmark"]): float(r["diff"]) for r in rows}
+    assert diff[("synth", "SynthChart")] == pytest.approx(20.0) and diff[("paper14", "ChartQA")] == pytest.approx(4.0)
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## synth" in md and "## paper14" in md
