@@ -26,7 +26,7 @@ import mllm  # noqa: F401  (registers the native variant)
 from mllm.image_modes import default_pinpoints, resize_num_tokens
 from mllm.native import NativeLlavaConfig, NativeLlavaForConditionalGeneration
 from mllm.processing import CHAT_TEMPLATE, IMAGE_PLACEHOLDER, ImageSpec, make_image_processor
-from mllm.towers import check_tower_use, load_tower
+from mllm.towers import check_tower_use, load_tower, local_only
 
 log = logging.getLogger(__name__)
 MODES = ("resize", "anyres", "native")
@@ -54,9 +54,9 @@ def build_mllm(vision_path: str, llm_path: str, mode: str = "resize", image_size
                      min_tokens=min_tokens, max_tokens=max_tokens)
     if info.kind == "genlip":
         tower.config.image_size = size  # the tile / square size LLaVA(-NeXT) will feed it
-    tokenizer = AutoTokenizer.from_pretrained(llm_path)
+    tokenizer = AutoTokenizer.from_pretrained(llm_path, local_files_only=local_only())
     img_id = image_token_id(tokenizer)
-    llm = AutoModelForCausalLM.from_pretrained(llm_path, dtype=dtype)
+    llm = AutoModelForCausalLM.from_pretrained(llm_path, dtype=dtype, local_files_only=local_only())
     common = dict(vision_config=tower.config, text_config=llm.config, image_token_id=img_id,
                   vision_feature_layer=feature_layer, projector_hidden_act="gelu", multimodal_projector_bias=True,
                   vision_feature_select_strategy="default" if info.has_cls else "full")

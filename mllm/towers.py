@@ -8,12 +8,14 @@ penultimate layer.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
 
 import torch
 from transformers import AutoConfig, AutoModel, PretrainedConfig
+from transformers.utils import logging as hf_logging
 
 from genlip.modeling import GenLIPVisionModel
 
@@ -26,6 +28,8 @@ _KINDS = {
     "clip_vision_model": "clip",
 }
 NATIVE_KINDS = ("genlip", "siglip2")  # can take images at their own aspect ratio
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,6 +96,12 @@ def looks_like_path(name: str) -> bool:
     return first != name and os.path.isdir(first)
 
 
+def local_only() -> bool:
+    """Hugging Face Hub ids are read from the local Hugging Face cache only (no network access unless asked for),
+    unless ``HF_HUB_OFFLINE=0`` is set: then what the cache lacks is downloaded. Local directories never need it."""
+    return os.environ.get("HF_HUB_OFFLINE") != "0"
+
+
 def load_vision_config(path: str) -> PretrainedConfig:
     """The vision config of a checkpoint directory (or Hub id). A path that is not a directory, or anything
     transformers cannot load a config from, is a one-line :class:`FileNotFoundError`."""
@@ -101,8 +111,11 @@ def load_vision_config(path: str) -> PretrainedConfig:
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise FileNotFoundError(f"{path}: not a model directory (no config.json)")
     try:
-        return vision_config_of(AutoConfig.from_pretrained(path))
-    except OSError as e:  # a name that is no local directory and that the Hub does not give (offline, say)
+        return vision_config_of(AutoConfig.from_pretrained(path, local_files_only=local_only()))
+    except OSError as e:  # a name that is no local directory and that the cache (or the Hub) does not give
+        if local_only():
+            raise FileNotFoundError(f"{path}: no such directory, nor a model in the local Hugging Face cache "
+                                    "(HF_HUB_OFFLINE=0 lets a Hub id be downloaded)") from e
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FileNotFoundError(f"{path}: neither a local directory nor a model the Hugging Face Hub gives ({why})") \
             from e
@@ -113,10 +126,21 @@ def load_tower(path: str, dtype: torch.dtype = torch.float32):
     path = os.path.expanduser(path)
     vcfg = load_vision_config(path)
     info = tower_info(vcfg)
-    model = AutoModel.from_pretrained(path, config=vcfg, dtype=dtype) if info.kind != "genlip" else None
     if info.kind == "genlip":
-        model = GenLIPVisionModel.from_pretrained(path, dtype=dtype)
-    elif not _is_vision_model(model):
+        return GenLIPVisionModel.from_pretrained(path, dtype=dtype, local_files_only=local_only()), info
+    top = AutoConfig.from_pretrained(path, local_files_only=local_only())
+    quiet = top.model_type != vcfg.model_type  # an image-text checkpoint: its text tower's weights are left out
+    verbosity = hf_logging.get_verbosity()
+    if quiet:  # transformers would list every text-tower weight as unexpected
+        hf_logging.set_verbosity_error()
+    try:
+        model = AutoModel.from_pretrained(path, config=vcfg, dtype=dtype, local_files_only=local_only())
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if quiet:
+        log.info("%s: the vision tower of a %s image-text checkpoint (its text tower is not loaded)", path,
+                 top.model_type)
+    if not _is_vision_model(model):
         raise ValueError(f"{path}: expected a vision model, got {type(model).__name__}")
     return model, info
 

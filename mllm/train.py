@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import PartialState
-from transformers import AutoModelForImageTextToText, Trainer, TrainerCallback, TrainingArguments
+from transformers import AutoConfig, AutoModelForImageTextToText, Trainer, TrainerCallback, TrainingArguments
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -37,7 +37,7 @@ from mllm.image_modes import default_pinpoints
 from mllm.processing import ConversationEncoder, make_image_processor
 from mllm.recipe import MllmRecipe
 from mllm.tiny import make_tiny_llm
-from mllm.towers import check_tower_use, load_vision_config, looks_like_path
+from mllm.towers import check_tower_use, load_vision_config, local_only, looks_like_path
 
 log = logging.getLogger(__name__)
 # recipe keys that change how a run executes, not what it trains (tested to give the same weights, or bookkeeping):
@@ -121,8 +121,14 @@ def _check_llm(name: str) -> None:
     path = os.path.expanduser(name)
     if looks_like_path(path) and not os.path.isdir(path):
         raise RecipeError(f"model.llm: {name}: no such directory")
-    if not os.path.isdir(path):
-        return  # a Hub id: transformers says what it cannot find
+    if not os.path.isdir(path):  # a Hub id: from the local cache (or the Hub, with HF_HUB_OFFLINE=0)
+        try:
+            AutoConfig.from_pretrained(path, local_files_only=local_only())
+        except OSError:
+            where = "in the local Hugging Face cache (HF_HUB_OFFLINE=0 lets a Hub id be downloaded)" \
+                if local_only() else "on the Hugging Face Hub"
+            raise RecipeError(f"model.llm: {name}: no such directory, nor a model {where}") from None
+        return
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise RecipeError(f"model.llm: {name}: not a model directory (no config.json)")
     model_type = json.loads(Path(path, "config.json").read_text()).get("model_type")

@@ -194,6 +194,14 @@ def test_towers_and_llms_that_do_not_fit_the_recipe_are_recipe_errors_naming_the
     (llm / "tokenizer_config.json").unlink()
     with pytest.raises(RecipeError, match="no tokenizer files"):
         check_model_paths(_recipe(vision=str(towers["genlip"]), llm=str(llm)))
+    # a Hub id is read from the local cache only unless HF_HUB_OFFLINE=0 asks for downloads: no network by default
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for key, model in (("vision", dict(vision="someone/no-such-model", llm=str(llm))),
+                       ("llm", dict(vision=str(towers["genlip"]), llm="someone/no-such-llm"))):
+        with pytest.raises(RecipeError, match=re.escape(f"model.{key}: someone/no-such-") + ".*local Hugging Face "
+                           "cache \\(HF_HUB_OFFLINE=0 lets a Hub id be downloaded\\)"):
+            check_model_paths(_recipe(**model))
     # a misspelt relative path next to the folder it names is a path, not a Hub id to try (and wait for)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(RecipeError, match=re.escape("model.vision: llm/typo: no such directory")):
