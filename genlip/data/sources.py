@@ -314,6 +314,12 @@ class SourceStream:
         # ``units``: the source's files, expanded once by the caller (a paper-scale pattern names ~100K shards; a
         # stream per worker and one per record replayed on resume would otherwise each glob/stat them again)
         self.units = list(units) if units is not None else expand_paths(spec.path)
+        self.last_problem: tuple[str, str] | None = None  # for the error when nothing at all can be read
+
+        def noted(reason: str, where: str) -> None:
+            self.last_problem = (reason, where)
+            on_error(reason, where)
+        self.on_error = noted
         split = spec.split
         if split == "auto":
             split = "shard" if len(self.units) >= n_streams else "sample"
@@ -363,5 +369,9 @@ class SourceStream:
             self.unit_pos = 0
             empty_epochs = 0 if produced else empty_epochs + 1
             if empty_epochs >= 2:
-                raise DataError(f"source {self.spec.name!r} yields no records for stream {self.stream} "
-                                f"of {self.n_streams} (units: {len(self.units)})")
+                names = ", ".join(os.path.basename(u) for u in units[:3]) + (", ..." if len(units) > 3 else "")
+                why = (f"; the last problem: {self.last_problem[0]} ({self.last_problem[1]})" if self.last_problem
+                       else f" (are they {self.spec.type} files?)")
+                raise DataError(f"source {self.spec.name!r} yields no records for stream {self.stream} of "
+                                f"{self.n_streams}: its {len(units)} of {len(self.units)} files ({names}) gave none"
+                                f"{why}")

@@ -378,3 +378,11 @@ def test_stream_expands_its_file_patterns_once(tmp_path, monkeypatch):
     assert calls == []
     with pytest.raises(ValueError, match="2 file lists for 1 sources"):
         PretrainStream(specs, HoldOneBuilder(), batch_size=3, units=[[pattern], [pattern]])
+
+
+def test_a_source_that_gives_nothing_names_its_files_and_the_last_problem(tmp_path):
+    (tmp_path / "a.tar").write_text("a text file, not a tar archive\n")
+    st = SourceStream(SourceSpec(path=str(tmp_path / "*.tar"), name="mine"), 0, 1, seed=0, on_error=lambda *a: None)
+    with pytest.raises(DataError, match=r"source 'mine' yields no records for stream 0 of 1: its 1 of 1 files "
+                                        r"\(a\.tar\) gave none; the last problem: truncated_shard \("):
+        next(iter(st))
