@@ -118,12 +118,6 @@ class _Preempt:
                 print("\ninterrupted: finishing this step and saving it (Ctrl-C again stops at once, unsaved)",
                       file=sys.stderr, flush=True)
 
-    def agreed(self) -> bool:
-        """Whether any rank was signalled: every rank stops after the same step (a collective with several)."""
-        if D.world()[2] == 1:
-            return self.flag
-        return bool(D.all_reduce_sum(torch.tensor(float(self.flag))).item())
-
 
 @dataclass
 class Run:
@@ -175,12 +169,13 @@ def train(recipe: Recipe) -> Path:
     preempt = _Preempt()
     t = recipe.train
     step = last_saved = run.state["step"]
-    loss, tic, stopped = float("nan"), time.time(), False
+    one = D.world()[2] == 1
+    loss, tic, stopped = float("nan"), time.time(), one and preempt.flag
     run.wrapped.train()
     try:
-        while step < t.steps and not (stopped := preempt.agreed()):
+        while step < t.steps and not stopped:
             micro = run.next_step_batches()
-            loss, grad_norm, n_global = train_step(run, micro, step + 1)
+            loss, grad_norm, n_global, stop_any = train_step(run, micro, step + 1, stop=preempt.flag)
             step += 1
             _count_progress(run, micro)
             if step % recipe.log.every == 0 or step == t.steps:
@@ -189,6 +184,9 @@ def train(recipe: Recipe) -> Path:
             if step % recipe.checkpoint.every == 0 or step == t.steps:
                 save_checkpoint(run, step)
                 last_saved = step
+            # the ranks learn of a signal through the next step's all-reduce, so all stop after the same step; one
+            # process stops right after the step it was signalled in
+            stopped = stop_any or (one and preempt.flag)
         if stopped and last_saved != step:  # every rank (the save is collective)
             save_checkpoint(run, step)
             last_saved = step
@@ -290,16 +288,18 @@ def compile_model(model, mode: str = "default", scope: str = "blocks", dynamic: 
         part.compile(dynamic=dynamic, mode=mode)
 
 
-def train_step(run: Run, micro: list[dict], step: int) -> tuple[float, float, int]:
+def train_step(run: Run, micro: list[dict], step: int, stop: bool = False) -> tuple[float, float, int, bool]:
     """One optimizer step (``step`` counts from 1) over the micro-batches: returns the loss, the gradient norm
-    before clipping and the global number of supervised tokens. A non-finite loss or gradient skips the update
-    (counted, with ``train.skip_nonfinite``) or raises :class:`NonFiniteError`."""
+    before clipping, the global number of supervised tokens and whether any rank asked to ``stop`` (a signal: it
+    rides on the all-reduce of the token count, so agreeing costs no collective of its own). A non-finite loss or
+    gradient skips the update (counted, with ``train.skip_nonfinite``) or raises :class:`NonFiniteError`."""
     recipe, wrapped, ws = run.recipe, run.wrapped, D.world()[2]
     if recipe.model.objective == "sigmoid":  # the loss is normalised per sample (row of the pair matrix)
         n_local = sum(int(m["input_ids"].shape[0]) for m in micro)
     else:
         n_local = sum(count_supervised(m["labels"], m.get("sample_ids")) for m in micro)
-    n_global = int(D.all_reduce_sum(torch.tensor(n_local, dtype=torch.float64)).item())
+    n_global, stop_any = D.all_reduce_sum(torch.tensor([n_local, float(stop)], dtype=torch.float64)).tolist()
+    n_global, stop_any = int(n_global), stop_any > 0
     # the loss stays on the device until the step's end: one read-back per step, not a wait for every
     # micro-batch's backward before the next one's copy and forward can be queued
     loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
@@ -328,7 +328,7 @@ def train_step(run: Run, micro: list[dict], step: int) -> tuple[float, float, in
     else:
         _nonfinite(run, step, loss, grad_norm)
     run.optimizer.zero_grad(set_to_none=True)
-    return loss, grad_norm, n_global
+    return loss, grad_norm, n_global, stop_any
 
 
 def _nonfinite(run: Run, step: int, loss: float, grad_norm: float) -> None:

@@ -111,5 +111,6 @@ def test_cuda_graph_modes_mark_each_micro_batch_as_a_new_run(monkeypatch, mode, 
     for _ in range(2):
         ids = torch.randint(0, 64, (2, 7), generator=g)
         micro.append({"input_ids": ids, "pixel_values": torch.randn(2, 3, 16, 16, generator=g), "labels": ids})
-    loss, grad_norm, n = train_step(run, micro, 1)
+    loss, grad_norm, n, stop = train_step(run, micro, 1)
+    assert stop is False
     assert len(seen) == marks and n == 28 and loss > 0 and grad_norm > 0

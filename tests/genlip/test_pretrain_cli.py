@@ -348,3 +348,47 @@ def test_starting_over_sets_the_earlier_run_aside(home, reference_run, tmp_path)
     assert sorted(_losses(run_dir)) == [1, 2, 3]
     again = _run(home, run_dir, "train.steps=3", "checkpoint.every=1")
     assert f"reached step 3; final weights: {run_dir}/checkpoints/step_00000003" in again.stdout, again.stdout
+
+
+def _rank_pid(launcher_pid: int, rank: int) -> int | None:
+    """The pid of a torchrun child process with ``RANK=rank`` (Linux /proc)."""
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (d / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == launcher_pid and f"RANK={rank}".encode() in env:
+            return int(d.name)
+    return None
+
+
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(home, tmp_path):
+    """SIGUSR1 to rank 1 only (a node's share of a pre-emption arriving first): rank 0 learns of it through the
+    step's own all-reduce, both save the same step together and exit 0, and the run resumes to its end. Without the
+    agreement rank 1 would wait in the checkpoint's collective while rank 0 waits in the next step's."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(29500 + os.getpid() % 1000), "-m", "genlip.train.cli", "--recipe", RECIPE, f"train.output_dir={out}",
+           "checkpoint.every=100", "train.steps=40"]
+    proc = subprocess.Popen(cmd, env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not ((out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be signalled"
+        time.sleep(0.02)
+    pid = _rank_pid(proc.pid, 1)
+    assert pid is not None
+    os.kill(pid, signal.SIGUSR1)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("the ranks did not stop together") from None
+    assert proc.returncode == 0, stderr[-3000:]
+    saved = C.list_checkpoints(out)
+    assert len(saved) == 1 and "pre-empted: saved step" in stdout and int(saved[0].name[5:]) < 40, stdout[-2000:]
+    _run(home, out, "checkpoint.every=100", "train.steps=40", torchrun=2)
+    assert sorted(_losses(out))[-1] == 40

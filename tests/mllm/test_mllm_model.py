@@ -142,8 +142,8 @@ def test_saved_model_reloads_and_generates_the_same_tokens(ckpts, tower, mode, t
 
 
 def test_a_tower_that_is_not_there_is_one_line(ckpts, tmp_path):
-    """A path-like ``model.vision`` that does not exist never reaches the Hub; a ``owner/name`` Hub id still goes to
-    transformers, and if it cannot be had either, that too is one line."""
+    """A path-like ``model.vision`` that does not exist never reaches the Hub; an ``owner/name`` Hub id is looked up
+    in the local Hugging Face cache, and if it is not there either, that too is one line."""
     from mllm.towers import load_vision_config, looks_like_path
 
     assert all(looks_like_path(p) for p in ("/no/such", "./x", "../x", "~/x", "runs/a/b", "runs/a/"))
@@ -152,7 +152,8 @@ def test_a_tower_that_is_not_there_is_one_line(ckpts, tmp_path):
     assert load_vision_config(str(towers["siglip"])).model_type == "siglip_vision_model"
     with pytest.raises(FileNotFoundError, match=r"^/no/such/dir: no such directory$"):
         load_vision_config("/no/such/dir")
-    with pytest.raises(FileNotFoundError, match="^no-such-owner/no-such-tower: neither a local directory") as e:
+    with pytest.raises(FileNotFoundError, match="^no-such-owner/no-such-tower: no such directory, nor a model in the "
+                                                "local Hugging Face cache") as e:
         load_vision_config("no-such-owner/no-such-tower")  # offline in tests (conftest): not in the cache
     assert "\n" not in str(e.value)
     (tmp_path / "empty").mkdir()
