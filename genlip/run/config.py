@@ -173,10 +173,26 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     return where + str(getattr(e, "problem", None) or e).splitlines()[0]
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML would keep the last one silently: a
+    second ``lr:`` further down a recipe would quietly win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_mapping(path: str | Path) -> dict:
-    """A YAML file that must hold a mapping (``yaml.safe_load``); a missing file or broken YAML is one line."""
+    """A YAML file that must hold a mapping (safe loading; a key given twice is an error); a missing file or broken
+    YAML is one line."""
     try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
+        values = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader) or {}  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
     except OSError as e:

@@ -206,3 +206,18 @@ def test_overrides_may_follow_options():
                  "lr.projector=0.5"]):
         out = subprocess.run([str(BIN / cmd[0]), *cmd[1:]], capture_output=True, text=True, check=True).stdout
         assert ("steps: 3" in out or "max_steps: 3" in out) and ("lr: 0.5" in out or "projector: 0.5" in out), out
+
+
+def test_a_key_given_twice_in_a_file_is_an_error_not_a_silent_last_one(tmp_path):
+    """YAML keeps the last of two equal keys: a second ``lr:`` lower in a recipe, or a grid's encoder given twice
+    with two paths, would quietly decide the experiment."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("base: stage1_tiny_cpu\noptim:\n  lr: 1.0e-3\n  warmup_ratio: 0.1\n  lr: 5.0e-3\n")
+    with pytest.raises(RecipeError, match=r"r.yaml: not valid YAML \(line 5, column 3: the key 'lr' is given twice\)"):
+        load_recipe(recipe, [])
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump(GRID) + "encoders:\n  other: /x\n")
+    with pytest.raises(RecipeError, match="the key 'encoders' is given twice"):
+        load_grid(grid)
+    recipe.write_text("base: stage1_tiny_cpu\noptim:\n  lr: 1.0e-3\n")
+    assert load_recipe(recipe, []).optim.lr == 1.0e-3
