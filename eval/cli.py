@@ -91,9 +91,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         tasks = args.tasks.split(",") if args.tasks else [b.task for s in args.suite for b in SUITES[s]]
         try:
             m = write_local_tasks(args.exports, args.out, tasks)
-        except FileNotFoundError as e:
+        except FileNotFoundError as e:  # --exports is not there: the input's mistake
             print(f"genlip-eval: {e}", file=sys.stderr)
-            return 1
+            return 2
         for t, local in m["tasks"].items():
             print(f"  {t:24s} -> {local}  ({m['sources'][t]['format'] if t in m['sources'] else 'group'})")
         for t, why in m["missing"].items():

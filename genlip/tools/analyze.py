@@ -39,7 +39,7 @@ def cmd_sink(args) -> int:
     if not pils:
         print(f"genlip-analyze: no readable images in {args.images} (skipped: {dict(stats.skipped)})",
               file=sys.stderr)
-        return 1
+        return 2
     results, taken = {}, set()
     for path in args.model:
         model, tok, src = load_captioner(path, device)
@@ -67,7 +67,7 @@ def cmd_readout(args) -> int:
         pil = decode_image(Path(args.image).read_bytes())
     except (OSError, SkipSample) as e:
         print(f"genlip-analyze: cannot read {args.image}: {e}", file=sys.stderr)
-        return 1
+        return 2
     x = image_input(pil, model.config, args.size)
     res = readout(model, tok, x, args.top_k, args.region)
     res |= {"image": str(args.image), "checkpoint": str(src)}
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return probe_from_args(args)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"genlip-analyze: {e}", file=sys.stderr)
-        return 1
+        return 2
 
 
 if __name__ == "__main__":

@@ -75,13 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.batch_size < 1 or args.max_new_tokens < 1:
         ap.error("--batch-size and --max-new-tokens must be positive")
+    if args.sample and args.temperature <= 0:
+        ap.error(f"--temperature must be above 0 with --sample, got {args.temperature}")
     device = pick_device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    try:
+    try:  # what the user gave that cannot be used: one line, exit code 2 (as every command's input mistakes)
         model, tok, src = load_captioner(args.model, device, dtype)
     except (FileNotFoundError, OSError) as e:
         print(f"genlip-caption: {e}", file=sys.stderr)
-        return 1
+        return 2
+    P = model.config.patch_size
+    if args.size is not None and (args.size < P or args.size % P):
+        print(f"genlip-caption: --size {args.size} is not a positive multiple of the model's patch size {P}",
+              file=sys.stderr)
+        return 2
     stats = SkipStats()
     if args.out != "-":
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             n += 1
     except FileNotFoundError as e:
         print(f"genlip-caption: {e}", file=sys.stderr)
-        return 1
+        return 2
     finally:
         if out is not sys.stdout:
             out.close()

@@ -34,9 +34,12 @@ def main(argv: list[str] | None = None) -> int:
             out = export_hf(args.model, args.out, args.image_size)
         else:
             out = export_timm(args.model, args.out)
-    except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
+    except ImportError as e:  # an optional package (timm) missing: not the input's fault
         print(f"genlip-export: {e}", file=sys.stderr)
         return 1
+    except (FileNotFoundError, ValueError, KeyError) as e:  # a model or option that cannot be exported
+        print(f"genlip-export: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {out}")
     return 0
 

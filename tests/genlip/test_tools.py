@@ -76,9 +76,11 @@ def test_caption_cli_files_folders_shards_and_skips(ckpt, tmp_path, capsys):
                              "--temperature", "5", "--seed", str(seed), "--max-new-tokens", "8"]) == 0
         outs.append([r["caption"] for r in _records(o)])
     assert outs[0] == outs[1] and outs[0] != CAPTIONS
-    # errors: a missing input or a missing model is an error, not an empty file
-    assert caption_main(["--model", str(d), str(tmp_path / "nope.png")]) == 1
-    assert caption_main(["--model", str(tmp_path / "nomodel"), str(imgs)]) == 1
+    # errors: a missing input or a missing model is an error (exit code 2), not an empty file; so is a size the
+    # model's patches do not divide
+    assert caption_main(["--model", str(d), str(tmp_path / "nope.png")]) == 2
+    assert caption_main(["--model", str(tmp_path / "nomodel"), str(imgs)]) == 2
+    assert caption_main(["--model", str(d), str(imgs), "--size", str(SIZE + 1)]) == 2
 
 
 def test_readout_matches_direct_lm_head(ckpt, tmp_path):
@@ -207,7 +209,7 @@ def test_hf_export_is_standalone_and_identical(ckpt, tmp_path):
     sd = {k: v for k, v in load_file(str(d / "model.safetensors")).items() if "blocks.0.attn.k_proj" not in k}
     save_file(sd, str(broken / "model.safetensors"))
     (broken / "config.json").write_text((d / "config.json").read_text())
-    assert export_main(["hf", "--model", str(broken), "--out", str(tmp_path / "hf2")]) == 1
+    assert export_main(["hf", "--model", str(broken), "--out", str(tmp_path / "hf2")]) == 2
 
 
 def test_probe_and_timm_through_the_clis(ckpt, tmp_path):
