@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--recipe", default=DEFAULTS[stage],
                        help=recipe_help("mllm"))
         s.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
+        s.add_argument("--resume", default=None, help="auto | none | a checkpoint-N directory (= train.resume=...)")
         s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. lr.vision_tower=2e-6 train.deepspeed=zero3")
         s.epilog = "recipe keys (section.key=default):\n" + schema_keys(MllmRecipe)
         s.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra
+    if getattr(args, "resume", None) is not None:  # as genlip-pretrain's --resume; after the overrides, so it wins
+        args.overrides = [*args.overrides, f"train.resume={args.resume}"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.cmd == "chat":
         if args.max_new_tokens < 1 or (args.sample and args.temperature <= 0):

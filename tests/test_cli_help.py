@@ -73,3 +73,12 @@ def test_training_help_lists_recipes_and_keys(args, recipes, keys):
         section, _, key = k.partition(".")
         assert (f"{section}: " in out and f"{key}=" in out) if key else k in flat, (k, out)
     assert "precision={auto|fp32|bf16}" in out  # choices are listed
+
+
+def test_both_trainers_take_resume_as_a_flag(capsys):
+    """``--resume`` works on genlip-mllm as on genlip-pretrain (= train.resume / checkpoint.resume), and wins over
+    an override given beside it."""
+    assert mllm.cli.main(["finetune", "--print-recipe", "train.resume=auto", "--resume", "none"]) == 0
+    assert "  resume: none" in capsys.readouterr().out
+    assert genlip.train.cli.main(["--print-recipe", "--resume", "none"]) == 0
+    assert "  resume: none" in capsys.readouterr().out

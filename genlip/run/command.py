@@ -21,6 +21,13 @@ from genlip.run.config import RecipeError, load_recipe, to_dict
 from genlip.run.resources import ResourceNotFound, bundled_names, resolve
 
 
+def quiet_deepspeed_on_cpu() -> None:
+    """Without CUDA, tell DeepSpeed (which accelerate imports on a model's save or load) that the CPU is meant; else
+    it warns, mid-run, that it found no GPU."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 def load_for_command(prog: str, name: str, kind: str, overrides: list[str], cls: type) -> Any:
     """What every training command does first: a recipe path or bundled name, its overrides, validated; a user's
     mistake is one line ``<prog>: bad recipe: ...`` (or ``bad environment``: a project variable with a value it does
@@ -48,8 +55,7 @@ def execute(prog: str, fn: Callable[[Any], Any], recipe: Any, failures: tuple[ty
     """``fn(recipe)``: 0 when it returns; 2 with one line for a recipe mistake found late (a checkpoint that does not
     fit the recipe, say); 1 with one line for the expected ``failures``; anything else is a bug and keeps its
     traceback. The distributed process group is torn down in every case."""
-    if not torch.cuda.is_available():  # else DeepSpeed, which accelerate imports, warns it found no GPU, mid-run
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    quiet_deepspeed_on_cpu()
     try:
         fn(recipe)
     except RecipeError as e:

@@ -15,6 +15,7 @@ import sys
 
 from genlip.export_hf import export_hf
 from genlip.export_timm import export_timm
+from genlip.run.command import quiet_deepspeed_on_cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--model", required=True, help="a GenLIP checkpoint or an exported HF vision model directory")
     t.add_argument("--out", required=True, help="the directory to write (timm weights + config)")
     args = ap.parse_args(argv)
+    quiet_deepspeed_on_cpu()
     try:
         if args.cmd == "hf":
             out = export_hf(args.model, args.out, args.image_size)
