@@ -40,7 +40,7 @@ from eval.suites import SUITES
 from genlip.run.config import RecipeError, bounded, load_config, load_recipe, to_dict
 from genlip.run.resources import ResourceNotFound, resolve
 from mllm.recipe import MllmRecipe
-from mllm.train import check_model_paths
+from mllm.train import check_data, check_model_paths
 
 
 @dataclass
@@ -159,11 +159,12 @@ def check_grid(grid: dict, root: Path) -> None:
                 raise RecipeError(f"{where}, {stage}: {e}") from None
             if recipe.stage != stage:
                 raise RecipeError(f"{where}: {stage}_recipe {grid[f'{stage}_recipe']!r} is a {recipe.stage} recipe")
-            if stage == "pretrain":
-                try:
+            try:
+                check_data(recipe)
+                if stage == "pretrain":  # the finetuning's model is the pretraining's output
                     check_model_paths(recipe)
-                except RecipeError as e:
-                    raise RecipeError(f"{where}: {e}") from None
+            except RecipeError as e:
+                raise RecipeError(f"{where}, {stage}: {e}") from None
         d = root / "cells" / cell["name"]
         recorded = json.loads((d / "cell.json").read_text()) if (d / "cell.json").exists() else {}
         now = _settings(cell, grid)

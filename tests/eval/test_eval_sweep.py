@@ -39,7 +39,8 @@ def test_tiny_sweep_runs_resumes_and_reports(tmp_path):
     cmd = [sys.executable, "-m", "eval.cli", "sweep", "--grid", str(gf)]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500, cwd=tmp_path)
     assert p.returncode == 2 and p.stderr.strip().splitlines() == [
-        f"genlip-eval: cell missing__tiny__frozen: model.vision: {tmp_path / 'no-such-tower'}: no such directory"], \
+        f"genlip-eval: cell missing__tiny__frozen, pretrain: model.vision: {tmp_path / 'no-such-tower'}: "
+        "no such directory"], \
         p.stderr[-3000:]
     assert not (tmp_path / "sweep").exists() and not (tmp_path / "home").exists(), "checked before anything runs"
     # a tower whose config loads but whose weights do not: found only when its cell trains, and that cell alone fails
@@ -83,6 +84,8 @@ def test_tiny_sweep_runs_resumes_and_reports(tmp_path):
         ({"overrides": {"pretrain": small, "finetune": [*small, "train.max_stesp=2"]}},
          "finetune: unknown key 'train.max_stesp'; did you mean train.max_steps?"),
         ({"pretrain_recipe": "pretrain_tiny_cpuu"}, "pretrain: "),
+        ({"overrides": {"pretrain": small, "finetune": [*small, "data.path=/no/such.json"]}},
+         "finetune: data.path: /no/such.json: no such file"),
     ]:
         gf.write_text(yaml.safe_dump({**grid, **change}))
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
