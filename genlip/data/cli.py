@@ -4,8 +4,9 @@
     genlip-pretrain data.sources.0.path='corpus/shards/*.tar' data.tokenizer=corpus/tokenizer
     genlip-data synth-sft --out sft --samples 512          # LLaVA caption and instruction sets with their images
 
-Writing into a directory that holds an earlier corpus or SFT set replaces it (no stale shards are left to be read);
-a directory that holds anything else is refused.
+Writing into a directory that holds an earlier corpus or SFT set replaces what the command wrote there (no stale
+shard is left to be read; the new one is written beside and moved in); a directory that holds anything else is
+refused.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from pathlib import Path
 
 from genlip.data.synth import write_corpus
 from genlip.data.synth_sft import write_sft
+
+# what each command writes into --out (and replaces there when it is run again)
+OUTPUTS = {"synth": ("shards", "tokenizer", "corpus.json"),
+           "synth-sft": ("images", "captions.json", "instruct.json", "sft.json")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,20 +44,36 @@ def main(argv: list[str] | None = None) -> int:
     if small:
         print(f"genlip-data: {small[0]}", file=sys.stderr)
         return 2
-    mine = "corpus.json" if args.cmd == "synth" else "sft.json"
+    own = OUTPUTS[args.cmd]
     out = Path(args.out)
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / mine).is_file():
-            print(f"genlip-data: {out} is not empty and holds no earlier {mine}: choose another --out",
-                  file=sys.stderr)
-            return 2
-        shutil.rmtree(out)  # an earlier output of this command: replaced whole
+    if out.exists() and not out.is_dir():
+        print(f"genlip-data: {out} is a file, not a directory", file=sys.stderr)
+        return 2
+    others = sorted(p.name for p in out.iterdir() if p.name not in own) if out.is_dir() else []
+    if others:
+        print(f"genlip-data: {out} holds files this command did not write ({', '.join(others[:3])}"
+              f"{', ...' if len(others) > 3 else ''}): choose another --out", file=sys.stderr)
+        return 2
+    # written beside, then moved in: an interrupted run leaves the earlier output whole
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
     if args.cmd == "synth":
-        out = write_corpus(args.out, args.samples, seed=args.seed, shard_size=args.shard_size,
-                           tokenizer_vocab=args.vocab)
+        write_corpus(tmp, args.samples, seed=args.seed, shard_size=args.shard_size, tokenizer_vocab=args.vocab)
+    else:
+        write_sft(tmp, args.samples, args.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in own:  # an earlier output of this command is replaced whole: no stale shard is left to be read
+        old = out / name
+        if old.is_dir():
+            shutil.rmtree(old)
+        elif old.exists():
+            old.unlink()
+    for p in tmp.iterdir():
+        p.rename(out / p.name)
+    tmp.rmdir()
+    if args.cmd == "synth":
         print(f"wrote {args.samples} samples to {out}/shards and a tokenizer to {out}/tokenizer")
-    elif args.cmd == "synth-sft":
-        out = write_sft(args.out, args.samples, args.seed)
+    else:
         print(f"wrote {out}/captions.json, {out}/instruct.json and {args.samples} images in {out}/images")
     return 0
 

@@ -221,3 +221,11 @@ def test_a_key_given_twice_in_a_file_is_an_error_not_a_silent_last_one(tmp_path)
         load_grid(grid)
     recipe.write_text("base: stage1_tiny_cpu\noptim:\n  lr: 1.0e-3\n")
     assert load_recipe(recipe, []).optim.lr == 1.0e-3
+    # YAML's merge key still works: a key of the anchor given again beside it overrides it, as YAML says
+    grid.write_text(yaml.safe_dump({k: v for k, v in GRID.items() if k != "protocols"}) +
+                    "protocols:\n  frozen: &f {mode: resize, lr_vision: 0.0}\n"
+                    "  unfrozen: {<<: *f, lr_vision: 2.0e-6}\n")
+    assert load_grid(grid)["protocols"]["unfrozen"] == {"mode": "resize", "lr_vision": 2.0e-6}
+    recipe.write_text("base: stage1_tiny_cpu\n? [1, 2]\n: 3\n")
+    with pytest.raises(RecipeError, match="a list cannot be a key"):
+        load_recipe(recipe, [])

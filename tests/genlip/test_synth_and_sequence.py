@@ -91,6 +91,9 @@ def test_the_synth_command_replaces_its_earlier_corpus_and_refuses_other_directo
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     assert data_cli.main(["synth", "--out", str(tmp_path / "mine"), "--samples", "4"]) == 2
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    (out / "notes.txt").write_text("keep me too")  # a corpus directory with the user's own file in it
+    assert data_cli.main(["synth", "--out", str(out), "--samples", "4", "--vocab", "300"]) == 2
+    assert (out / "notes.txt").exists() and (out / "corpus.json").exists() and not (tmp_path / "c.partial").exists()
     assert data_cli.main(["synth", "--out", str(tmp_path / "z"), "--samples", "0"]) == 2
     assert data_cli.main(["synth-sft", "--out", str(tmp_path / "z"), "--samples", "0"]) == 2
     assert not (tmp_path / "z").exists()
