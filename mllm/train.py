@@ -40,6 +40,8 @@ from mllm.tiny import make_tiny_llm
 from mllm.towers import check_tower_use, load_vision_config, local_only, looks_like_path
 
 log = logging.getLogger(__name__)
+# what a run writes into its train.output_dir (what train.resume=none sets aside; anything else there is left alone)
+RUN_FILES = ("checkpoint-*", "final", "lora_adapter", "runs")
 # recipe keys that change how a run executes, not what it trains (tested to give the same weights, or bookkeeping):
 # a finished run given again with other values of these is still the same run
 HOW_IT_RUNS = ("train.resume", "train.output_dir", "train.micro_batch", "train.logging_steps", "train.report_to",
@@ -364,7 +366,7 @@ def train(recipe: MllmRecipe) -> Path:
                           compute_loss_func=(chunked_lm_loss(model, cuda and t.precision != "fp32")
                                              if t.loss_impl == "chunked" else None))
     if t.resume == "none":  # starting over: the earlier run's checkpoints and final/ must not pass for this one's
-        moved = set_aside(out) if D.is_main() else None
+        moved = set_aside(out, RUN_FILES) if D.is_main() else None
         if moved is not None:
             D.print0(f"starting over (train.resume=none): the earlier run's files moved to {moved}")
         D.barrier()

@@ -123,13 +123,14 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 REPLACED_PREFIX = "replaced-"
 
 
-def set_aside(run_dir: str | Path) -> Path | None:
+def set_aside(run_dir: str | Path, names: tuple[str, ...]) -> Path | None:
     """Before a run starts over in a directory that holds an earlier run (``resume=none``): move the earlier run's
-    files into ``run_dir/replaced-<time>/``. Nothing is deleted, and nothing of it is taken for the new run's: a resume,
+    files (the entries matching the glob patterns ``names``: what a run writes) into ``run_dir/replaced-<time>/``.
+    Nothing is deleted, anything else in ``run_dir`` stays, and nothing moved is taken for the new run's: a resume,
     the newest-checkpoint lookups (captioning, export, a GenLIP run as an MLLM tower) and checkpoint pruning read
     ``run_dir`` only. Returns where they went, or None when there was nothing. Call it from one process."""
     run_dir = Path(run_dir)
-    old = sorted(p for p in run_dir.iterdir() if not p.name.startswith(REPLACED_PREFIX)) if run_dir.is_dir() else []
+    old = sorted({p for n in names for p in run_dir.glob(n)}) if run_dir.is_dir() else []
     if not old:
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -84,6 +84,8 @@ def build_model(recipe: Recipe, tokenizer) -> GenLIPForCaptioning:
 HOW_IT_RUNS = ("checkpoint", "log", "debug", "train.output_dir", "train.micro_batch", "train.parallel",
                "train.cpu_allocator", "data.num_workers", "model.attn_backend", "model.loss_impl",
                "model.activation_checkpointing", "model.compile", "model.compile_mode", "model.compile_scope")
+# what a run writes into its train.output_dir (what --resume none sets aside; anything else there is left alone)
+RUN_FILES = ("checkpoints", "metrics.jsonl", "tensorboard", "curves.png", "wandb")
 ARCH_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "patch_size")
 
 
@@ -160,11 +162,6 @@ def train(recipe: Recipe) -> Path:
         D.print0(f"already finished: {recipe.train.output_dir} reached step {recipe.train.steps}; final weights: "
                  f"{done} (raise train.steps to train on, or --resume none to start again)")
         return Path(recipe.train.output_dir)
-    if recipe.checkpoint.resume == "none":  # starting over: the earlier run's files must not pass for this one's
-        moved = C.set_aside(recipe.train.output_dir) if D.is_main() else None
-        if moved is not None:
-            D.print0(f"starting over (--resume none): the earlier run's files moved to {moved}")
-        D.barrier()
     run = setup(recipe, device, plan)
     preempt = _Preempt()
     t = recipe.train
@@ -250,6 +247,11 @@ def setup(recipe: Recipe, device: torch.device, plan: BatchPlan | None = None) -
     wrapped = D.wrap(model, parallel, device, t.param_dtype)
     optimizer = build_optimizer(wrapped, recipe.optim)
     state = {"step": 0, "samples": 0, "tokens": 0, "nonfinite_skips": 0, "data": {"streams": {}, "batches": {}}}
+    if recipe.checkpoint.resume == "none":  # starting over, the recipe checked: the earlier run's files must not
+        moved = C.set_aside(run_dir, RUN_FILES) if D.is_main() else None  # pass for this one's
+        if moved is not None:
+            D.print0(f"starting over (--resume none): the earlier run's files moved to {moved}")
+        D.barrier()
     ckpt = C.find_resume(run_dir, recipe.checkpoint.resume)
     if ckpt is not None:
         state = C.load(ckpt, wrapped, optimizer)

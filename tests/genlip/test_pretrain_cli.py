@@ -340,7 +340,11 @@ def test_starting_over_sets_the_earlier_run_aside(home, reference_run, tmp_path)
     run_dir = tmp_path / "r"
     shutil.copytree(reference_run, run_dir)
     old = sorted(p.name for p in run_dir.iterdir())
+    (run_dir / "notes.txt").write_text("the user's own file: not the run's, left where it is")
+    bad = _run(home, run_dir, "checkpoint.resume=none", "data.tokenizer=/no/such/tokenizer", check=False)
+    assert bad.returncode == 2 and not list(run_dir.glob("replaced-*")), "a refused recipe moves nothing"
     p = _run(home, run_dir, "train.steps=3", "checkpoint.every=1", "checkpoint.resume=none")
+    assert (run_dir / "notes.txt").exists()
     assert "starting over (--resume none): the earlier run's files moved to " in p.stdout, p.stdout[-2000:]
     aside = [d for d in run_dir.iterdir() if d.name.startswith("replaced-")]
     assert len(aside) == 1 and sorted(q.name for q in aside[0].iterdir()) == old
