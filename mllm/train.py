@@ -9,11 +9,11 @@ import json
 import logging
 import os
 import signal
-import sys
 from collections import Counter
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import yaml
 from accelerate import PartialState
 from transformers import AutoConfig, AutoModelForImageTextToText, Trainer, TrainerCallback, TrainingArguments
@@ -240,17 +240,22 @@ class Preemption(TrainerCallback):
             with contextlib.suppress(ValueError):  # not in the main thread
                 signal.signal(sig, self._set)
 
-    def _set(self, sig, _frame):
+    def _set(self, sig, _frame):  # flags only: printing here could re-enter a write to the same stream
         self.flag = True
         if sig == signal.SIGINT:
             self.interrupted = True
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            if D.is_main():
-                print("\ninterrupted: finishing this step and saving it (Ctrl-C again stops at once, unsaved)",
-                      file=sys.stderr, flush=True)
 
     def on_step_end(self, args, state, control, **kw):
-        if self.flag:
+        flag = self.flag
+        if dist.is_initialized() and dist.get_world_size() > 1:  # every rank stops (and saves) after the same step
+            agreed = torch.tensor([float(flag)], device=args.device)
+            dist.all_reduce(agreed)
+            flag = agreed.item() > 0
+        if flag:
+            self.flag = True
+            if self.interrupted:
+                D.print0(f"\ninterrupted: saving step {state.global_step} (Ctrl-C again stops at once, unsaved)")
             control.should_save = True
             control.should_training_stop = True
 

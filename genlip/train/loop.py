@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -111,14 +110,11 @@ class _Preempt:
             with contextlib.suppress(ValueError):  # not in the main thread
                 signal.signal(sig, self._set)
 
-    def _set(self, sig, _frame):
+    def _set(self, sig, _frame):  # flags only: printing here could re-enter a write to the same stream
         self.flag = True
         if sig == signal.SIGINT:
             self.interrupted = True
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            if D.is_main():
-                print("\ninterrupted: finishing this step and saving it (Ctrl-C again stops at once, unsaved)",
-                      file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -185,6 +181,8 @@ def train(recipe: Recipe) -> Path:
             # process stops right after the step it was signalled in
             stopped = stop_any or (one and preempt.flag)
         if stopped and last_saved != step:  # every rank (the save is collective)
+            if preempt.interrupted:
+                D.print0(f"\ninterrupted: saving step {step} (Ctrl-C again stops at once, unsaved)")
             save_checkpoint(run, step)
             last_saved = step
     finally:
