@@ -20,8 +20,7 @@ def zero_stage(config_path: str) -> int:
     """The ZeRO stage a DeepSpeed JSON config asks for (0 when it names none), after checking that the config is one
     the MLLM trainer can run: a one-line ``ValueError`` for JSON that does not parse, a stage other than 0-3, batch
     sizes that are not ``"auto"`` (the recipe's ``train.global_batch`` / ``micro_batch`` fill them), an ``optimizer``
-    or ``scheduler`` section (it would replace the recipe's AdamW groups and schedule), or ZeRO without
-    ``zero_allow_untested_optimizer`` (the recipe's AdamW is PyTorch's)."""
+    or ``scheduler`` section (it would replace the recipe's AdamW groups and schedule)."""
     where = f"train.deepspeed: {config_path}"
     try:
         with open(config_path, encoding="utf-8") as f:
@@ -44,8 +43,6 @@ def zero_stage(config_path: str) -> int:
     if own:
         raise ValueError(f"{where}: remove {' and '.join(repr(k) for k in own)}: the recipe's AdamW (one group per "
                          "module group, lr.*) and train.scheduler are what the trainer steps")
-    if stage > 0 and cfg.get("zero_allow_untested_optimizer") is not True:
-        raise ValueError(f"{where}: set \"zero_allow_untested_optimizer\": true (ZeRO with the recipe's PyTorch AdamW)")
     return stage
 
 
