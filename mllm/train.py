@@ -5,6 +5,7 @@ stages: alignment (projector only) and instruction tuning (projector + LLM, the 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -334,9 +335,12 @@ def train(recipe: MllmRecipe) -> Path:
         t.max_steps = plan.steps
     saved = out / "final" / "recipe.yaml"  # the last file a finished run writes
     if t.resume != "none" and saved.exists():
-        if recipe.model.llm == "tiny":
-            ensure_sft_data(recipe)  # the generated LLM's directory, as the finished run saved it (made already)
-        refuse_other_recipe(saved, recipe, HOW_IT_RUNS, str(out / "final"), "train.resume=none")
+        given = recipe
+        before = (yaml.safe_load(saved.read_text()).get("model") or {}).get("llm") or ""
+        if recipe.model.llm == "tiny" and Path(before).name == "tiny-llm":  # "tiny" as the finished run resolved it
+            given = copy.deepcopy(recipe)
+            given.model.llm = before
+        refuse_other_recipe(saved, given, HOW_IT_RUNS, str(out / "final"), "train.resume=none")
         D.print0(f"already finished: {out / 'final'} holds the trained model (train.resume=none trains it again)")
         return out / "final"
     D.print0(f"batches: {plan.describe()}")

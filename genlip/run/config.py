@@ -291,11 +291,20 @@ def recipe_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 def changed_since(saved: str | Path, recipe: Any, ignore: tuple[str, ...] = ()) -> list[str]:
     """:func:`recipe_diff` between the recipe a run saved (``saved``: its ``recipe.yaml``) and ``recipe``, leaving out
-    the keys under ``ignore`` (dotted keys or sections: how a run executes, not what it trains)."""
-    def ignored(key: str) -> bool:
-        return any(key == p or key.startswith(p + ".") for p in ignore)
-    return [d for d in recipe_diff(yaml.safe_load(Path(saved).read_text()), recipe)
-            if not ignored(d.split(": ", 1)[0])]
+    the keys under ``ignore`` (dotted keys or sections: how a run executes, not what it trains) and keys only one of
+    them has (added to or dropped from the schema between the toolkit's versions)."""
+    old, new = yaml.safe_load(Path(saved).read_text()) or {}, to_dict(recipe)
+
+    def has(tree: Any, key: str) -> bool:
+        for part in key.split("."):
+            if not isinstance(tree, dict) or part not in tree:
+                return False
+            tree = tree[part]
+        return True
+
+    def kept(key: str) -> bool:
+        return not any(key == p or key.startswith(p + ".") for p in ignore) and has(old, key) and has(new, key)
+    return [d for d in recipe_diff(old, new) if kept(d.split(": ", 1)[0])]
 
 
 def refuse_other_recipe(saved: str | Path, recipe: Any, ignore: tuple[str, ...], finished: str, again: str) -> None:

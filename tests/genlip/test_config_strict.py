@@ -16,7 +16,7 @@ import yaml
 from eval.pipeline_config import PipelineConfig
 from eval.pipeline_config import load_config as load_pipeline_config
 from eval.sweep import Grid, load_grid
-from genlip.run.config import RecipeError, build, read_values
+from genlip.run.config import RecipeError, build, changed_since, read_values, to_dict
 from genlip.run.resources import bundled_names, resolve_recipe
 from genlip.train.recipe import Recipe, load_recipe
 from mllm.recipe import SCHEDULERS, MllmRecipe
@@ -229,3 +229,18 @@ def test_a_key_given_twice_in_a_file_is_an_error_not_a_silent_last_one(tmp_path)
     recipe.write_text("base: stage1_tiny_cpu\n? [1, 2]\n: 3\n")
     with pytest.raises(RecipeError, match="a list cannot be a key"):
         load_recipe(recipe, [])
+
+
+def test_a_finished_runs_recipe_is_compared_on_the_keys_both_versions_have(tmp_path):
+    """What a finished run saved against the recipe given now: a changed value counts; keys under ``ignore`` do not,
+    nor keys only one side has (a key the schema gained or lost between the toolkit's versions)."""
+    saved = to_dict(Recipe())
+    del saved["optim"]["clip_grad"]  # a run from before the key existed
+    saved["optim"]["retired_knob"] = 3  # a key the schema has dropped since
+    saved["optim"]["lr"] = 5.0
+    saved["log"]["every"] = 99
+    f = tmp_path / "recipe.yaml"
+    f.write_text(yaml.safe_dump(saved))
+    assert changed_since(f, Recipe(), ignore=("log",)) == [f"optim.lr: 5.0 -> {Recipe().optim.lr!r}"]
+    assert changed_since(f, Recipe()) == [f"log.every: 99 -> {Recipe().log.every!r}",
+                                          f"optim.lr: 5.0 -> {Recipe().optim.lr!r}"]
