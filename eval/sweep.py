@@ -152,6 +152,7 @@ def check_grid(grid: dict, root: Path) -> None:
     for cell in cells(grid):
         ov = _stage_overrides(cell, grid, root)
         where = f"cell {cell['name']}"
+        d = root / "cells" / cell["name"]
         for stage in ("pretrain", "finetune"):
             try:
                 recipe = load_recipe(resolve(grid[f"{stage}_recipe"], "mllm"), ov[stage], MllmRecipe)
@@ -159,21 +160,22 @@ def check_grid(grid: dict, root: Path) -> None:
                 raise RecipeError(f"{where}, {stage}: {e}") from None
             if recipe.stage != stage:
                 raise RecipeError(f"{where}: {stage}_recipe {grid[f'{stage}_recipe']!r} is a {recipe.stage} recipe")
+            if _finished(d, stage):
+                continue  # its data and models are not read again (they may have been cleaned up since)
             try:
                 check_data(recipe)
                 if stage == "pretrain":  # the finetuning's model is the pretraining's output
                     check_model_paths(recipe)
             except RecipeError as e:
                 raise RecipeError(f"{where}, {stage}: {e}") from None
-        d = root / "cells" / cell["name"]
         recorded = json.loads((d / "cell.json").read_text()) if (d / "cell.json").exists() else {}
         now = _settings(cell, grid)
-        for stage in ("pretrain", "finetune"):
+        for stage in ("pretrain", "finetune"):  # the first changed stage: a changed pretraining changes the rest
             if _finished(d, stage) and stage in recorded and (diff := _changed(recorded[stage], now[stage])):
+                again = d if stage == "pretrain" else d / stage
                 raise RecipeError(f"{where}: its finished {stage} stage was trained with other settings "
-                                  f"({'; '.join(diff)}); give the grid another `out`, or delete {d / stage} to "
+                                  f"({'; '.join(diff)}); give the grid another `out`, or delete {again} to "
                                   "train it again")
-                # (the first changed stage is enough: a changed pretraining changes the finetuning too)
 
 
 def _record(d: Path, stage: str, settings: dict) -> None:
