@@ -378,8 +378,9 @@ def _rank_pid(launcher_pid: int, rank: int) -> int | None:
 
 def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(home, tmp_path):
     """SIGUSR1 to rank 1 only (a node's share of a pre-emption arriving first): rank 0 learns of it through the
-    step's own all-reduce, both save the same step together and exit 0, and the run resumes to its end. Without the
-    agreement rank 1 would wait in the checkpoint's collective while rank 0 waits in the next step's."""
+    step's own all-reduce, and both save the same step together and exit 0. Without the agreement rank 1 would
+    wait in the checkpoint's collective while rank 0 waits in the next step's. (That a pre-empted run resumes
+    exactly is the single-process tests' part.)"""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(29500 + os.getpid() % 1000), "-m", "genlip.train.cli", "--recipe", RECIPE, f"train.output_dir={out}",
@@ -401,5 +402,3 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(home, tmp_pat
     assert proc.returncode == 0, stderr[-3000:]
     saved = C.list_checkpoints(out)
     assert len(saved) == 1 and "pre-empted: saved step" in stdout and int(saved[0].name[5:]) < 24, stdout[-2000:]
-    _run(home, out, "checkpoint.every=100", "train.steps=24", torchrun=2)
-    assert sorted(_losses(out))[-1] == 24
