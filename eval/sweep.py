@@ -37,7 +37,7 @@ import yaml
 from eval.report import load_cells, write_report
 from eval.run import run_suite
 from eval.suites import SUITES
-from genlip.run.config import RecipeError, bounded, load_config, load_recipe, to_dict
+from genlip.run.config import RecipeError, bounded, load_config, load_recipe, recipe_diff, to_dict
 from genlip.run.resources import ResourceNotFound, resolve
 from mllm.recipe import MllmRecipe
 from mllm.train import check_data, check_model_paths
@@ -133,17 +133,6 @@ def _finished(d: Path, stage: str) -> bool:
     return (d / stage / "final" / "genlip_mllm_image.json").exists()
 
 
-def _changed(old: dict, new: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _changed(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
-    return out
-
-
 def check_grid(grid: dict, root: Path) -> None:
     """Before any cell runs, a :class:`RecipeError` (one line, exit code 2) for: a stage recipe or override that
     ``genlip-mllm`` would refuse (a name, key or value), an encoder or LLM it could not load (a path, a tower that
@@ -171,7 +160,7 @@ def check_grid(grid: dict, root: Path) -> None:
         recorded = json.loads((d / "cell.json").read_text()) if (d / "cell.json").exists() else {}
         now = _settings(cell, grid)
         for stage in ("pretrain", "finetune"):  # the first changed stage: a changed pretraining changes the rest
-            if _finished(d, stage) and stage in recorded and (diff := _changed(recorded[stage], now[stage])):
+            if _finished(d, stage) and stage in recorded and (diff := recipe_diff(recorded[stage], now[stage])):
                 again = d if stage == "pretrain" else d / stage
                 raise RecipeError(f"{where}: its finished {stage} stage was trained with other settings "
                                   f"({'; '.join(diff)}); give the grid another `out`, or delete {again} to "
