@@ -4,12 +4,10 @@ stages: alignment (projector only) and instruction tuning (projector + LLM, the 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
 import os
-import signal
 from collections import Counter
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, Trainer, Train
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.trainer_utils import get_last_checkpoint
 
-from genlip.data.dataset import PREEMPTION_SIGNALS
+from genlip.data.dataset import StopSignals
 from genlip.data.synth_sft import write_sft
 from genlip.data.tokenizer import train_tokenizer
 from genlip.loss import IGNORE_INDEX, shift_labels, supervised_ce
@@ -230,22 +228,10 @@ class SaveProcessing(TrainerCallback):
             control.should_save = True
 
 
-class Preemption(TrainerCallback):
-    """SIGTERM/SIGUSR1 (SLURM pre-emption, ``scancel``) and a first Ctrl-C (SIGINT): finish the current step, save a
-    checkpoint, stop; the run resumes from it with ``train.resume=auto``. A second Ctrl-C stops at once. The loader
-    workers ignore these signals (:mod:`mllm.data`)."""
-
-    def __init__(self) -> None:
-        self.flag = self.interrupted = False
-        for sig in (*PREEMPTION_SIGNALS, signal.SIGINT):
-            with contextlib.suppress(ValueError):  # not in the main thread
-                signal.signal(sig, self._set)
-
-    def _set(self, sig, _frame):  # flags only: printing here could re-enter a write to the same stream
-        self.flag = True
-        if sig == signal.SIGINT:
-            self.interrupted = True
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+class Preemption(StopSignals, TrainerCallback):
+    """:class:`~genlip.data.dataset.StopSignals` as a Trainer callback: after the step a signal came in, every rank
+    saves a checkpoint and stops; the run resumes from it with ``train.resume=auto``. The loader workers ignore these
+    signals (:mod:`mllm.data`)."""
 
     def on_step_end(self, args, state, control, **kw):
         flag = self.flag

@@ -7,6 +7,7 @@ exactly where every stream stands and resume there without re-decoding anything.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -168,6 +169,25 @@ def _map_positions(tree, fn):
 
 
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopSignals:
+    """What both trainers' main processes do on SIGTERM/SIGUSR1 (SLURM pre-emption, ``scancel``) and a first Ctrl-C
+    (SIGINT): set ``flag`` (and ``interrupted`` for Ctrl-C), so the trainer finishes its step, saves and stops. A second
+    Ctrl-C stops at once (Python's KeyboardInterrupt). The loader workers ignore all three
+    (:func:`ignore_preemption_signals`)."""
+
+    def __init__(self) -> None:
+        self.flag = self.interrupted = False
+        for sig in (*PREEMPTION_SIGNALS, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not in the main thread
+                signal.signal(sig, self._set)
+
+    def _set(self, sig, _frame):  # flags only: printing here could re-enter a write to the same stream
+        self.flag = True
+        if sig == signal.SIGINT:
+            self.interrupted = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def ignore_preemption_signals(worker_id: int = 0) -> None:

@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import math
-import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import yaml
 
 from genlip.config import GenLIPConfig, genlip_config
 from genlip.contrastive import GenLIPForContrastive
-from genlip.data.dataset import PREEMPTION_SIGNALS, PretrainStream, make_loader, split_meta
+from genlip.data.dataset import PretrainStream, StopSignals, make_loader, split_meta
 from genlip.data.decode import SkipStats
 from genlip.export_hf import image_processor
 from genlip.loss import count_supervised
@@ -100,23 +99,6 @@ def _check_preset(recipe: Recipe, config, src: Path) -> None:
                          f"{', '.join(diff)}; set model.preset to the checkpoint's or null")
 
 
-class _Preempt:
-    """SIGTERM/SIGUSR1 (SLURM pre-emption) and a first Ctrl-C (SIGINT): finish the current step, save, exit. A second
-    Ctrl-C stops at once (Python's KeyboardInterrupt). The loader workers ignore all three (``genlip.data.dataset``)."""
-
-    def __init__(self) -> None:
-        self.flag = self.interrupted = False
-        for sig in (*PREEMPTION_SIGNALS, signal.SIGINT):
-            with contextlib.suppress(ValueError):  # not in the main thread
-                signal.signal(sig, self._set)
-
-    def _set(self, sig, _frame):  # flags only: printing here could re-enter a write to the same stream
-        self.flag = True
-        if sig == signal.SIGINT:
-            self.interrupted = True
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
 @dataclass
 class Run:
     """Everything :func:`train` sets up for the loop: the model and its wrapper, the data stream and its position,
@@ -159,7 +141,7 @@ def train(recipe: Recipe) -> Path:
                  f"{done} (raise train.steps to train on, or --resume none to start again)")
         return Path(recipe.train.output_dir)
     run = setup(recipe, device, plan)
-    preempt = _Preempt()
+    preempt = StopSignals()
     t = recipe.train
     step = last_saved = run.state["step"]
     one = D.world()[2] == 1
