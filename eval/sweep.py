@@ -3,9 +3,10 @@ tuning) or reuses a finished one, then evaluates it; finished work is skipped on
 reported without stopping the others. The report compares every finished cell (`genlip-eval report OUT` again).
 
 Before anything runs, every cell's recipes, overrides, encoder and LLM are checked as genlip-mllm would check them,
-and a finished stage that the grid now describes differently (another encoder, learning rate, override) is refused:
-its result would pass for the new experiment's. Give such a grid another `out`, or delete the stage's directory.
-An evaluation runs again where the grid's `eval` limit or generation length differ from its saved scores'.
+and a finished stage that the grid now describes differently (another encoder, learning rate, override, or an edit
+inside a recipe file) is refused: its result would pass for the new experiment's. Give such a grid another `out`, or
+delete the stage's directory. An evaluation runs again where the grid's `eval` limit or generation length differ from
+its saved scores'.
 
 Grid file (YAML)::
 
@@ -40,7 +41,7 @@ from eval.suites import SUITES
 from genlip.run.config import RecipeError, bounded, load_config, load_recipe, recipe_diff, to_dict
 from genlip.run.resources import ResourceNotFound, resolve
 from mllm.recipe import MllmRecipe
-from mllm.train import check_data, check_model_paths
+from mllm.train import check_data, check_model_paths, finished_changes, plan_steps
 
 
 @dataclass
@@ -142,7 +143,9 @@ def check_grid(grid: dict, root: Path) -> None:
         ov = _stage_overrides(cell, grid, root)
         where = f"cell {cell['name']}"
         d = root / "cells" / cell["name"]
-        for stage in ("pretrain", "finetune"):
+        recorded = json.loads((d / "cell.json").read_text()) if (d / "cell.json").exists() else {}
+        now = _settings(cell, grid)
+        for stage in ("pretrain", "finetune"):  # the first changed stage: a changed pretraining changes the rest
             try:
                 recipe = load_recipe(resolve(grid[f"{stage}_recipe"], "mllm"), ov[stage], MllmRecipe)
             except (RecipeError, ResourceNotFound) as e:
@@ -150,21 +153,23 @@ def check_grid(grid: dict, root: Path) -> None:
             if recipe.stage != stage:
                 raise RecipeError(f"{where}: {stage}_recipe {grid[f'{stage}_recipe']!r} is a {recipe.stage} recipe")
             if _finished(d, stage):
-                continue  # its data and models are not read again (they may have been cleaned up since)
+                # the grid's settings as recorded, then the recipe the stage saved (which sees edits made inside a
+                # recipe file); its data and models are not read again (they may have been cleaned up since)
+                diff = recipe_diff(recorded[stage], now[stage]) if stage in recorded else []
+                plan_steps(recipe, 1)  # the sweep runs each stage as one process
+                diff = diff or finished_changes(recipe) or []
+                if diff:
+                    again = d if stage == "pretrain" else d / stage
+                    raise RecipeError(f"{where}: its finished {stage} stage was trained with other settings "
+                                      f"({'; '.join(diff)}); give the grid another `out`, or delete {again} to "
+                                      "train it again")
+                continue
             try:
                 check_data(recipe)
                 if stage == "pretrain":  # the finetuning's model is the pretraining's output
                     check_model_paths(recipe)
             except RecipeError as e:
                 raise RecipeError(f"{where}, {stage}: {e}") from None
-        recorded = json.loads((d / "cell.json").read_text()) if (d / "cell.json").exists() else {}
-        now = _settings(cell, grid)
-        for stage in ("pretrain", "finetune"):  # the first changed stage: a changed pretraining changes the rest
-            if _finished(d, stage) and stage in recorded and (diff := recipe_diff(recorded[stage], now[stage])):
-                again = d if stage == "pretrain" else d / stage
-                raise RecipeError(f"{where}: its finished {stage} stage was trained with other settings "
-                                  f"({'; '.join(diff)}); give the grid another `out`, or delete {again} to "
-                                  "train it again")
 
 
 def _record(d: Path, stage: str, settings: dict) -> None:

@@ -26,7 +26,7 @@ from genlip.loss import IGNORE_INDEX, shift_labels, supervised_ce
 from genlip.run import dist as D
 from genlip.run.batching import plan_batches
 from genlip.run.checkpoint import list_checkpoints, set_aside
-from genlip.run.config import RecipeError, recipe_diff, refuse_other_recipe, save_recipe
+from genlip.run.config import RecipeError, changed_since, recipe_diff, refuse_other_recipe, save_recipe
 from genlip.run.curves import plot_curves
 from genlip.run.dirs import generated_dir
 from genlip.run.runtime import configure_cpu_allocator
@@ -310,23 +310,44 @@ def chunked_lm_loss(model, bf16: bool):
     return loss
 
 
-def train(recipe: MllmRecipe) -> Path:
-    """Build (or continue), train and save ``output_dir/final``; a finished run given again only says so."""
+def plan_steps(recipe: MllmRecipe, ws: int):
+    """The batch plan for ``ws`` processes, written into ``recipe.train`` (as the finished run saved it): epochs fix
+    the budget; with max_steps the steps are rescaled like genlip-pretrain's."""
     t = recipe.train
-    out, cuda, ws = Path(t.output_dir), torch.cuda.is_available(), D.world()[2]
-    # epochs fix the budget; with max_steps the steps are rescaled like genlip-pretrain's
     plan = plan_batches(t.global_batch, t.micro_batch, ws, max(t.max_steps, 1), t.batch_rounding)
     t.micro_batch, t.global_batch = plan.micro_batch, plan.global_batch
     if t.max_steps > 0:
         t.max_steps = plan.steps
+    return plan
+
+
+def _as_finished(recipe: MllmRecipe) -> MllmRecipe:
+    """``recipe`` with ``model.llm=tiny`` written as the finished run resolved it (the generated tiny LLM's path)."""
+    saved = Path(recipe.train.output_dir) / "final" / "recipe.yaml"
+    before = (yaml.safe_load(saved.read_text()).get("model") or {}).get("llm") or ""
+    if recipe.model.llm == "tiny" and Path(before).name == "tiny-llm":
+        recipe = copy.deepcopy(recipe)
+        recipe.model.llm = before
+    return recipe
+
+
+def finished_changes(recipe: MllmRecipe) -> list[str] | None:
+    """None unless ``train.output_dir`` holds a finished run; else the keys in which ``recipe`` (planned by
+    :func:`plan_steps`) differs from the recipe that run saved, leaving out how a run executes (:data:`HOW_IT_RUNS`)."""
+    saved = Path(recipe.train.output_dir) / "final" / "recipe.yaml"
+    if not saved.exists():
+        return None
+    return changed_since(saved, _as_finished(recipe), HOW_IT_RUNS)
+
+
+def train(recipe: MllmRecipe) -> Path:
+    """Build (or continue), train and save ``output_dir/final``; a finished run given again only says so."""
+    t = recipe.train
+    out, cuda, ws = Path(t.output_dir), torch.cuda.is_available(), D.world()[2]
+    plan = plan_steps(recipe, ws)
     saved = out / "final" / "recipe.yaml"  # the last file a finished run writes
     if t.resume != "none" and saved.exists():
-        given = recipe
-        before = (yaml.safe_load(saved.read_text()).get("model") or {}).get("llm") or ""
-        if recipe.model.llm == "tiny" and Path(before).name == "tiny-llm":  # "tiny" as the finished run resolved it
-            given = copy.deepcopy(recipe)
-            given.model.llm = before
-        refuse_other_recipe(saved, given, HOW_IT_RUNS, str(out / "final"), "train.resume=none")
+        refuse_other_recipe(saved, _as_finished(recipe), HOW_IT_RUNS, str(out / "final"), "train.resume=none")
         D.print0(f"already finished: {out / 'final'} holds the trained model (train.resume=none trains it again)")
         return out / "final"
     D.print0(f"batches: {plan.describe()}")

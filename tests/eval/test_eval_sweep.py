@@ -100,6 +100,15 @@ def test_tiny_sweep_runs_resumes_and_reports(tmp_path):
         with pytest.raises(RecipeError) as e:  # the same check the command runs first, in this process
             check_grid(load_grid(gf), tmp_path / "sweep")
         assert words in str(e.value) and str(e.value).startswith("cell ") and "\n" not in str(e.value), str(e.value)
+    # what a recipe file held is compared too (an edit inside it; a sweep directory from before cell.json)
+    record = tmp_path / "sweep" / "cells" / "genlip__tiny__frozen" / "cell.json"
+    kept = record.read_text()
+    record.unlink()
+    gf.write_text(yaml.safe_dump({**grid, "overrides": {"pretrain": [*small, "train.weight_decay=0.5"],
+                                                        "finetune": small}}))
+    with pytest.raises(RecipeError, match=r"finished pretrain stage .*\(train\.weight_decay: 0\.0 -> 0\.5\)"):
+        check_grid(load_grid(gf), tmp_path / "sweep")
+    record.write_text(kept)
     assert (tmp_path / "sweep" / "grid.resolved.yaml").read_text() == resolved
     assert _finished_outputs(tmp_path / "sweep", done) == before
 
