@@ -124,7 +124,7 @@ class PretrainStream(IterableDataset):
                     on_error(e.reason, f"{where} {e.detail}".strip())
                     if stats.seen >= self.min_seen_for_check and stats.fraction() > self.max_skip_fraction:
                         raise DataError(
-                            f"{stats.n_skipped} of {stats.seen} records skipped ({stats.fraction():.1%} > "
+                            f"{stats.n_records_skipped} of {stats.seen} records skipped ({stats.fraction():.1%} > "
                             f"max_skip_fraction {self.max_skip_fraction:.1%}) in stream {sid}; reasons "
                             f"{dict(stats.skipped)}; last: {stats.last}") from e
                     continue

@@ -23,6 +23,9 @@ class SkipSample(Exception):
         self.reason, self.detail = reason, detail
 
 
+SHARD_REASONS = ("truncated_shard", "unreadable_shard")  # skips of a shard, not of one record
+
+
 @dataclass
 class SkipStats:
     """Counts of records seen and skipped (by reason), with the last skipped key for error messages."""
@@ -42,8 +45,15 @@ class SkipStats:
     def n_skipped(self) -> int:
         return sum(self.skipped.values())
 
+    @property
+    def n_records_skipped(self) -> int:
+        """The records skipped, without the shards that could not be read or were cut short (they hold no record
+        that was read, so a share of the records read that counted them could exceed 1)."""
+        return sum(n for reason, n in self.skipped.items() if reason not in SHARD_REASONS)
+
     def fraction(self) -> float:
-        return self.n_skipped / max(self.seen, 1)
+        """The share of the records read that were skipped."""
+        return self.n_records_skipped / max(self.seen, 1)
 
     def to_dict(self) -> dict:
         return {"seen": self.seen, "skipped": dict(self.skipped), "last": self.last, "used": dict(self.used)}

@@ -18,6 +18,7 @@ import glob
 import gzip
 import json
 import lzma
+import math
 import os
 import random
 import re
@@ -68,10 +69,13 @@ class SourceSpec:
     split: Literal["auto", "shard", "sample"] = "auto"
 
     def __post_init__(self) -> None:
-        if self.weight <= 0:
-            raise ValueError(f"source weight must be positive, got {self.weight}")
+        if not (self.weight > 0 and math.isfinite(self.weight)):
+            raise ValueError(f"source weight must be positive and finite, got {self.weight}")
         if self.caption_fields is None:
             self.caption_fields = ["txt", "json.caption", "caption", "text"]
+        if not self.caption_fields:
+            raise ValueError("caption_fields must name at least one field (leave it out for the default: txt, "
+                             "json.caption, caption, text)")
         if not self.name:
             self.name = str(self.path if isinstance(self.path, str) else self.path[0])
 

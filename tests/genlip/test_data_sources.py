@@ -386,3 +386,16 @@ def test_a_source_that_gives_nothing_names_its_files_and_the_last_problem(tmp_pa
     with pytest.raises(DataError, match=r"source 'mine' yields no records for stream 0 of 1: its 1 of 1 files "
                                         r"\(a\.tar\) gave none; the last problem: truncated_shard \("):
         next(iter(st))
+
+
+def test_the_skipped_share_counts_records_not_unreadable_shards():
+    stats = SkipStats(seen=4, skipped=Counter({"unreadable_shard": 9, "truncated_shard": 3, "corrupt_image": 1}))
+    assert stats.n_skipped == 13 and stats.n_records_skipped == 1 and stats.fraction() == 0.25
+
+
+@pytest.mark.parametrize("bad,words", [({"caption_fields": []}, "caption_fields must name at least one field"),
+                                       ({"weight": float("nan")}, "weight must be positive and finite"),
+                                       ({"weight": 0}, "weight must be positive")])
+def test_a_source_without_caption_fields_or_with_a_bad_weight_is_refused(bad, words):
+    with pytest.raises(ValueError, match=words):
+        SourceSpec(path="x.tar", **bad)
