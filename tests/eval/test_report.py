@@ -5,7 +5,6 @@ errors; sample counts print as integers."""
 import csv
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from eval.report import compare, load_cells, write_report
 from eval.suites import SUITES, averages
+from tests.cli import run_cli
 
 BIN = Path(sys.executable).parent
 
@@ -77,9 +77,8 @@ def test_duplicate_names_and_self_comparison_are_refused(tmp_path):
 def test_the_command_says_so_in_one_line(tmp_path):
     a = _cell(tmp_path / "A" / "synth", 14, name="same")
     b = _cell(tmp_path / "B" / "synth", 10, name="same")
-    p = subprocess.run([str(BIN / "genlip-eval"), "report", str(a), str(b), "--out", str(tmp_path / "r")],
-                       capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "same" in p.stderr, p.stderr
+    code, _, err = run_cli("genlip-eval", "report", str(a), str(b), "--out", str(tmp_path / "r"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "same" in err, err
 
 
 @pytest.mark.parametrize("args,words", [(["--model", "{tmp}/none"], "is not an MLLM directory"),
@@ -91,10 +90,10 @@ def test_the_command_says_so_in_one_line(tmp_path):
 def test_run_refuses_a_wrong_model_or_limit_before_starting_lmms_eval(tmp_path, args, words):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "genlip_mllm_image.json").write_text("{}")
-    p = subprocess.run([str(BIN / "genlip-eval"), "run", *[a.format(tmp=tmp_path) for a in args]], cwd=tmp_path,
-                       capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    code, _, err = run_cli("genlip-eval", "run", *[a.format(tmp=tmp_path) for a in args], cwd=tmp_path,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, subprocess="--limit" in args)
     words = words.format(tmp=tmp_path)
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and words in p.stderr, p.stderr
+    assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, err
     assert not (tmp_path / "results").exists()
 
 
@@ -113,9 +112,8 @@ def test_a_sweep_directory_with_two_suites_per_cell_reports_and_compares(tmp_pat
     cells = load_cells([sw])
     assert sorted((c["name"], c["suite"]) for c in cells) == [("a", "paper14"), ("a", "synth"), ("b", "paper14"),
                                                               ("b", "synth")]
-    p = subprocess.run([str(BIN / "genlip-eval"), "report", str(sw), "--out", str(tmp_path / "r"), "--compare", "a",
-                        "b"], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert p.returncode == 0, p.stderr[-3000:]
+    code, _, err = run_cli("genlip-eval", "report", str(sw), "--out", str(tmp_path / "r"), "--compare", "a", "b")
+    assert code == 0, err[-3000:]
     rows = list(csv.DictReader((tmp_path / "r" / "compare.csv").read_text().splitlines()))
     assert {r["suite"] for r in rows} == {"synth", "paper14"}
     diff = {(r["suite"], r["benchmark"]): float(r["diff"]) for r in rows}

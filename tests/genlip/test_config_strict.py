@@ -4,7 +4,6 @@ with a suggestion, and a recipe can be its differences from a ``base:``."""
 
 import dataclasses
 import os
-import subprocess
 import sys
 import typing
 from pathlib import Path
@@ -20,6 +19,7 @@ from genlip.run.config import RecipeError, build, changed_since, read_values, to
 from genlip.run.resources import bundled_names, resolve_recipe
 from genlip.train.recipe import Recipe, load_recipe
 from mllm.recipe import SCHEDULERS, MllmRecipe
+from tests.cli import run_cli
 
 BIN = Path(sys.executable).parent
 GRID = {"encoders": {"genlip": {"path": "runs/x"}}, "llms": {"tiny": "tiny"},
@@ -122,9 +122,8 @@ def test_a_typo_in_a_sweep_grid_is_an_error_not_a_frozen_encoder(tmp_path):
     # through the command: one line, exit 2, and nothing created
     grid["out"] = str(tmp_path / "sweep_out")
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
-    p = subprocess.run([str(BIN / "genlip-eval"), "sweep", "--grid", str(tmp_path / "grid.yaml")], cwd=tmp_path,
-                       capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "lr_visoin" in p.stderr, p.stderr
+    code, _, err = run_cli("genlip-eval", "sweep", "--grid", str(tmp_path / "grid.yaml"), cwd=tmp_path)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "lr_visoin" in err, err
     assert not (tmp_path / "sweep_out").exists()
 
 
@@ -169,13 +168,11 @@ def test_a_users_recipe_on_a_bundled_base_and_the_one_level_rule(tmp_path):
 
 def test_a_bad_choice_on_the_command_line_is_one_line_before_anything_runs(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GENLIP_HOME": str(tmp_path / "home")}
-    p = subprocess.run([str(BIN / "genlip-pretrain"), "train.precision=bf61"], cwd=tmp_path, capture_output=True,
-                       text=True, env=env)
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "'bf16'" in p.stderr, p.stderr
+    code, _, err = run_cli("genlip-pretrain", "train.precision=bf61", cwd=tmp_path, env=env)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "'bf16'" in err, err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "home").exists()
-    p = subprocess.run([str(BIN / "genlip-mllm"), "finetune", "model.mode=anyress"], cwd=tmp_path,
-                       capture_output=True, text=True, env=env)
-    assert p.returncode == 2 and "did you mean 'anyres'" in p.stderr, p.stderr
+    code, _, err = run_cli("genlip-mllm", "finetune", "model.mode=anyress", cwd=tmp_path, env=env)
+    assert code == 2 and "did you mean 'anyres'" in err, err
 
 
 @pytest.mark.parametrize("override,words", [
@@ -194,9 +191,9 @@ def test_a_bad_choice_on_the_command_line_is_one_line_before_anything_runs(tmp_p
 ])
 def test_a_bad_value_is_one_line_and_exit_2_before_anything_is_built(tmp_path, override, words):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GENLIP_HOME": str(tmp_path / "home")}
-    p = subprocess.run([str(BIN / "genlip-pretrain"), *override.split()], cwd=tmp_path, capture_output=True,
-                       text=True, env=env)
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and words in p.stderr, p.stderr
+    code, _, err = run_cli("genlip-pretrain", *override.split(), env=env, cwd=tmp_path,
+                           subprocess=override == "train.steps=-5")  # the installed script once; the rest in-process
+    assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "home").exists()
 
 
@@ -204,7 +201,8 @@ def test_overrides_may_follow_options():
     for cmd in (["genlip-pretrain", "--resume", "auto", "train.steps=3", "--print-recipe", "optim.lr=0.5"],
                 ["genlip-mllm", "finetune", "--print-recipe", "train.max_steps=3", "--recipe", "finetune_tiny_cpu",
                  "lr.projector=0.5"]):
-        out = subprocess.run([str(BIN / cmd[0]), *cmd[1:]], capture_output=True, text=True, check=True).stdout
+        code, out, err = run_cli(*cmd)
+        assert code == 0, err
         assert ("steps: 3" in out or "max_steps: 3" in out) and ("lr: 0.5" in out or "projector: 0.5" in out), out
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from genlip.run import checkpoint as C
+from tests.cli import run_cli
 
 RECIPE = str(Path(__file__).parents[1] / "recipes" / "tiny_stage1.yaml")
 RECIPE2 = str(Path(__file__).parents[1] / "recipes" / "tiny_stage2.yaml")
@@ -37,6 +38,14 @@ def _run(home, out, *overrides, torchrun=0, env=None, check=True, recipe=RECIPE)
     if check and p.returncode != 0:
         raise AssertionError(f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
+
+
+def _refused(home, out, *overrides, recipe=RECIPE) -> tuple[int, str]:
+    """``genlip-pretrain`` with a recipe it refuses before anything is built, in this process (tests.cli):
+    (exit code, stderr)."""
+    code, _, err = run_cli("genlip-pretrain", "--recipe", recipe, f"train.output_dir={out}", *overrides,
+                           env=_env(home))
+    return code, err
 
 
 def _losses(run_dir) -> dict[int, list[float]]:
@@ -197,24 +206,24 @@ def test_a_changed_recipe_on_resume_is_said_once(home, tmp_path):
 
 
 def test_bad_recipe_key_is_reported(home, tmp_path):
-    p = _run(home, tmp_path / "x", "optim.learning_rate=1", check=False)
-    assert p.returncode == 2 and "unknown key 'optim.learning_rate'" in p.stderr
+    code, err = _refused(home, tmp_path / "x", "optim.learning_rate=1")
+    assert code == 2 and "unknown key 'optim.learning_rate'" in err
 
 
 def test_missing_data_and_tokenizer_are_recipe_mistakes_in_one_line(home, tmp_path):
     """What a paper recipe leaves to fill in (``/path/to/...``), or any path that does not exist: exit code 2 and one
     line naming the key, before anything is built or logged."""
-    p = _run(home, tmp_path / "x", "data.tokenizer=/path/to/qwen3-tokenizer", check=False)
-    assert p.returncode == 2 and p.stderr.strip() == (
+    code, err = _refused(home, tmp_path / "x", "data.tokenizer=/path/to/qwen3-tokenizer")
+    assert code == 2 and err.strip() == (
         "genlip-pretrain: bad recipe: data.tokenizer: directory '/path/to/qwen3-tokenizer' does not exist (the "
         "recipe's placeholder: set it to your own)")
-    p = _run(home, tmp_path / "x", f"data.sources=[{{path: {tmp_path / 'none.tar'}, type: wds}}]", check=False)
-    assert p.returncode == 2 and p.stderr.strip() == (
+    code, err = _refused(home, tmp_path / "x", f"data.sources=[{{path: {tmp_path / 'none.tar'}, type: wds}}]")
+    assert code == 2 and err.strip() == (
         f"genlip-pretrain: bad recipe: data.sources.0.path: no file matches '{tmp_path / 'none.tar'}' (from "
         f"'{tmp_path / 'none.tar'}')")
     assert not (tmp_path / "x").exists()
-    p = _run(home, tmp_path / "x", f"data.synth={{dir: {tmp_path / 'corpus'}}}", "data.tokenizer=/nope", check=False)
-    assert p.returncode == 2 and not (tmp_path / "corpus").exists()  # refused before a corpus is generated
+    code, _ = _refused(home, tmp_path / "x", f"data.synth={{dir: {tmp_path / 'corpus'}}}", "data.tokenizer=/nope")
+    assert code == 2 and not (tmp_path / "corpus").exists()  # refused before a corpus is generated
 
 
 def test_checkpoints_and_exports_carry_the_training_preprocessing(reference_run, tmp_path):
@@ -332,9 +341,9 @@ def test_a_finished_run_given_another_recipe_is_refused_naming_the_keys(home, re
     before = sorted(str(p.relative_to(reference_run)) for p in reference_run.rglob("*"))
     same = _run(home, reference_run, "log.every=5", "data.num_workers=0", "checkpoint.keep=5")
     assert "already finished" in same.stdout, same.stdout[-2000:] + same.stderr[-2000:]
-    p = _run(home, reference_run, "optim.lr=0.00123", "optim.clip_grad=0.5", check=False)
-    lines = p.stderr.strip().splitlines()
-    assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    code, err = _refused(home, reference_run, "optim.lr=0.00123", "optim.clip_grad=0.5")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
     assert lines[0].startswith(f"genlip-pretrain: bad recipe: {reference_run}/checkpoints/step_")
     assert "is a finished run of another recipe (optim.clip_grad: 1.0 -> 0.5; optim.lr: " in lines[0]
     assert " -> 0.00123)" in lines[0] and "--resume none" in lines[0]
@@ -348,8 +357,8 @@ def test_starting_over_sets_the_earlier_run_aside(home, reference_run, tmp_path)
     shutil.copytree(reference_run, run_dir)
     old = sorted(p.name for p in run_dir.iterdir())
     (run_dir / "notes.txt").write_text("the user's own file: not the run's, left where it is")
-    bad = _run(home, run_dir, "checkpoint.resume=none", "data.tokenizer=/no/such/tokenizer", check=False)
-    assert bad.returncode == 2 and not list(run_dir.glob("replaced-*")), "a refused recipe moves nothing"
+    code, _ = _refused(home, run_dir, "checkpoint.resume=none", "data.tokenizer=/no/such/tokenizer")
+    assert code == 2 and not list(run_dir.glob("replaced-*")), "a refused recipe moves nothing"
     p = _run(home, run_dir, "train.steps=3", "checkpoint.every=1", "checkpoint.resume=none")
     assert (run_dir / "notes.txt").exists()
     assert "starting over (--resume none): the earlier run's files moved to " in p.stdout, p.stdout[-2000:]

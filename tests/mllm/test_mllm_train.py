@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from genlip.run.config import RecipeError, load_recipe
 from mllm.recipe import MllmRecipe
+from tests.cli import run_cli
 from tests.mllm_fixtures import make_llm, make_towers
 
 RECIPES = Path(__file__).parents[1] / "recipes"
@@ -226,12 +227,11 @@ def test_samples_dropped_in_training_are_counted_by_reason(env, tmp_path):
 def test_missing_model_directory_is_one_line_and_exit_2(env, tmp_path, key):
     given = {"vision": f"model.vision={env[1]['genlip']}", "llm": "model.llm=tiny"}
     given[key] = f"model.{key}=/no/such/dir"
-    p = subprocess.run([str(BIN / "genlip-mllm"), "pretrain", "--recipe", str(RECIPES / "mllm_pretrain.yaml"),
-                        *given.values(), f"train.output_dir={tmp_path / 'out'}"],
-                       capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1", "GENLIP_HOME": str(tmp_path / "home")})
-    lines = p.stderr.strip().splitlines()
-    assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    code, _, err = run_cli("genlip-mllm", "pretrain", "--recipe", str(RECIPES / "mllm_pretrain.yaml"),
+                           *given.values(), f"train.output_dir={tmp_path / 'out'}", subprocess=key == "vision",
+                           env={**os.environ, "HF_HUB_OFFLINE": "1", "GENLIP_HOME": str(tmp_path / "home")})
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
     assert lines[0] == f"genlip-mllm: bad recipe: model.{key}: /no/such/dir: no such directory"
     assert not (tmp_path / "home").exists(), "checked before any data is generated"
 
@@ -332,12 +332,12 @@ def test_a_finished_run_given_another_recipe_is_refused_naming_the_keys(env, ali
 def test_init_from_mistakes_are_one_line_before_anything_is_made(env, aligned, tmp_path, case):
     init = {"missing": "/no/such/run/final", "run_dir": str(aligned.parent), "with_vision": str(aligned)}[case]
     extra = [f"model.vision={env[1]['siglip']}"] if case == "with_vision" else []
-    p = subprocess.run([str(BIN / "genlip-mllm"), "finetune", "--recipe", str(RECIPES / "mllm_finetune.yaml"),
-                        f"model.init_from={init}", *extra, f"train.output_dir={tmp_path / 'out'}"],
-                       capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1", "GENLIP_HOME": str(tmp_path / "home")})
-    lines = p.stderr.strip().splitlines()
-    assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    code, _, err = run_cli("genlip-mllm", "finetune", "--recipe", str(RECIPES / "mllm_finetune.yaml"),
+                           f"model.init_from={init}", *extra, f"train.output_dir={tmp_path / 'out'}",
+                           env={**os.environ, "HF_HUB_OFFLINE": "1", "GENLIP_HOME": str(tmp_path / "home")},
+                           subprocess=case == "run_dir")  # the installed script once; the rest in this process
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
     want = {"missing": f"model.init_from: {init}: no such directory (a previous stage's output_dir/final: run that "
                        "stage first, e.g. `genlip-mllm pretrain`)",
             "run_dir": f"model.init_from: {init}: not a saved MLLM (no genlip_mllm_image.json); did you mean "
@@ -384,12 +384,12 @@ def test_own_deepspeed_configs_are_checked_when_the_recipe_loads(tmp_path, confi
 ])
 def test_data_mistakes_are_one_line_before_anything_is_made(env, tmp_path, overrides, want):
     (tmp_path / "d.json").write_text("[]")
-    p = subprocess.run([str(BIN / "genlip-mllm"), "pretrain", "--recipe", str(RECIPES / "mllm_pretrain.yaml"),
-                        f"model.vision={env[1]['genlip']}", *[o.format(json=tmp_path / "d.json") for o in overrides],
-                        f"train.output_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1", "GENLIP_HOME": str(tmp_path / "home")})
-    lines = p.stderr.strip().splitlines()
-    assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    code, _, err = run_cli("genlip-mllm", "pretrain", "--recipe", str(RECIPES / "mllm_pretrain.yaml"),
+                           f"model.vision={env[1]['genlip']}", *[o.format(json=tmp_path / "d.json") for o in overrides],
+                           f"train.output_dir={tmp_path / 'out'}", subprocess=overrides == ["data.synth=null"],
+                           env={**os.environ, "HF_HUB_OFFLINE": "1", "GENLIP_HOME": str(tmp_path / "home")})
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
     assert lines[0] == f"genlip-mllm: bad recipe: {want}"
     assert not (tmp_path / "home").exists() and not (tmp_path / "out").exists()
 
