@@ -71,6 +71,14 @@ SMOKE = False  # --smoke: every section at toy sizes on the CPU, to check this s
 PRESET = {"L16": "L16", "So16": "So16"}
 
 
+def _llm_checkpointing(llm, on: bool) -> None:
+    """Activation checkpointing of the LLM's layers on or off, by transformers' current name for it where it has one
+    (the older ``gradient_checkpointing_*`` warn that they will be removed)."""
+    verb = "enable" if on else "disable"
+    fn = getattr(llm, f"activation_checkpointing_{verb}", None) or getattr(llm, f"gradient_checkpointing_{verb}")
+    fn()
+
+
 def sync() -> None:
     if DEV == "cuda":
         torch.cuda.synchronize()
@@ -141,7 +149,7 @@ def stage1_model(preset: str, backend: str, checkpointing: bool = False, compile
     cfg = genlip_config(PRESET[preset], attn_backend=backend)
     model = GenLIPForCaptioning(cfg).to(DEV).train()
     if checkpointing:
-        model.gradient_checkpointing_enable()
+        model.vit.activation_checkpointing = "full"
     if compile_mode is not None and not SMOKE:
         compile_model(model, compile_mode, scope, dynamic)
     if param_bf16:
@@ -578,15 +586,12 @@ def mllm(peak: float, parts, deadline: float, micro: int = 4, seq: int = 2048, p
             model._bench_compiled = True
         mode["chunked"] = chunked
         fresh()
-        if gc:
-            model.model.language_model.gradient_checkpointing_enable()
-        else:
-            model.model.language_model.gradient_checkpointing_disable()
+        _llm_checkpointing(model.model.language_model, gc)
         sec = cuda_time(step, warmup=2, iters=4)
         out[key] = {"sec_per_step": sec, "tokens_per_s": micro * seq / sec, "share_of_peak": tflop / sec / peak,
                     "peak_gb": peak_gb()}
         progress(out)
-    model.model.language_model.gradient_checkpointing_disable()
+    _llm_checkpointing(model.model.language_model, False)
     for layer in model.model.language_model.layers:  # evaluation measures the eager layers, as before
         layer._compiled_call_impl = None
     return out

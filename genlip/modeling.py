@@ -139,11 +139,29 @@ class GenLIPPreTrainedModel(PreTrainedModel):
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None) -> None:
         self.vit.gradient_checkpointing = enable
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
-        self.vit.gradient_checkpointing = True
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
+                                        every_n_layers: int = 1, offload: bool = False) -> None:
+        """transformers' switch (its name since 5.x; ``gradient_checkpointing_enable`` before): full checkpointing of
+        every block, always non-reentrant (``use_reentrant`` may be given, with either value: the gradients are the
+        same). For selective checkpointing set ``model.vit.activation_checkpointing = "selective"``. Checkpointing
+        only some blocks (``every_n_layers``) and offloading to the host are not implemented: refused, not ignored."""
+        unknown = sorted(set(activation_checkpointing_kwargs or {}) - {"use_reentrant"})
+        if unknown or every_n_layers != 1 or offload:
+            given = {"kwargs": unknown} if unknown else {"every_n_layers": every_n_layers} if every_n_layers != 1 \
+                else {"offload": offload}
+            raise ValueError(f"GenLIP checkpoints every block (full or selective) on the device; {given} is not "
+                             "supported")
+        self.vit.activation_checkpointing = "full"
+
+    def activation_checkpointing_disable(self) -> None:
+        self.vit.activation_checkpointing = "none"
+
+    # the names before transformers 5.x's, and what its Trainer and PEFT call in some versions
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs) -> None:
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 
     def gradient_checkpointing_disable(self) -> None:
-        self.vit.gradient_checkpointing = False
+        self.activation_checkpointing_disable()
 
 
 @dataclass

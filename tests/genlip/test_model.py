@@ -1,6 +1,7 @@
 """The model as a whole: gradient coverage, packed == separate, HF round trips, LLaVA tower, preset sizes."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -151,8 +152,21 @@ def test_activation_checkpointing_modes_give_the_same_loss_and_gradients(backend
         torch.testing.assert_close(results[mode][0], results["none"][0], atol=1e-6, rtol=1e-6)
         for n, g in results["none"][1].items():
             torch.testing.assert_close(results[mode][1][n], g, atol=1e-6, rtol=1e-5, msg=f"{mode}: {n}")
-    model.gradient_checkpointing_enable()  # the transformers switch is full checkpointing
-    assert model.vit.activation_checkpointing == "full"
+    # transformers' switches, both names (the older one without its deprecation warning), are full checkpointing
+    is_on = "is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing") else \
+        "is_gradient_checkpointing"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for on, off in (("activation_checkpointing_enable", "activation_checkpointing_disable"),
+                        ("gradient_checkpointing_enable", "gradient_checkpointing_disable")):
+            if not hasattr(model, on):  # transformers before the new names
+                continue
+            getattr(model, on)({"use_reentrant": True})
+            assert model.vit.activation_checkpointing == "full" and getattr(model, is_on)
+            getattr(model, off)()
+            assert model.vit.activation_checkpointing == "none" and not getattr(model, is_on)
+    with pytest.raises(ValueError, match="every_n_layers"):
+        model.gradient_checkpointing_enable(every_n_layers=2)
 
 
 def _checkpointing_model():
