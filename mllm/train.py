@@ -8,6 +8,7 @@ import copy
 import json
 import logging
 import os
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -357,6 +358,8 @@ def train(recipe: MllmRecipe) -> Path:
         D.print0(f"data: {recipe.data.path} (the recipe's generated data.synth sets are not used"
                  f"{'; only its tiny LLM' if recipe.model.llm == 'tiny' else ''})")
     _process_state(t, ws, cuda)
+    if t.deepspeed:  # DeepSpeed calls collectives that torch renamed: a warning per rank and call, not for the user
+        warnings.filterwarnings("ignore", r"`torch\.distributed\.\w+` is deprecated", FutureWarning)
     torch.manual_seed(t.seed)
     data_path, image_root = ensure_sft_data(recipe)
     model, tokenizer, spec, ip = build_from_recipe(recipe)
@@ -433,9 +436,11 @@ def _with_lora(model, recipe: MllmRecipe):
     from peft import LoraConfig, get_peft_model  # optional: only LoRA runs pay for importing PEFT
 
     targets = r"model\.language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-    return get_peft_model(model, LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha,
-                                            lora_dropout=recipe.lora.dropout, target_modules=targets,
-                                            modules_to_save=["multi_modal_projector"]))
+    with warnings.catch_warnings():  # PEFT asks for the old name of a transformers property: not the user's to act on
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        return get_peft_model(model, LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha,
+                                                lora_dropout=recipe.lora.dropout, target_modules=targets,
+                                                modules_to_save=["multi_modal_projector"]))
 
 
 def training_arguments(recipe: MllmRecipe, ws: int, cuda: bool, max_lr: float) -> TrainingArguments:
