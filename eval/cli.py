@@ -19,7 +19,7 @@ from pathlib import Path
 from eval.local_tasks import write_local_tasks
 from eval.pipeline import run_pipeline
 from eval.report import load_cells, write_report
-from eval.run import EvalError, run_suite
+from eval.run import EvalError, OtherResults, run_suite
 from eval.suites import SUITES
 from eval.sweep import __doc__ as sweep_doc
 from eval.sweep import sweep
@@ -138,6 +138,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     try:
         res = run_suite(args.model, args.suite, out, args.limit, args.max_new_tokens, tasks_dir=args.tasks_dir,
                         reuse=not args.force, batch_size=args.batch_size)
+    except OtherResults as e:
+        print(f"genlip-eval: {e}", file=sys.stderr)
+        return 2
     except (EvalError, KeyError, FileNotFoundError) as e:
         print(f"genlip-eval: {e}", file=sys.stderr)
         return 1

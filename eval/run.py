@@ -7,6 +7,7 @@ results file.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -51,6 +52,21 @@ def _run_streaming(args: list[str], env: dict, cwd: Path, log: Path, timeout: fl
     return returncode, last
 
 
+class OtherResults(EvalError):
+    """The output directory holds another model's scores: writing there would mix two models' results."""
+
+
+def model_id(model_dir: str | Path) -> str:
+    """What identifies a saved model's weights without reading them: the names, sizes and modification times of its
+    weight and config files. A model trained again in the same directory gets another id, so its old scores are not
+    taken for its new ones."""
+    d = Path(model_dir)
+    files = sorted(f for f in d.iterdir() if f.is_file() and (f.suffix == ".safetensors" or f.name in (
+        "config.json", "genlip_mllm_image.json", "model.safetensors.index.json")))
+    stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
+
+
 def run_suite(model_dir: str | Path, suite: str, out_dir: str | Path, limit: int | None = None,
               max_new_tokens: int | None = None, timeout: float | None = None,
               tasks_dir: str | Path | None = None, reuse: bool = True, batch_size: int = 1) -> dict:
@@ -63,17 +79,20 @@ def run_suite(model_dir: str | Path, suite: str, out_dir: str | Path, limit: int
     ``batch_size``: questions answered together (left-padded; greedy answers equal batch size 1's).
 
     ``reuse``: when ``out_dir/scores.json`` already holds this model's scores on this suite with the same limit and
-    generation length, return them (``"reused": True``) instead of running lmms-eval again."""
+    generation length, and the model was not saved again since (:func:`model_id`), return them (``"reused": True``)
+    instead of running lmms-eval again. An ``out_dir`` holding another model's scores is an :class:`OtherResults`."""
     if suite not in SUITES:
         raise KeyError(f"unknown suite {suite!r}; choose one of {sorted(SUITES)}")
     benches = SUITES[suite]
     out = Path(out_dir)
-    settings = {"model_path": str(Path(model_dir).resolve()), "suite": suite, "limit": limit,
-                "max_new_tokens": max_new_tokens,
+    settings = {"model_path": str(Path(model_dir).resolve()), "model_id": model_id(model_dir), "suite": suite,
+                "limit": limit, "max_new_tokens": max_new_tokens,
                 "tasks_dir": str(Path(tasks_dir).resolve()) if tasks_dir is not None else None}
-    if reuse and (out / "scores.json").exists():
+    if (out / "scores.json").exists():
         prev = json.loads((out / "scores.json").read_text())
-        if all(prev.get(k) == v for k, v in settings.items()):
+        if prev.get("model_path") not in (None, settings["model_path"]):
+            raise OtherResults(f"{out} holds the scores of another model ({prev['model_path']}); give another --out")
+        if reuse and all(prev.get(k) == v for k, v in settings.items()):
             return {**prev, "reused": True}
     out.mkdir(parents=True, exist_ok=True)
     tasks = sorted({b.task for b in benches})

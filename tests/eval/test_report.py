@@ -120,3 +120,28 @@ def test_a_sweep_directory_with_two_suites_per_cell_reports_and_compares(tmp_pat
     assert diff[("synth", "SynthChart")] == pytest.approx(20.0) and diff[("paper14", "ChartQA")] == pytest.approx(4.0)
     md = (tmp_path / "r" / "report.md").read_text()
     assert "## synth" in md and "## paper14" in md
+
+
+def test_scores_are_reused_for_the_same_saved_model_only_and_another_models_out_is_refused(tmp_path):
+    """``already evaluated`` holds for the model saved when the scores were made: trained again in the same directory,
+    it is another model (its old scores would pass for its new ones). An ``--out`` that holds another model's scores
+    is refused in one line: the two models' results would mix there."""
+    from eval.run import OtherResults, model_id, run_suite
+
+    m, other, out = tmp_path / "m", tmp_path / "other", tmp_path / "out"
+    for d in (m, other):
+        d.mkdir()
+        (d / "genlip_mllm_image.json").write_text("{}")
+        (d / "model.safetensors").write_bytes(b"weights")
+    settings = {"model_path": str(m.resolve()), "model_id": model_id(m), "suite": "synth", "limit": 4,
+                "max_new_tokens": None, "tasks_dir": None}
+    out.mkdir()
+    (out / "scores.json").write_text(json.dumps({**settings, "benchmarks": {"SynthDoc": 1.0}}))
+    assert run_suite(m, "synth", out, 4)["reused"]
+    (m / "model.safetensors").write_bytes(b"trained again")
+    assert model_id(m) != settings["model_id"]
+    with pytest.raises(OtherResults, match=f"{out} holds the scores of another model"):
+        run_suite(other, "synth", out, 4)
+    code, _, err = run_cli("genlip-eval", "run", "--model", str(other), "--out", str(out), "--limit", "4")
+    assert code == 2 and err.strip().splitlines() == [
+        f"genlip-eval: {out} holds the scores of another model ({m.resolve()}); give another --out"], err
