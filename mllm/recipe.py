@@ -63,6 +63,11 @@ class MllmModelRecipe:
     max_image_tokens: int = bounded(576, ge=1)
     max_grid: int = bounded(2, ge=1)  # anyres: up to max_grid x max_grid tiles + the base image
 
+    def __post_init__(self) -> None:
+        if self.min_image_tokens > self.max_image_tokens:
+            raise ValueError(f"model.min_image_tokens {self.min_image_tokens} is above model.max_image_tokens "
+                             f"{self.max_image_tokens}")
+
 
 @dataclass
 class MllmDataRecipe:

@@ -205,8 +205,9 @@ def resolve_weights_dir(path: str | Path) -> Path:
     ckpts = list_checkpoints(p)
     if ckpts:
         return ckpts[-1]
-    raise FileNotFoundError(f"{path} is neither a checkpoint directory (model.safetensors) nor a run directory "
-                            f"with checkpoints; run the stage-1 recipe first")
+    why = "no such directory" if not p.exists() else ("neither a checkpoint directory (model.safetensors) nor a run "
+                                                      "directory with checkpoints; run the stage-1 recipe first")
+    raise FileNotFoundError(f"{path}: {why}")
 
 
 def load_weights(path: str | Path, model: nn.Module) -> Path:

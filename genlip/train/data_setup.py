@@ -35,7 +35,11 @@ def ensure_synth_corpus(spec: dict) -> Path:
 def recipe_patch_size(recipe: Recipe) -> int:
     """The model's patch size: from the ``init_from`` checkpoint if any, else from the preset and overrides."""
     if recipe.model.init_from:
-        return GenLIPConfig.from_pretrained(resolve_weights_dir(recipe.model.init_from)).patch_size
+        try:
+            weights = resolve_weights_dir(recipe.model.init_from)
+        except FileNotFoundError as e:
+            raise RecipeError(f"model.init_from: {e}{_placeholder(recipe.model.init_from)}") from None
+        return GenLIPConfig.from_pretrained(weights).patch_size
     if recipe.model.preset is None:
         raise ValueError("model.preset is needed to train from scratch (or model.init_from to continue a run)")
     return int(recipe.model.overrides.get("patch_size", PRESETS[recipe.model.preset].get("patch_size", 16)))
@@ -53,6 +57,7 @@ def build_stream_parts(recipe: Recipe):
     tok_dir = data.tokenizer
     if tok_dir != "auto" and not Path(tok_dir).exists():  # before generating a corpus
         raise RecipeError(f"data.tokenizer: directory {tok_dir!r} does not exist{_placeholder(tok_dir)}")
+    P = recipe_patch_size(recipe)  # model.init_from is read here: also before generating a corpus
     if data.synth is not None:
         corpus = ensure_synth_corpus(data.synth)
         if not sources:
@@ -76,12 +81,10 @@ def build_stream_parts(recipe: Recipe):
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     encoder = CaptionEncoder(tokenizer, data.prompt, data.max_caption_tokens)
     if data.native:
-        P = recipe_patch_size(recipe)
         builder = NativeResBuilder(encoder, patch_size=P, min_pixels=data.min_image_tokens * P * P,
                                    max_pixels=data.max_image_tokens * P * P, max_seq_len=data.max_seq_len,
                                    window=data.pack_window, min_fill=data.pack_min_fill)
     else:
-        P = recipe_patch_size(recipe)
         if data.image_size % P:
             raise ValueError(f"data.image_size {data.image_size} is not a multiple of the patch size {P}")
         builder = FixedResBuilder(encoder, data.image_size, [0.5] * 3, [0.5] * 3)

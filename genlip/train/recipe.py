@@ -65,6 +65,11 @@ class DataRecipe:
     skip_check_after: int = bounded(200, ge=1)  # records a loader stream reads before max_skip_fraction is judged
     num_workers: int = bounded(1, ge=0)
 
+    def __post_init__(self) -> None:
+        if self.min_image_tokens > self.max_image_tokens:
+            raise ValueError(f"data.min_image_tokens {self.min_image_tokens} is above data.max_image_tokens "
+                             f"{self.max_image_tokens}")
+
 
 @dataclass
 class OptimRecipe:

@@ -188,6 +188,9 @@ def test_a_bad_choice_on_the_command_line_is_one_line_before_anything_runs(tmp_p
     ("optim.betas=[0.9]", "optim.betas must be two numbers in [0, 1)"),
     ("optim.betas=[0.9,1.5]", "optim.betas must be two numbers in [0, 1) (AdamW's beta1, beta2), got [0.9, 1.5]"),
     ("optim.lr=inf", "optim.lr: inf is out of range (must be a finite number)"),
+    ("data.min_image_tokens=100 data.max_image_tokens=64", "data.min_image_tokens 100 is above data.max_image_tokens"),
+    ("--recipe stage2_tiny_cpu model.init_from=runs/nosuch", "bad recipe: model.init_from: runs/nosuch: no such "
+                                                               "directory"),
 ])
 def test_a_bad_value_is_one_line_and_exit_2_before_anything_is_built(tmp_path, override, words):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GENLIP_HOME": str(tmp_path / "home")}
@@ -242,3 +245,8 @@ def test_a_finished_runs_recipe_is_compared_on_the_keys_both_versions_have(tmp_p
     assert changed_since(f, Recipe(), ignore=("log",)) == [f"optim.lr: 5.0 -> {Recipe().optim.lr!r}"]
     assert changed_since(f, Recipe()) == [f"log.every: 99 -> {Recipe().log.every!r}",
                                           f"optim.lr: 5.0 -> {Recipe().optim.lr!r}"]
+
+
+def test_the_mllm_native_token_budget_must_be_a_range():
+    with pytest.raises(RecipeError, match="model.min_image_tokens 100 is above model.max_image_tokens 64"):
+        load_recipe(None, ["model.min_image_tokens=100", "model.max_image_tokens=64"], MllmRecipe)
