@@ -18,6 +18,7 @@ from genlip.tools.analyze import main as analyze_main
 from genlip.tools.caption import main as caption_main
 from genlip.tools.common import load_captioner
 from genlip.tools.export import main as export_main
+from tests.cli import run_cli
 from tests.tools_fixtures import CAPTIONS, SIZE, make_captioner, tool_images
 
 
@@ -236,3 +237,13 @@ def test_probe_and_timm_through_the_clis(ckpt, tmp_path):
     ref, _ = model.vit(model.vit.patch_embed(x), image_only_layout(1, 4, 4))
     with torch.no_grad():
         torch.testing.assert_close(tm.forward_features(x), ref, atol=1e-4, rtol=1e-4)
+    # again into its own output: replaced; into a file, a folder of other files or the other kind's export: refused
+    assert export_main(["timm", "--model", str(d), "--out", str(tmp_path / "timm")]) == 0
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(b"png")
+    for out, kind, words in [(tmp_path / "p.json", "timm", "is a file, not a directory"),
+                             (tmp_path / "photos", "hf", "holds files that are not a genlip-export hf output (a.png)"),
+                             (tmp_path / "timm", "hf", "(config.json (not this kind of export))")]:
+        code, _, err = run_cli("genlip-export", kind, "--model", str(d), "--out", str(out))
+        assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, err
+    assert sorted(f.name for f in (tmp_path / "photos").iterdir()) == ["a.png"]
