@@ -25,11 +25,12 @@ from eval.sweep import __doc__ as sweep_doc
 from eval.sweep import sweep
 from eval.synth_bench import write_synth_benchmarks
 from genlip.run.config import RecipeError
+from genlip.run.parser import Parser
 from genlip.run.resources import ResourceNotFound, resolve
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="genlip-eval", description=__doc__,
+    ap = Parser(prog="genlip-eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="one model, one suite")

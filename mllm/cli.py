@@ -17,6 +17,7 @@ import sys
 
 from genlip.data.sources import DataError
 from genlip.run.command import execute, load_for_command, print_config, recipe_help, schema_keys
+from genlip.run.parser import Parser
 from mllm.build import load_mllm
 from mllm.chat import ChatInputError, answer, load_image
 from mllm.recipe import MllmRecipe
@@ -26,7 +27,7 @@ DEFAULTS = {"pretrain": "pretrain_tiny_cpu", "finetune": "finetune_tiny_cpu"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="genlip-mllm", description=__doc__,
+    ap = Parser(prog="genlip-mllm", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--prompt", required=True, help="the question")
     c.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit (default: %(default)s)")
     c.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    c.add_argument("--temperature", type=float, default=0.7, help="with --sample (default: %(default)s)")
+    c.add_argument("--temperature", type=float, default=None, help="with --sample (default: 0.7)")
     # overrides may come after options too: `finetune --recipe X a=1 --print-recipe b=2`
     args, extra = ap.parse_known_args(argv)
     if extra and (args.cmd == "chat" or any("=" not in e or e.startswith("-") for e in extra)):
@@ -56,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, f"train.resume={args.resume}"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.cmd == "chat":
+        if args.temperature is not None and not args.sample:
+            print("genlip-mllm: --temperature only applies with --sample (the default is greedy decoding)",
+                  file=sys.stderr)
+            return 2
+        args.temperature = 0.7 if args.temperature is None else args.temperature
         if args.max_new_tokens < 1 or (args.sample and args.temperature <= 0):
             bad = (f"--max-new-tokens must be at least 1, got {args.max_new_tokens}" if args.max_new_tokens < 1 else
                    f"--temperature must be above 0 with --sample, got {args.temperature}")

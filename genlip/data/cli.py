@@ -18,6 +18,7 @@ from pathlib import Path
 
 from genlip.data.synth import write_corpus
 from genlip.data.synth_sft import write_sft
+from genlip.run.parser import Parser
 
 # what each command writes into --out (and replaces there when it is run again)
 OUTPUTS = {"synth": ("shards", "tokenizer", "corpus.json"),
@@ -25,7 +26,7 @@ OUTPUTS = {"synth": ("shards", "tokenizer", "corpus.json"),
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="genlip-data", description=__doc__,
+    parser = Parser(prog="genlip-data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("synth", help="write a generated image-caption corpus as WebDataset shards + a tokenizer")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from genlip.analysis import SINK_KEYS, draw_readout, plot_sink, readout, sink_stats
 from genlip.data.decode import SkipSample, SkipStats, decode_image
+from genlip.run.parser import Parser
 from genlip.tools.common import image_input, iter_images, load_captioner, pick_device
 from genlip.tools.probe_cli import add_probe_args, probe_from_args
 
@@ -82,8 +83,12 @@ def cmd_readout(args) -> int:
     return 0
 
 
+AT_LEAST = {"epochs": 1, "batch_size": 1, "max_images": 1, "max_new_tokens": 1, "top_k": 1, "region": 1, "print": 0,
+            "num_workers": 0, "weight_decay": 0}
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="genlip-analyze", description=__doc__,
+    ap = Parser(prog="genlip-analyze", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("sink", help="attention-sink analysis, one or more checkpoints side by side")
@@ -107,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("probe", help="linear / attentive probes on frozen features (image-folder dataset)")
     add_probe_args(p)
     args = ap.parse_args(argv)
+    for key, low in AT_LEAST.items():  # a probe of 0 epochs or a negative learning rate would run and mean nothing
+        value = getattr(args, key, None)
+        if value is not None and any(v < low for v in (value if isinstance(value, list) else [value])):
+            ap.error(f"--{key.replace('_', '-')} must be at least {low}, got {value}")
+    if any(v <= 0 for v in getattr(args, "lr", None) or []):
+        ap.error(f"--lr must be above 0, got {args.lr}")
     try:
         if args.cmd == "sink":
             return cmd_sink(args)

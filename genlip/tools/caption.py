@@ -21,6 +21,7 @@ import torch
 
 from genlip.data.decode import SkipStats
 from genlip.generation import DEFAULT_PROMPT
+from genlip.run.parser import Parser
 from genlip.tools.common import image_input, iter_images, load_captioner, pick_device
 
 
@@ -55,7 +56,7 @@ def caption_images(model, tokenizer, named_images, size: int | None = None, batc
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="genlip-caption", description=__doc__,
+    ap = Parser(prog="genlip-caption", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="GenLIP checkpoint or run directory (newest checkpoint)")
     ap.add_argument("images", nargs="+", help="image files, folders, .tar shards")
@@ -67,16 +68,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=256, help="caption length limit (default: %(default)s)")
     ap.add_argument("--prompt", default=None, help="default: the pretraining prompt")
     ap.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    ap.add_argument("--temperature", type=float, default=1.0, help="with --sample (default: %(default)s)")
-    ap.add_argument("--top-k", type=int, default=0, help="with --sample: keep the k likeliest tokens (0: all)")
-    ap.add_argument("--top-p", type=float, default=1.0, help="with --sample: nucleus mass (1: all)")
+    ap.add_argument("--temperature", type=float, default=None, help="with --sample (default: 1.0)")
+    ap.add_argument("--top-k", type=int, default=None, help="with --sample: keep the k likeliest (default 0: all)")
+    ap.add_argument("--top-p", type=float, default=None, help="with --sample: nucleus mass (default 1: all)")
     ap.add_argument("--seed", type=int, default=None, help="with --sample: a seed for repeatable captions")
     ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (CUDA when available)")
     args = ap.parse_args(argv)
     if args.batch_size < 1 or args.max_new_tokens < 1:
         ap.error("--batch-size and --max-new-tokens must be positive")
-    if args.sample and args.temperature <= 0:
-        ap.error(f"--temperature must be above 0 with --sample, got {args.temperature}")
+    given = [f"--{k.replace('_', '-')}" for k in ("temperature", "top_k", "top_p", "seed")
+             if getattr(args, k) is not None]
+    if given and not args.sample:
+        ap.error(f"{', '.join(given)} only apply with --sample (the default is greedy decoding)")
+    args.temperature = 1.0 if args.temperature is None else args.temperature
+    args.top_k, args.top_p = args.top_k or 0, 1.0 if args.top_p is None else args.top_p
+    if args.temperature <= 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
+        ap.error(f"--temperature must be above 0, --top-p in (0, 1] and --top-k at least 0; got {args.temperature}, "
+                 f"{args.top_p}, {args.top_k}")
     device = pick_device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     try:  # what the user gave that cannot be used: one line, exit code 2 (as every command's input mistakes)

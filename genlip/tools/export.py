@@ -18,6 +18,7 @@ from pathlib import Path
 from genlip.export_hf import export_hf
 from genlip.export_timm import export_timm
 from genlip.run.command import quiet_deepspeed_on_cpu
+from genlip.run.parser import Parser
 
 # what each export writes: an --out that holds anything else (or the other kind's export) is refused
 WRITES = {"hf": {"config.json", "model.safetensors", "preprocessor_config.json", "generation_config.json"},
@@ -49,7 +50,7 @@ def out_problem(out: str, kind: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="genlip-export", description=__doc__,
+    ap = Parser(prog="genlip-export", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     h = sub.add_parser("hf", help="standalone Hugging Face vision model")

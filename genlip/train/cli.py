@@ -16,6 +16,7 @@ from transformers.utils import logging as hf_logging
 
 from genlip.data.sources import DataError
 from genlip.run.command import execute, load_for_command, print_config, recipe_help, schema_keys
+from genlip.run.parser import Parser
 from genlip.train.loop import NonFiniteError, train
 from genlip.train.recipe import Recipe
 
@@ -23,7 +24,7 @@ DEFAULT_RECIPE = "stage1_tiny_cpu"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="genlip-pretrain", description=__doc__,
+    parser = Parser(prog="genlip-pretrain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="recipe keys (section.key=default):\n" + schema_keys(Recipe))
     parser.add_argument("--recipe", default=DEFAULT_RECIPE, help=recipe_help("genlip"))

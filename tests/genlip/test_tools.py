@@ -82,6 +82,13 @@ def test_caption_cli_files_folders_shards_and_skips(ckpt, tmp_path, capsys):
     assert caption_main(["--model", str(d), str(tmp_path / "nope.png")]) == 2
     assert caption_main(["--model", str(tmp_path / "nomodel"), str(imgs)]) == 2
     assert caption_main(["--model", str(d), str(imgs), "--size", str(SIZE + 1)]) == 2
+    # sampling settings without --sample would be ignored: refused in one line, as is a typo in an option
+    for args, words in [(["--temperature", "0.5", "--top-p", "0.9"], "genlip-caption: --temperature, --top-p only "
+                                                                    "apply with --sample"),
+                        (["--sample", "--top-p", "0"], "--top-p in (0, 1]"),
+                        (["--sizee", "32"], "genlip-caption: unrecognized arguments: --sizee 32 (--help lists")]:
+        code, _, err = run_cli("genlip-caption", "--model", str(d), str(imgs), *args)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, err
 
 
 def test_readout_matches_direct_lm_head(ckpt, tmp_path):
@@ -227,6 +234,10 @@ def test_probe_and_timm_through_the_clis(ckpt, tmp_path):
                     tmp_path / "ds" / split / name / f"{i}.png")
     assert analyze_main(["probe", "--model", str(d), "--data", str(tmp_path / "ds"), "--kind", "both",
                          "--image-size", "16", "--epochs", "10", "--out", str(tmp_path / "p.json")]) == 0
+    for bad, words in [(["--epochs", "0"], "--epochs must be at least 1, got 0"),
+                       (["--lr", "-1"], "--lr must be above 0, got [-1.0]")]:
+        code, _, err = run_cli("genlip-analyze", "probe", "--model", str(d), "--data", str(tmp_path / "ds"), *bad)
+        assert code == 2 and err.strip().splitlines() == [f"genlip-analyze: {words} (--help lists the options)"]
     res = json.loads((tmp_path / "p.json").read_text())
     assert set(res) == {"linear", "attentive"} and res["linear"]["num_val"] == 6 and res["linear"]["top1"] > 50
     # timm: the exported NaFlexViT gives our features

@@ -29,7 +29,9 @@ def test_unusable_inputs_are_one_line(tmp_path, kind, words):
 
 @pytest.mark.parametrize("args,words", [(["--max-new-tokens", "0"], "--max-new-tokens must be at least 1, got 0"),
                                         (["--sample", "--temperature", "-1"],
-                                         "--temperature must be above 0 with --sample, got -1.0")])
+                                         "--temperature must be above 0 with --sample, got -1.0"),
+                                        (["--temperature", "0.2"], "--temperature only applies with --sample (the "
+                                                                   "default is greedy decoding)")])
 def test_generation_settings_out_of_range_are_one_line(tmp_path, args, words):
     code, _, err = run_cli("genlip-mllm", "chat", "--model", str(tmp_path), "--prompt", "hi", *args,
                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
