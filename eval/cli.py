@@ -118,6 +118,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 2
         print((out / "report.md").read_text())
         return 0
+    if not Path(args.model).is_dir():
+        print(f"genlip-eval: --model {args.model}: no such directory (give genlip-mllm's output_dir/final)",
+              file=sys.stderr)
+        return 2
     if not (Path(args.model) / "genlip_mllm_image.json").is_file():  # before lmms-eval's half-minute start-up
         print(f"genlip-eval: {args.model} is not an MLLM directory of this toolkit (no genlip_mllm_image.json; "
               "give genlip-mllm's final/)", file=sys.stderr)

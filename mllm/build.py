@@ -101,6 +101,8 @@ def save_processing(directory: str | Path, config, tokenizer, spec: ImageSpec) -
 def load_mllm(directory: str | Path, dtype: torch.dtype = torch.float32):
     """``(model, tokenizer, spec, image_processor)`` of a saved MLLM directory."""
     directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no such directory (give genlip-mllm's output_dir/final)")
     if not (directory / "genlip_mllm_image.json").exists():
         raise FileNotFoundError(f"{directory} is not an MLLM directory of this toolkit (no genlip_mllm_image.json)")
     model = AutoModelForImageTextToText.from_pretrained(directory, dtype=dtype)

@@ -81,7 +81,8 @@ def test_the_command_says_so_in_one_line(tmp_path):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "same" in err, err
 
 
-@pytest.mark.parametrize("args,words", [(["--model", "{tmp}/none"], "is not an MLLM directory"),
+@pytest.mark.parametrize("args,words", [(["--model", "{tmp}/none"], "--model {tmp}/none: no such directory"),
+                                        (["--model", "{tmp}"], "is not an MLLM directory"),
                                         (["--model", "{tmp}/m", "--limit", "0"], "--limit must be at least 1"),
                                         (["--model", "{tmp}/m", "--max-new-tokens", "-1"],
                                          "--max-new-tokens must be at least 1, got -1"),

@@ -8,17 +8,20 @@ from tests.cli import run_cli
 
 
 @pytest.mark.parametrize("kind,words", [("missing", "No such file"), ("text", "is not an image"),
-                                        ("broken_png", "is not an image"), ("no_model", "is not an MLLM directory")])
+                                        ("broken_png", "is not an image"), ("no_model", "no_model: no such directory"),
+                                        ("not_mllm", "is not an MLLM directory")])
 def test_unusable_inputs_are_one_line(tmp_path, kind, words):
     image = tmp_path / "x.png"
     if kind == "text":
         image.write_text("not an image")
     elif kind == "broken_png":
         image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
-    elif kind == "no_model":
+    elif kind in ("no_model", "not_mllm"):
         from PIL import Image
 
         Image.new("RGB", (8, 8)).save(image)
+        if kind == "not_mllm":
+            (tmp_path / "no_model").mkdir()
     args = ["chat", "--model", str(tmp_path / "no_model"), "--prompt", "hi", "--image", str(image)]
     code, _, err = run_cli("genlip-mllm", *args, env={**os.environ, "HF_HUB_OFFLINE": "1"},
                            subprocess=kind == "broken_png")  # the installed script once; the rest in this process
