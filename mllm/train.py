@@ -5,6 +5,7 @@ stages: alignment (projector only) and instruction tuning (projector + LLM, the 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -34,8 +35,8 @@ from genlip.run.runtime import configure_cpu_allocator
 from mllm.build import build_mllm, load_mllm, save_mllm, save_processing
 from mllm.data import Collator, LlavaDataset
 from mllm.image_modes import default_pinpoints
-from mllm.processing import ConversationEncoder, make_image_processor
-from mllm.recipe import MllmRecipe
+from mllm.processing import ConversationEncoder, ImageSpec, make_image_processor
+from mllm.recipe import MllmModelRecipe, MllmRecipe
 from mllm.tiny import make_tiny_llm
 from mllm.towers import check_tower_use, load_vision_config, local_only, looks_like_path
 
@@ -117,6 +118,36 @@ def _check_init_from(m) -> None:
     if given:
         raise RecipeError(f"{' and '.join(given)} would be ignored: the model, its tower and LLM included, comes "
                           f"from model.init_from={m.init_from}; give one or the other")
+    # the image settings come with the model too: a value the recipe asks for (not the default) that differs is an
+    # error, not a setting the run would record but not use
+    have = init_image_settings(path)
+    asked = {k: getattr(m, k) for k, v in have.items() if getattr(m, k) not in (v, _MODEL_DEFAULTS[k])}
+    if asked:
+        raise RecipeError(f"{', '.join(f'model.{k}={v}' for k, v in asked.items())} would be ignored: the image "
+                          f"settings come with model.init_from={m.init_from} "
+                          f"({', '.join(f'{k}={have[k]}' for k in asked)}); leave them out or give those values")
+
+
+_MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(MllmModelRecipe)}
+
+
+def init_image_settings(init_from: str | Path) -> dict:
+    """The image settings of a saved MLLM, as the recipe keys ``model.*`` that set them."""
+    spec = ImageSpec.load(init_from)
+    config = json.loads((Path(init_from) / "config.json").read_text())
+    return {"mode": spec.mode, "image_size": spec.image_size, "feature_layer": config.get("vision_feature_layer", -1),
+            "min_image_tokens": spec.min_tokens, "max_image_tokens": spec.max_tokens}
+
+
+def with_init_settings(recipe: MllmRecipe) -> MllmRecipe:
+    """``recipe`` with the image settings of its ``model.init_from`` (when it is there): what the run uses, so the
+    recipe it saves describes the model."""
+    m = recipe.model
+    if m.init_from and (Path(os.path.expanduser(m.init_from)) / "genlip_mllm_image.json").is_file():
+        recipe = copy.deepcopy(recipe)
+        for k, v in init_image_settings(os.path.expanduser(m.init_from)).items():
+            setattr(recipe.model, k, v)
+    return recipe
 
 
 def _check_llm(name: str) -> None:
@@ -323,7 +354,9 @@ def plan_steps(recipe: MllmRecipe, ws: int):
 
 
 def _as_finished(recipe: MllmRecipe) -> MllmRecipe:
-    """``recipe`` with ``model.llm=tiny`` written as the finished run resolved it (the generated tiny LLM's path)."""
+    """``recipe`` as a finished run saved it: ``model.llm=tiny`` as the generated tiny LLM's path, the image settings
+    of ``model.init_from``."""
+    recipe = with_init_settings(recipe)
     saved = Path(recipe.train.output_dir) / "final" / "recipe.yaml"
     before = (yaml.safe_load(saved.read_text()).get("model") or {}).get("llm") or ""
     if recipe.model.llm == "tiny" and Path(before).name == "tiny-llm":
@@ -354,6 +387,8 @@ def train(recipe: MllmRecipe) -> Path:
     D.print0(f"batches: {plan.describe()}")
     check_model_paths(recipe)
     check_data(recipe)
+    recipe = with_init_settings(recipe)
+    t = recipe.train
     if recipe.data.path and recipe.data.synth is not None:
         D.print0(f"data: {recipe.data.path} (the recipe's generated data.synth sets are not used"
                  f"{'; only its tiny LLM' if recipe.model.llm == 'tiny' else ''})")

@@ -329,10 +329,11 @@ def test_a_finished_run_given_another_recipe_is_refused_naming_the_keys(env, ali
     assert sorted(p.name for p in finetuned.parent.iterdir()) == before
 
 
-@pytest.mark.parametrize("case", ["missing", "run_dir", "with_vision"])
+@pytest.mark.parametrize("case", ["missing", "run_dir", "with_vision", "with_mode"])
 def test_init_from_mistakes_are_one_line_before_anything_is_made(env, aligned, tmp_path, case):
-    init = {"missing": "/no/such/run/final", "run_dir": str(aligned.parent), "with_vision": str(aligned)}[case]
-    extra = [f"model.vision={env[1]['siglip']}"] if case == "with_vision" else []
+    init = {"missing": "/no/such/run/final", "run_dir": str(aligned.parent)}.get(case, str(aligned))
+    extra = {"with_vision": [f"model.vision={env[1]['siglip']}"],
+             "with_mode": ["model.mode=anyres", "model.feature_layer=-2"]}.get(case, [])
     code, _, err = run_cli("genlip-mllm", "finetune", "--recipe", str(RECIPES / "mllm_finetune.yaml"),
                            f"model.init_from={init}", *extra, f"train.output_dir={tmp_path / 'out'}",
                            env={**os.environ, "HF_HUB_OFFLINE": "1", "GENLIP_HOME": str(tmp_path / "home")},
@@ -344,9 +345,28 @@ def test_init_from_mistakes_are_one_line_before_anything_is_made(env, aligned, t
             "run_dir": f"model.init_from: {init}: not a saved MLLM (no genlip_mllm_image.json); did you mean "
                        f"{aligned}?",
             "with_vision": f"model.vision={env[1]['siglip']} would be ignored: the model, its tower and LLM included, "
-                           f"comes from model.init_from={init}; give one or the other"}[case]
+                           f"comes from model.init_from={init}; give one or the other",
+            "with_mode": f"model.mode=anyres, model.feature_layer=-2 would be ignored: the image settings come with "
+                         f"model.init_from={init} (mode=resize, feature_layer=-1); leave them out or give those "
+                         "values"}[case]
     assert lines[0] == f"genlip-mllm: bad recipe: {want}"
     assert not (tmp_path / "home").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_finetune_records_the_image_settings_it_inherits(aligned, tmp_path):
+    """The settings a recipe leaves at their defaults take the init_from model's values (an anyres model stays
+    anyres): the recipe the run saves describes the model it trained, and a finished run compares equal to it."""
+    from mllm.train import with_init_settings
+
+    other = tmp_path / "anyres"
+    other.mkdir()
+    shutil.copy(aligned / "config.json", other / "config.json")
+    spec = json.loads((aligned / "genlip_mllm_image.json").read_text())
+    (other / "genlip_mllm_image.json").write_text(json.dumps({**spec, "mode": "anyres", "image_size": 48}))
+    recipe = load_recipe(RECIPES / "mllm_finetune.yaml", [f"model.init_from={other}"], MllmRecipe)
+    assert recipe.model.mode == "resize" and recipe.model.image_size is None
+    filled = with_init_settings(recipe)
+    assert (filled.model.mode, filled.model.image_size, recipe.model.mode) == ("anyres", 48, "resize")
 
 
 AUTO = {k: "auto" for k in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")}
