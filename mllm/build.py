@@ -26,7 +26,7 @@ import mllm  # noqa: F401  (registers the native variant)
 from mllm.image_modes import default_pinpoints, resize_num_tokens
 from mllm.native import NativeLlavaConfig, NativeLlavaForConditionalGeneration
 from mllm.processing import CHAT_TEMPLATE, IMAGE_PLACEHOLDER, ImageSpec, make_image_processor
-from mllm.towers import check_tower_use, load_tower, local_only
+from mllm.towers import check_tower_use, load_tower, local_only, own_normalisation
 
 log = logging.getLogger(__name__)
 MODES = ("resize", "anyres", "native")
@@ -48,8 +48,13 @@ def build_mllm(vision_path: str, llm_path: str, mode: str = "resize", image_size
         raise ValueError(f"image mode must be one of {MODES}, got {mode!r}")
     tower, _ = load_tower(vision_path, dtype)
     info, size = check_tower_use(tower.config, mode, image_size, feature_layer)
+    mean, std = info.image_mean, info.image_std  # the kind's published normalisation, for a tower without its own
+    own = own_normalisation(vision_path) if info.kind != "genlip" else None  # GenLIP's config holds its own
+    if own is not None and own != (mean, std):
+        log.info("%s: image_mean %s / image_std %s from its preprocessor_config.json", vision_path, *own)
+    mean, std = own or (mean, std)
     spec = ImageSpec(mode=mode, kind=info.kind, patch_size=info.patch_size, image_size=size,
-                     image_mean=info.image_mean, image_std=info.image_std, has_cls=info.has_cls,
+                     image_mean=mean, image_std=std, has_cls=info.has_cls,
                      pinpoints=pinpoints or (default_pinpoints(size) if mode == "anyres" else []),
                      min_tokens=min_tokens, max_tokens=max_tokens)
     if info.kind == "genlip":

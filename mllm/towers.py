@@ -8,10 +8,12 @@ penultimate layer.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModel, PretrainedConfig
@@ -83,6 +85,29 @@ def check_tower_use(vcfg: PretrainedConfig, mode: str, image_size: int | None,
         raise ValueError(f"model.feature_layer={feature_layer}: the {info.kind} tower has {n} layers, so "
                          f"hidden_states[i] exists for i in {-(n + 1)}..{n} (-1: the last, -2: the penultimate)")
     return info, size
+
+
+def own_normalisation(path: str) -> tuple[list[float], list[float]] | None:
+    """The ``image_mean`` / ``image_std`` of a local tower directory's ``preprocessor_config.json`` (the processor
+    the tower was trained with), or None where it has none. A file that does not parse, or values that are not three
+    numbers each (a positive std), is a one-line ``ValueError``: the tower would be fed differently normalised images
+    without a word."""
+    f = Path(os.path.expanduser(path)) / "preprocessor_config.json"
+    if not f.is_file():
+        return None
+    try:
+        cfg = json.loads(f.read_text())
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{f}: not a readable processor config ({e})") from None
+    mean, std = cfg.get("image_mean"), cfg.get("image_std")
+    if mean is None and std is None:
+        return None
+
+    def three(v) -> bool:
+        return isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)
+    if not (three(mean) and three(std) and all(x > 0 for x in std)):
+        raise ValueError(f"{f}: image_mean and image_std must be three numbers each (std above 0), got {mean}, {std}")
+    return [float(x) for x in mean], [float(x) for x in std]
 
 
 def looks_like_path(name: str) -> bool:

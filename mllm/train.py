@@ -38,7 +38,7 @@ from mllm.image_modes import default_pinpoints
 from mllm.processing import ConversationEncoder, ImageSpec, make_image_processor
 from mllm.recipe import MllmModelRecipe, MllmRecipe
 from mllm.tiny import make_tiny_llm
-from mllm.towers import check_tower_use, load_vision_config, local_only, looks_like_path
+from mllm.towers import check_tower_use, load_vision_config, local_only, looks_like_path, own_normalisation
 
 log = logging.getLogger(__name__)
 # what a run writes into its train.output_dir (what train.resume=none sets aside; anything else there is left alone)
@@ -99,6 +99,7 @@ def check_model_paths(recipe: MllmRecipe) -> None:
         try:
             vcfg = load_vision_config(_resolve_vision(m.vision))
             check_tower_use(vcfg, m.mode, m.image_size, m.feature_layer)
+            own_normalisation(_resolve_vision(m.vision))
         except FileNotFoundError as e:
             raise RecipeError(f"model.vision: {e}") from None
         except ValueError as e:

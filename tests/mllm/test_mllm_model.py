@@ -207,3 +207,26 @@ def test_towers_and_llms_that_do_not_fit_the_recipe_are_recipe_errors_naming_the
     monkeypatch.chdir(tmp_path)
     with pytest.raises(RecipeError, match=re.escape("model.vision: llm/typo: no such directory")):
         check_model_paths(_recipe(vision="llm/typo", llm=str(llm)))
+
+
+def test_a_towers_own_normalisation_is_used_and_a_broken_one_refused(ckpts, tmp_path):
+    """A tower directory's preprocessor_config.json (what it was trained with) decides the image normalisation; the
+    kind's published values are for towers without one. A config that cannot say is refused, not replaced."""
+    import json
+    import shutil
+
+    towers, llm = ckpts
+    clip = tmp_path / "clip"
+    shutil.copytree(towers["clip"], clip)
+    _, _, spec = build_mllm(str(clip), str(llm), "resize")
+    assert spec.image_mean == pytest.approx([0.48145466, 0.4578275, 0.40821073])  # CLIP's, without a processor file
+    (clip / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.1, 0.2, 0.3],
+                                                               "image_std": [0.5, 0.6, 0.7]}))
+    _, _, spec = build_mllm(str(clip), str(llm), "resize")
+    assert (spec.image_mean, spec.image_std) == ([0.1, 0.2, 0.3], [0.5, 0.6, 0.7])
+    assert list(make_image_processor(spec).image_mean) == [0.1, 0.2, 0.3]
+    (clip / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.1, 0.2], "image_std": [0.5, 0.6, 0.7]}))
+    recipe = MllmRecipe()
+    recipe.model.vision, recipe.model.llm = str(clip), str(llm)
+    with pytest.raises(RecipeError, match=r"preprocessor_config.json: image_mean and image_std must be three numbers"):
+        check_model_paths(recipe)
