@@ -98,12 +98,16 @@ def check_model_paths(recipe: MllmRecipe) -> None:
     if m.vision:
         try:
             vcfg = load_vision_config(_resolve_vision(m.vision))
-            check_tower_use(vcfg, m.mode, m.image_size, m.feature_layer)
+            info, _ = check_tower_use(vcfg, m.mode, m.image_size, m.feature_layer)
             own_normalisation(_resolve_vision(m.vision))
         except FileNotFoundError as e:
             raise RecipeError(f"model.vision: {e}") from None
         except ValueError as e:
             raise RecipeError(f"model.vision={m.vision}: {e}") from None
+        if info.kind == "siglip2" and m.max_image_tokens >= recipe.data.max_length:  # every image scales up to it
+            raise RecipeError(f"model.max_image_tokens={m.max_image_tokens}: a SigLIP2 tower takes every image at "
+                              f"that many tokens, which leaves no room for text in data.max_length="
+                              f"{recipe.data.max_length}; lower model.max_image_tokens or raise data.max_length")
     if m.llm and m.llm != "tiny":
         _check_llm(m.llm)
 

@@ -230,3 +230,17 @@ def test_a_towers_own_normalisation_is_used_and_a_broken_one_refused(ckpts, tmp_
     recipe.model.vision, recipe.model.llm = str(clip), str(llm)
     with pytest.raises(RecipeError, match=r"preprocessor_config.json: image_mean and image_std must be three numbers"):
         check_model_paths(recipe)
+
+
+def test_a_siglip2_token_budget_that_leaves_no_room_for_text_is_refused_up_front(ckpts):
+    """SigLIP2-NaFlex scales every image up to model.max_image_tokens: at or above data.max_length every sample
+    would be dropped as too long on the first batch."""
+    towers, llm = ckpts
+    recipe = MllmRecipe()
+    recipe.model.vision, recipe.model.llm, recipe.model.mode = str(towers["siglip2"]), str(llm), "native"
+    recipe.data.max_length = 512
+    with pytest.raises(RecipeError, match=r"model.max_image_tokens=576: a SigLIP2 tower takes every image at that "
+                                          r"many tokens, .* data.max_length=512; lower"):
+        check_model_paths(recipe)
+    recipe.model.max_image_tokens = 64
+    check_model_paths(recipe)
