@@ -133,8 +133,8 @@ class MllmTrainRecipe:
 
     def __post_init__(self) -> None:
         if self.resume not in ("auto", "none") and not os.path.isfile(os.path.join(self.resume, "trainer_state.json")):
-            raise ValueError(f"train.resume: {self.resume!r} is not a checkpoint directory (auto, none, or a "
-                             "run's checkpoint-N directory)")
+            raise ValueError(f"train.resume (--resume): {self.resume!r} is not a checkpoint directory (auto, none, "
+                             "or a run's checkpoint-N directory)")
         if self.deepspeed:  # checked here, before any model is loaded
             self.deepspeed = str(resolve_deepspeed(self.deepspeed))
             if zero_stage(self.deepspeed) == 3 and (self.compile or self.loss_impl == "chunked"):

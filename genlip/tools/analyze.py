@@ -78,7 +78,7 @@ def cmd_readout(args) -> int:
     (out / f"{stem}_readout.json").write_text(json.dumps(res, indent=1, ensure_ascii=False))
     draw_readout(pil, res, out / f"{stem}_readout.png")
     for c in res["cells"][: args.print]:
-        print(f"({c['row']},{c['col']}): " + ", ".join(f"{t!r} {p:.2f}" for t, p in zip(c["tokens"], c["probs"])))
+        print(f"({c['row']},{c['col']}): " + ", ".join(f"{t!r} {p:.3g}" for t, p in zip(c["tokens"], c["probs"])))
     print(f"wrote {out / (stem + '_readout.json')} and .png (grid {res['grid'][0]}x{res['grid'][1]})")
     return 0
 

@@ -116,7 +116,7 @@ class CheckpointRecipe:
 
     def __post_init__(self) -> None:
         if self.resume not in ("auto", "none") and not (Path(self.resume) / "trainer_state.json").is_file():
-            raise ValueError(f"checkpoint.resume={self.resume!r} is not a checkpoint directory (no "
+            raise ValueError(f"checkpoint.resume (--resume) {self.resume!r} is not a checkpoint directory (no "
                              "trainer_state.json); use auto, none or a checkpoints/step_* directory")
 
 
