@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--model", required=True, help="a trained MLLM directory (genlip-mllm's final/)")
     r.add_argument("--suite", default="synth", choices=sorted(SUITES),
                    help="benchmark suite (default: %(default)s, the generated offline benchmarks)")
-    r.add_argument("--out", default=None, help="result directory (default: results/<model's run>/<suite>)")
+    r.add_argument("--out", default=None, help="result directory (default: results/<model's run>/<suite> for a "
+                   "run's final/, results/<run>-<checkpoint>/<suite> for one of its checkpoints)")
     r.add_argument("--limit", type=int, default=None, help="at most N samples per task (a quick check)")
     r.add_argument("--max-new-tokens", type=int, default=None,
                    help="answer length limit (default: each task's own generation settings)")
@@ -139,7 +140,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"genlip-eval: --tasks-dir {args.tasks_dir}: no such directory (write it with `genlip-eval "
               "local-tasks`)", file=sys.stderr)
         return 2
-    out = args.out or str(Path("results") / Path(args.model).resolve().parent.name / args.suite)
+    model = Path(args.model).resolve()
+    run = model.parent.name if model.name == "final" else f"{model.parent.name}-{model.name}"
+    out = args.out or str(Path("results") / run / args.suite)
     try:
         res = run_suite(args.model, args.suite, out, args.limit, args.max_new_tokens, tasks_dir=args.tasks_dir,
                         reuse=not args.force, batch_size=args.batch_size)

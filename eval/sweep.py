@@ -157,7 +157,9 @@ def check_grid(grid: dict, root: Path) -> None:
                 # recipe file); its data and models are not read again (they may have been cleaned up since)
                 diff = recipe_diff(recorded[stage], now[stage]) if stage in recorded else []
                 plan_steps(recipe, 1)  # the sweep runs each stage as one process
-                diff = diff or finished_changes(recipe) or []
+                # the finetuning's init_from is the cell's own pretraining (cell.json records what that was): its
+                # path changes when the sweep's directory is moved, not what was trained
+                diff = diff or finished_changes(recipe, ("model.init_from",) if stage == "finetune" else ()) or []
                 if diff:
                     again = d if stage == "pretrain" else d / stage
                     raise RecipeError(f"{where}: its finished {stage} stage was trained with other settings "

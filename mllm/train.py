@@ -99,7 +99,8 @@ def check_model_paths(recipe: MllmRecipe) -> None:
         try:
             vcfg = load_vision_config(_resolve_vision(m.vision))
             info, _ = check_tower_use(vcfg, m.mode, m.image_size, m.feature_layer)
-            own_normalisation(_resolve_vision(m.vision))
+            if info.kind != "genlip":  # GenLIP's normalisation is in its config (build_mllm reads no processor file)
+                own_normalisation(_resolve_vision(m.vision))
         except FileNotFoundError as e:
             raise RecipeError(f"model.vision: {e}") from None
         except ValueError as e:
@@ -134,6 +135,9 @@ def _check_init_from(m) -> None:
 
 
 _MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(MllmModelRecipe)}
+
+
+INIT_SETTINGS = ("mode", "image_size", "feature_layer", "min_image_tokens", "max_image_tokens")  # model.* keys
 
 
 def init_image_settings(init_from: str | Path) -> dict:
@@ -359,24 +363,29 @@ def plan_steps(recipe: MllmRecipe, ws: int):
 
 
 def _as_finished(recipe: MllmRecipe) -> MllmRecipe:
-    """``recipe`` as a finished run saved it: ``model.llm=tiny`` as the generated tiny LLM's path, the image settings
-    of ``model.init_from``."""
-    recipe = with_init_settings(recipe)
+    """``recipe`` as a finished run saved it: ``model.llm=tiny`` as the generated tiny LLM's path; with
+    ``model.init_from``, an image setting left at its default as the run recorded it (the model's own value, or the
+    default itself in runs saved before image settings were recorded; ``init_from`` may be gone since)."""
     saved = Path(recipe.train.output_dir) / "final" / "recipe.yaml"
-    before = (yaml.safe_load(saved.read_text()).get("model") or {}).get("llm") or ""
-    if recipe.model.llm == "tiny" and Path(before).name == "tiny-llm":
-        recipe = copy.deepcopy(recipe)
-        recipe.model.llm = before
+    before = yaml.safe_load(saved.read_text()).get("model") or {}
+    recipe = copy.deepcopy(recipe)
+    if recipe.model.llm == "tiny" and Path(before.get("llm") or "").name == "tiny-llm":
+        recipe.model.llm = before["llm"]
+    if recipe.model.init_from:
+        for k in INIT_SETTINGS:
+            if getattr(recipe.model, k) == _MODEL_DEFAULTS[k] and k in before:
+                setattr(recipe.model, k, before[k])
     return recipe
 
 
-def finished_changes(recipe: MllmRecipe) -> list[str] | None:
+def finished_changes(recipe: MllmRecipe, ignore: tuple[str, ...] = ()) -> list[str] | None:
     """None unless ``train.output_dir`` holds a finished run; else the keys in which ``recipe`` (planned by
-    :func:`plan_steps`) differs from the recipe that run saved, leaving out how a run executes (:data:`HOW_IT_RUNS`)."""
+    :func:`plan_steps`) differs from the recipe that run saved, leaving out how a run executes (:data:`HOW_IT_RUNS`)
+    and the keys under ``ignore``."""
     saved = Path(recipe.train.output_dir) / "final" / "recipe.yaml"
     if not saved.exists():
         return None
-    return changed_since(saved, _as_finished(recipe), HOW_IT_RUNS)
+    return changed_since(saved, _as_finished(recipe), HOW_IT_RUNS + tuple(ignore))
 
 
 def train(recipe: MllmRecipe) -> Path:

@@ -17,22 +17,33 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from transformers.utils import logging as hf_logging
+
 BIN = Path(sys.executable).parent
+
+
+def _loggers() -> dict[str, logging.Logger]:
+    return {"": logging.getLogger(), **{k: x for k, x in logging.root.manager.loggerDict.items()
+                                         if isinstance(x, logging.Logger)}}
+
+
+def _logger_levels() -> dict[str, int]:
+    return {name: x.level for name, x in _loggers().items()}
 
 
 def run_cli(prog: str, *args: str, env: dict | None = None, cwd: str | Path | None = None,
             subprocess: bool = False) -> tuple[int, str, str]:
     """``prog args`` with ``env`` (the whole environment, as for ``subprocess.run``) in ``cwd``: (exit code, stdout,
-    stderr). In this process the environment, working directory and logger levels are restored afterwards."""
+    stderr). In this process the environment, working directory, logger levels and transformers' progress bars
+    are restored afterwards."""
     if subprocess:
         p = sp.run([str(BIN / prog), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
         return p.returncode, p.stdout, p.stderr
     (ep,) = entry_points(group="console_scripts", name=prog)
     main = ep.load()
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
-    loggers = [logging.getLogger(), *(x for x in logging.root.manager.loggerDict.values()
-                                      if isinstance(x, logging.Logger))]
-    levels = [x.level for x in loggers]
+    levels = _logger_levels()
+    bars = hf_logging.is_progress_bar_enabled()
     out, err = io.StringIO(), io.StringIO()
     try:
         if env is not None:
@@ -49,8 +60,9 @@ def run_cli(prog: str, *args: str, env: dict | None = None, cwd: str | Path | No
                 print(code, file=sys.stderr)
         code = 0 if code is None else code if isinstance(code, int) else 1
     finally:
-        for x, level in zip(loggers, levels):
-            x.setLevel(level)
+        for name, x in _loggers().items():  # those made during the call go back to NOTSET (their parents decide)
+            x.setLevel(levels.get(name, logging.NOTSET))
+        (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()
         os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_env)

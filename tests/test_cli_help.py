@@ -83,3 +83,21 @@ def test_both_trainers_take_resume_as_a_flag(capsys):
     assert "  resume: none" in capsys.readouterr().out
     assert genlip.train.cli.main(["--print-recipe", "--resume", "none"]) == 0
     assert "  resume: none" in capsys.readouterr().out
+
+
+def test_in_process_runs_leave_no_logging_state_behind(tmp_path):
+    """tests.cli restores what a command's main() sets for its process (here genlip-pretrain quiets genlip.data and
+    transformers' progress bars before it refuses the recipe), so the tests after it see the logging they expect."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    before, bars = logging.getLogger("genlip.data").level, hf_logging.is_progress_bar_enabled()
+    code, _, err = run_cli("genlip-pretrain", "train.steps=0", cwd=tmp_path)
+    assert code == 2 and "train.steps: 0 is out of range" in err, err
+    assert logging.getLogger("genlip.data").level == before and hf_logging.is_progress_bar_enabled() == bars
+
+
+def test_a_missing_subcommand_lists_the_commands():
+    code, _, err = run_cli("genlip-export")
+    assert code == 2 and err.strip() == "genlip-export: give a command: hf, timm (--help lists the options)", err

@@ -14,5 +14,8 @@ class Parser(argparse.ArgumentParser):
     too (argparse makes them with the parent's class)."""
 
     def error(self, message: str) -> NoReturn:
+        for action in self._actions:  # a missing subcommand: name the commands, not the parser's internal name
+            if isinstance(action, argparse._SubParsersAction) and message.endswith(f"required: {action.dest}"):
+                message = f"give a command: {', '.join(action.choices)}"
         print(f"{self.prog}: {message} (--help lists the options)", file=sys.stderr)
         raise SystemExit(2)

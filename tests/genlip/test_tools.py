@@ -193,7 +193,8 @@ def test_hf_export_is_standalone_and_identical(ckpt, tmp_path):
     import genlip  # noqa: F401  (registers the architecture with transformers' Auto classes)
 
     d, _ = ckpt
-    assert export_main(["hf", "--model", str(d), "--out", str(tmp_path / "hf"), "--image-size", "32"]) == 0
+    for _ in range(2):  # the second time into its own earlier export: replaced
+        assert export_main(["hf", "--model", str(d), "--out", str(tmp_path / "hf"), "--image-size", "32"]) == 0
     with safe_open(str(tmp_path / "hf" / "model.safetensors"), "pt") as fh:
         keys = list(fh.keys())
     assert keys and not any(k.startswith(("lm_head", "embed_tokens")) for k in keys)

@@ -367,6 +367,23 @@ def test_a_finetune_records_the_image_settings_it_inherits(aligned, tmp_path):
     assert recipe.model.mode == "resize" and recipe.model.image_size is None
     filled = with_init_settings(recipe)
     assert (filled.model.mode, filled.model.image_size, recipe.model.mode) == ("anyres", 48, "resize")
+    # given again, the same recipe is the finished run: as this version saves it, as earlier versions saved it (the
+    # defaults), and after init_from was deleted; a value asked for that is not the recorded one is a change
+    from genlip.run.config import save_recipe
+    from mllm.train import finished_changes
+
+    out = tmp_path / "ft"
+    (out / "final").mkdir(parents=True)
+    recipe.train.output_dir = filled.train.output_dir = str(out)
+    for saved in (filled, recipe):
+        save_recipe(saved, out / "final" / "recipe.yaml")
+        assert finished_changes(recipe) == [], saved.model.mode
+    shutil.rmtree(other)
+    assert finished_changes(recipe) == []
+    asked = load_recipe(RECIPES / "mllm_finetune.yaml", [f"model.init_from={other}", "model.feature_layer=-2",
+                                                         f"train.output_dir={out}"], MllmRecipe)
+    assert finished_changes(asked) == ["model.feature_layer: -1 -> -2"]
+    assert finished_changes(asked, ("model.feature_layer",)) == []
 
 
 AUTO = {k: "auto" for k in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")}
