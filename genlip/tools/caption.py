@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     given = [f"--{k.replace('_', '-')}" for k in ("temperature", "top_k", "top_p", "seed")
              if getattr(args, k) is not None]
     if given and not args.sample:
-        ap.error(f"{', '.join(given)} only apply with --sample (the default is greedy decoding)")
+        ap.error(f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} with --sample (the default is "
+                 "greedy decoding)")
     args.temperature = 1.0 if args.temperature is None else args.temperature
     args.top_k, args.top_p = args.top_k or 0, 1.0 if args.top_p is None else args.top_p
     if args.temperature <= 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
