@@ -97,10 +97,10 @@ def check_model_paths(recipe: MllmRecipe) -> None:
         return
     if m.vision:
         try:
-            vcfg = load_vision_config(_resolve_vision(m.vision))
-            info, _ = check_tower_use(vcfg, m.mode, m.image_size, m.feature_layer)
+            tower = _resolve_vision(m.vision)
+            info, _ = check_tower_use(load_vision_config(tower), m.mode, m.image_size, m.feature_layer)
             if info.kind != "genlip":  # GenLIP's normalisation is in its config (build_mllm reads no processor file)
-                own_normalisation(_resolve_vision(m.vision))
+                own_normalisation(tower)
         except FileNotFoundError as e:
             raise RecipeError(f"model.vision: {e}") from None
         except ValueError as e:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from genlip.data.synth import write_corpus
 from genlip.data.synth_sft import write_sft
+from genlip.run.dirs import output_dir_problem
 from genlip.run.parser import Parser
 
 # what each command writes into --out (and replaces there when it is run again)
@@ -47,13 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     own = OUTPUTS[args.cmd]
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        print(f"genlip-data: {out} is a file, not a directory", file=sys.stderr)
-        return 2
-    others = sorted(p.name for p in out.iterdir() if p.name not in own) if out.is_dir() else []
-    if others:
-        print(f"genlip-data: {out} holds files this command did not write ({', '.join(others[:3])}"
-              f"{', ...' if len(others) > 3 else ''}): choose another --out", file=sys.stderr)
+    if (problem := output_dir_problem(out, own)) is not None:
+        print(f"genlip-data: {problem}: choose another --out", file=sys.stderr)
         return 2
     # written beside, then moved in: an interrupted run leaves the earlier output whole
     tmp = out.with_name(out.name + ".partial")

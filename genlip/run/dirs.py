@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from genlip.data.sources import DataError
@@ -39,3 +40,17 @@ def generated_dir(template: str, samples: int, seed: int, marker: str, make, wha
         raise DataError(f"{out} holds {info['samples']} samples (seed {info['seed']}), not {samples} (seed {seed}); "
                         f"use a dir with {{samples}} and {{seed}} in it")
     return out
+
+
+def output_dir_problem(out: str | Path, own: Iterable[str]) -> str | None:
+    """Why a command cannot write its output directory ``out`` (one line), or None: it is new, empty, or holds only
+    entries named in ``own`` (an earlier output of the command, which it replaces). A file, or a directory holding
+    anything else (the user's files), is refused rather than written into."""
+    out, own = Path(out), set(own)
+    if out.exists() and not out.is_dir():
+        return f"{out} is a file, not a directory"
+    others = sorted(p.name for p in out.iterdir() if p.name not in own) if out.is_dir() else []
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        return f"{out} holds files this command did not write ({shown})"
+    return None

@@ -18,6 +18,7 @@ from pathlib import Path
 from genlip.export_hf import export_hf
 from genlip.export_timm import export_timm
 from genlip.run.command import quiet_deepspeed_on_cpu
+from genlip.run.dirs import output_dir_problem
 from genlip.run.parser import Parser
 
 # what each export writes: an --out that holds anything else (or the other kind's export) is refused
@@ -29,23 +30,15 @@ def out_problem(out: str, kind: str) -> str | None:
     """Why ``out`` cannot take a ``kind`` export (None: it is new, empty, or an earlier export of that kind, which
     is replaced)."""
     path = Path(out)
-    if not path.exists():
-        return None
-    if not path.is_dir():
-        return f"--out {out} is a file, not a directory"
-    names = sorted(f.name for f in path.iterdir())
-    foreign = [n for n in names if n not in WRITES[kind]]
-    if not foreign and "config.json" in names:
+    if (problem := output_dir_problem(path, WRITES[kind])) is not None:
+        return problem
+    if (path / "config.json").is_file():  # an earlier export: of this kind?
         try:
             config = json.loads((path / "config.json").read_text())
         except (OSError, ValueError):
             config = {}
-        ours = config.get("model_type") == "genlip" if kind == "hf" else "model_args" in config
-        foreign = [] if ours else ["config.json (not this kind of export)"]
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        return (f"--out {out} holds files that are not a genlip-export {kind} output ({shown}); give a new or empty "
-                "directory")
+        if not (config.get("model_type") == "genlip" if kind == "hf" else "model_args" in config):
+            return f"{out} holds another kind of export than {kind} (its config.json)"
     return None
 
 
@@ -62,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--out", required=True, help="the directory to write (timm weights + config)")
     args = ap.parse_args(argv)
     if (problem := out_problem(args.out, args.cmd)) is not None:
-        print(f"genlip-export: {problem}", file=sys.stderr)
+        print(f"genlip-export: --out {problem}", file=sys.stderr)
         return 2
     quiet_deepspeed_on_cpu()
     try:

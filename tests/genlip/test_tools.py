@@ -254,8 +254,8 @@ def test_probe_and_timm_through_the_clis(ckpt, tmp_path):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "a.png").write_bytes(b"png")
     for out, kind, words in [(tmp_path / "p.json", "timm", "is a file, not a directory"),
-                             (tmp_path / "photos", "hf", "holds files that are not a genlip-export hf output (a.png)"),
-                             (tmp_path / "timm", "hf", "(config.json (not this kind of export))")]:
+                             (tmp_path / "photos", "hf", "holds files this command did not write (a.png)"),
+                             (tmp_path / "timm", "hf", "holds another kind of export than hf (its config.json)")]:
         code, _, err = run_cli("genlip-export", kind, "--model", str(d), "--out", str(out))
         assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, err
     assert sorted(f.name for f in (tmp_path / "photos").iterdir()) == ["a.png"]
