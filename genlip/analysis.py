@@ -99,6 +99,9 @@ def readout(model, tokenizer, image: torch.Tensor, top_k: int = 5, region: int =
     if region < 1 or top_k < 1:
         raise ValueError("region and top_k must be positive")
     logits, (gh, gw) = patch_logits(model, image)
+    if region > max(gh, gw):
+        raise ValueError(f"region {region} is larger than the image's {gh}x{gw} patch grid (at most {max(gh, gw)}, "
+                         f"which averages the whole image)")
     rh, rw = math.ceil(gh / region), math.ceil(gw / region)
     cells = []
     for r in range(rh):

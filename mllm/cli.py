@@ -17,11 +17,12 @@ import sys
 
 from genlip.data.sources import DataError
 from genlip.run.command import execute, load_for_command, print_config, recipe_help, schema_keys
+from genlip.run.config import RecipeError
 from genlip.run.parser import Parser
 from mllm.build import load_mllm
 from mllm.chat import ChatInputError, answer, load_image
 from mllm.recipe import MllmRecipe
-from mllm.train import train
+from mllm.train import train, with_init_settings
 
 DEFAULTS = {"pretrain": "pretrain_tiny_cpu", "finetune": "finetune_tiny_cpu"}
 
@@ -80,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"genlip-mllm: the recipe is for stage {recipe.stage!r}, not {args.cmd!r}", file=sys.stderr)
         return 2
     if args.print_recipe:
-        print_config(recipe)
+        try:  # with model.init_from, the image settings the run takes from that model
+            print_config(with_init_settings(recipe))
+        except RecipeError as e:
+            print(f"genlip-mllm: bad recipe: {e}", file=sys.stderr)
+            return 2
         return 0
     if recipe.train.deepspeed and "WORLD_SIZE" not in os.environ:
         again = shlex.join([args.cmd, "--recipe", args.recipe, *args.overrides])

@@ -124,9 +124,12 @@ def _check_init_from(m) -> None:
     if given:
         raise RecipeError(f"{' and '.join(given)} would be ignored: the model, its tower and LLM included, comes "
                           f"from model.init_from={m.init_from}; give one or the other")
-    # the image settings come with the model too: a value the recipe asks for (not the default) that differs is an
-    # error, not a setting the run would record but not use
-    have = init_image_settings(path)
+    _refuse_other_settings(m, init_image_settings(path))
+
+
+def _refuse_other_settings(m, have: dict) -> None:
+    """The image settings come with the model too: a value the recipe asks for (not the default) that differs from
+    the model's is an error, not a setting the run would record but not use."""
     asked = {k: getattr(m, k) for k, v in have.items() if getattr(m, k) not in (v, _MODEL_DEFAULTS[k])}
     if asked:
         raise RecipeError(f"{', '.join(f'model.{k}={v}' for k, v in asked.items())} would be ignored: the image "
@@ -137,24 +140,32 @@ def _check_init_from(m) -> None:
 _MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(MllmModelRecipe)}
 
 
-INIT_SETTINGS = ("mode", "image_size", "feature_layer", "min_image_tokens", "max_image_tokens")  # model.* keys
+INIT_SETTINGS = ("mode", "image_size", "feature_layer", "min_image_tokens", "max_image_tokens",
+                 "max_grid")  # model.* keys
 
 
 def init_image_settings(init_from: str | Path) -> dict:
-    """The image settings of a saved MLLM, as the recipe keys ``model.*`` that set them."""
+    """The image settings of a saved MLLM, as the recipe keys ``model.*`` that set them (``max_grid`` for an anyres
+    model: the most tiles along a side of its grids)."""
     spec = ImageSpec.load(init_from)
     config = json.loads((Path(init_from) / "config.json").read_text())
-    return {"mode": spec.mode, "image_size": spec.image_size, "feature_layer": config.get("vision_feature_layer", -1),
+    have = {"mode": spec.mode, "image_size": spec.image_size, "feature_layer": config.get("vision_feature_layer", -1),
             "min_image_tokens": spec.min_tokens, "max_image_tokens": spec.max_tokens}
+    if spec.mode == "anyres" and spec.pinpoints and spec.image_size:
+        have["max_grid"] = max(max(hw) for hw in spec.pinpoints) // spec.image_size
+    return have
 
 
 def with_init_settings(recipe: MllmRecipe) -> MllmRecipe:
     """``recipe`` with the image settings of its ``model.init_from`` (when it is there): what the run uses, so the
-    recipe it saves describes the model."""
+    recipe it saves (and ``--print-recipe``) describes the model. A setting asked for that differs from the model's
+    is a :class:`RecipeError`."""
     m = recipe.model
     if m.init_from and (Path(os.path.expanduser(m.init_from)) / "genlip_mllm_image.json").is_file():
+        have = init_image_settings(os.path.expanduser(m.init_from))
+        _refuse_other_settings(m, have)
         recipe = copy.deepcopy(recipe)
-        for k, v in init_image_settings(os.path.expanduser(m.init_from)).items():
+        for k, v in have.items():
             setattr(recipe.model, k, v)
     return recipe
 

@@ -24,13 +24,25 @@ from genlip.tools.common import image_input, iter_images, load_captioner, pick_d
 from genlip.tools.probe_cli import add_probe_args, probe_from_args
 
 
-def _name(path: str, taken: set[str]) -> str:
-    p = Path(path).resolve()
-    name = p.name if p.name not in ("final",) and not p.name.startswith("checkpoint") else p.parent.name
-    while name in taken:
-        name += "'"
-    taken.add(name)
-    return name
+def model_labels(paths: list[str]) -> list[str]:
+    """A short label per model directory: its name (a run's name for its ``final`` / ``checkpoint-*``), with as many
+    parent directories as it takes to tell it from the others (``a/step_00000100``, ``b/step_00000100``); the same
+    directory given twice gets ``#2``."""
+    def parts(path: str) -> list[str]:
+        ps = list(Path(path).resolve().parts[1:]) or ["/"]
+        if len(ps) > 1 and (ps[-1] == "final" or ps[-1].startswith("checkpoint")):
+            ps.pop()
+        return ps
+    all_parts = [parts(p) for p in paths]
+    labels = []
+    for i, ps in enumerate(all_parts):
+        n = 1
+        while n < len(ps) and any(j != i and o[-n:] == ps[-n:] and o != ps for j, o in enumerate(all_parts)):
+            n += 1
+        label = "/".join(ps[-n:])
+        twice = sum(o == ps for o in all_parts[:i])
+        labels.append(f"{label}#{twice + 1}" if twice else label)
+    return labels
 
 
 def cmd_sink(args) -> int:
@@ -41,13 +53,13 @@ def cmd_sink(args) -> int:
         print(f"genlip-analyze: no readable images in {args.images} (skipped: {dict(stats.skipped)})",
               file=sys.stderr)
         return 2
-    results, taken = {}, set()
-    for path in args.model:
+    results = {}
+    for path, label in zip(args.model, model_labels(args.model)):
         model, tok, src = load_captioner(path, device)
         xs = [image_input(img, model.config, args.size) for img in pils]
         res = sink_stats(model, tok, xs, args.prompt, args.max_new_tokens)
         res["checkpoint"] = str(src)
-        results[_name(path, taken)] = res
+        results[label] = res
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sink.json").write_text(json.dumps({"images": len(pils), "skipped": dict(stats.skipped),
@@ -70,7 +82,11 @@ def cmd_readout(args) -> int:
         print(f"genlip-analyze: cannot read {args.image}: {e}", file=sys.stderr)
         return 2
     x = image_input(pil, model.config, args.size)
-    res = readout(model, tok, x, args.top_k, args.region)
+    try:
+        res = readout(model, tok, x, args.top_k, args.region)
+    except ValueError as e:  # a --region larger than the grid
+        print(f"genlip-analyze: --{e}", file=sys.stderr)
+        return 2
     res |= {"image": str(args.image), "checkpoint": str(src)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

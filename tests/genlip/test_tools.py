@@ -15,6 +15,7 @@ from genlip.data.transforms import fixed_resize
 from genlip.masks import image_only_layout
 from genlip.modeling import GenLIPForCaptioning, GenLIPVisionModel
 from genlip.tools.analyze import main as analyze_main
+from genlip.tools.analyze import model_labels
 from genlip.tools.caption import main as caption_main
 from genlip.tools.common import load_captioner
 from genlip.tools.export import main as export_main
@@ -118,6 +119,21 @@ def test_readout_matches_direct_lm_head(ckpt, tmp_path):
     assert png.size == (64 * 2, 64 * 2)
     data = json.loads((tmp_path / "ro" / "img0_readout.json").read_text())
     assert data["cells"][1]["token_ids"][0] == res2["cells"][1]["token_ids"][0]
+    # a region as large as the grid is the whole image; a larger one is a mistake, not silently the same
+    assert len(readout(model, tok, x, top_k=1, region=4)["cells"]) == 1
+    code, _, err = run_cli("genlip-analyze", "readout", "--model", str(d), "--image", str(imgs / "img0.png"),
+                           "--size", "32", "--out", str(tmp_path / "ro5"), "--region", "5")
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        "genlip-analyze: --region 5 is larger than the image's 4x4 patch grid (at most 4, which averages the whole "
+        "image)"), err
+    assert not (tmp_path / "ro5").exists()
+
+
+def test_model_labels_tell_checkpoints_apart():
+    assert model_labels(["/r/a/final", "/r/b/checkpoints/step_00000100"]) == ["a", "step_00000100"]
+    assert model_labels(["/r/a/checkpoints/step_00000100", "/r/b/checkpoints/step_00000100"]) == [
+        "a/checkpoints/step_00000100", "b/checkpoints/step_00000100"]
+    assert model_labels(["/x/run/final", "/y/run/checkpoint-8", "/x/run/final"]) == ["x/run", "y/run", "x/run#2"]
 
 
 def test_recording_plan_is_the_real_attention(ckpt):

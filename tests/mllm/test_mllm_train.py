@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from genlip.run.config import RecipeError, load_recipe
+from mllm.image_modes import default_pinpoints
 from mllm.recipe import MllmRecipe
 from tests.cli import run_cli
 from tests.mllm_fixtures import make_llm, make_towers
@@ -362,11 +364,22 @@ def test_a_finetune_records_the_image_settings_it_inherits(aligned, tmp_path):
     other.mkdir()
     shutil.copy(aligned / "config.json", other / "config.json")
     spec = json.loads((aligned / "genlip_mllm_image.json").read_text())
-    (other / "genlip_mllm_image.json").write_text(json.dumps({**spec, "mode": "anyres", "image_size": 48}))
+    (other / "genlip_mllm_image.json").write_text(json.dumps({**spec, "mode": "anyres", "image_size": 48,
+                                                             "pinpoints": default_pinpoints(48, 3)}))
     recipe = load_recipe(RECIPES / "mllm_finetune.yaml", [f"model.init_from={other}"], MllmRecipe)
-    assert recipe.model.mode == "resize" and recipe.model.image_size is None
+    assert recipe.model.mode == "resize" and recipe.model.image_size is None and recipe.model.max_grid == 2
     filled = with_init_settings(recipe)
-    assert (filled.model.mode, filled.model.image_size, recipe.model.mode) == ("anyres", 48, "resize")
+    assert (filled.model.mode, filled.model.image_size, filled.model.max_grid, recipe.model.mode) == (
+        "anyres", 48, 3, "resize")
+    # --print-recipe shows what the run takes from the model; a setting asked for that the model has not is refused
+    args = ["finetune", "--recipe", str(RECIPES / "mllm_finetune.yaml"), f"model.init_from={other}", "--print-recipe"]
+    code, out, _ = run_cli("genlip-mllm", *args)
+    model = yaml.safe_load(out)["model"]
+    assert code == 0 and (model["mode"], model["image_size"], model["max_grid"]) == ("anyres", 48, 3), out
+    code, out, err = run_cli("genlip-mllm", *args, "model.max_grid=4")
+    assert code == 2 and out == "" and err.strip() == (
+        f"genlip-mllm: bad recipe: model.max_grid=4 would be ignored: the image settings come with model.init_from="
+        f"{other} (max_grid=3); leave them out or give those values"), err
     # given again, the same recipe is the finished run: as this version saves it, as earlier versions saved it (the
     # defaults), and after init_from was deleted; a value asked for that is not the recorded one is a change
     from genlip.run.config import save_recipe
