@@ -13,6 +13,7 @@ import torch
 from safetensors import safe_open
 from transformers import SiglipImageProcessor
 
+from genlip.export_card import write_card
 from genlip.modeling import GenLIPVisionModel
 from genlip.run.checkpoint import resolve_weights_dir
 
@@ -32,6 +33,7 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, image_size: int | None
     out.mkdir(parents=True, exist_ok=True)
     enc.save_pretrained(str(out))
     image_processor(enc.config).save_pretrained(str(out))
+    write_card(out, enc.config, src, "hf", sum(p.numel() for p in enc.parameters()))
     return out
 
 

@@ -67,6 +67,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from genlip.config import GenLIPConfig
+from genlip.export_card import write_card
 from genlip.modeling import GenLIPTransformer
 from genlip.run.checkpoint import list_checkpoints, resolve_weights_dir
 
@@ -234,11 +235,12 @@ def _check_against_timm(tsd: dict[str, torch.Tensor], cfg: GenLIPConfig) -> None
                            f"{unexpected[:4]}, wrong shape {bad[:4]}")
 
 
-def _load_genlip(source: str | Path | nn.Module) -> tuple[dict[str, torch.Tensor], GenLIPConfig]:
+def _load_genlip(source: str | Path | nn.Module) -> tuple[dict[str, torch.Tensor], GenLIPConfig, Path | None]:
+    """The weights, the config and the directory they came from (None for a model)."""
     if isinstance(source, nn.Module):
         if not isinstance(getattr(source, "config", None), GenLIPConfig):
             raise TypeError("export_timm needs a GenLIPVisionModel / GenLIPForCaptioning or a directory")
-        return source.state_dict(), source.config
+        return source.state_dict(), source.config, None
     path = Path(source)
     if not (path / "config.json").is_file() and list_checkpoints(path):
         path = resolve_weights_dir(path)  # a pretraining run directory: its newest checkpoint
@@ -254,7 +256,7 @@ def _load_genlip(source: str | Path | nn.Module) -> tuple[dict[str, torch.Tensor
     sd: dict[str, torch.Tensor] = {}
     for f in files:
         sd.update(load_file(str(path / f)))
-    return sd, cfg
+    return sd, cfg, path
 
 
 def export_timm(model_dir_or_model: str | Path | nn.Module, out_dir: str | Path,
@@ -267,7 +269,7 @@ def export_timm(model_dir_or_model: str | Path | nn.Module, out_dir: str | Path,
     (default: keep). Load the result with :func:`load_timm_export` or
     ``timm.create_model(f"local-dir:{out_dir}", pretrained=True)``.
     """
-    sd, cfg = _load_genlip(model_dir_or_model)
+    sd, cfg, src = _load_genlip(model_dir_or_model)
     args = timm_config(cfg)
     tsd = to_timm_state_dict(sd, cfg)
     if dtype is not None:
@@ -301,6 +303,7 @@ def export_timm(model_dir_or_model: str | Path | nn.Module, out_dir: str | Path,
                    "features": "forward_features(pixel_values) == GenLIPVisionModel(pixel_values).last_hidden_state"},
     }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_card(out, cfg, src, "timm", sum(v.numel() for v in tsd.values()))
     return out
 
 

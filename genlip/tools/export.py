@@ -22,8 +22,9 @@ from genlip.run.dirs import output_dir_problem
 from genlip.run.parser import Parser
 
 # what each export writes: an --out that holds anything else (or the other kind's export) is refused
-WRITES = {"hf": {"config.json", "model.safetensors", "preprocessor_config.json", "generation_config.json"},
-          "timm": {"config.json", "model.safetensors"}}
+WRITES = {"hf": {"config.json", "model.safetensors", "preprocessor_config.json", "generation_config.json",
+                 "README.md"},
+          "timm": {"config.json", "model.safetensors", "README.md"}}
 
 
 def out_problem(out: str, kind: str) -> str | None:
@@ -32,6 +33,9 @@ def out_problem(out: str, kind: str) -> str | None:
     path = Path(out)
     if (problem := output_dir_problem(path, WRITES[kind])) is not None:
         return problem
+    card = path / "README.md"
+    if card.is_file() and "genlip-export" not in card.read_text(errors="replace"):  # not the card an export wrote
+        return f"{out} holds files this command did not write (README.md)"
     if (path / "config.json").is_file():  # an earlier export: of this kind?
         try:
             config = json.loads((path / "config.json").read_text())

@@ -153,7 +153,7 @@ def test_export_directory_round_trip_and_timm_constructor_paths(tmp_path):
     ours = _tiny()
     ours.save_pretrained(tmp_path / "genlip")
     out = export_timm(tmp_path / "genlip", tmp_path / "timm")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     config = json.loads((out / "config.json").read_text())
     args = config["model_args"]
     assert config["architecture"] == TIMM_ARCHITECTURE and config["num_classes"] == 0

@@ -5,6 +5,7 @@ equals the real attention; a constructed first-token sink is measured as one), a
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -275,3 +276,56 @@ def test_probe_and_timm_through_the_clis(ckpt, tmp_path):
         code, _, err = run_cli("genlip-export", kind, "--model", str(d), "--out", str(out))
         assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, err
     assert sorted(f.name for f in (tmp_path / "photos").iterdir()) == ["a.png"]
+
+
+def test_exports_write_a_model_card_from_the_checkpoints_records(ckpt, tmp_path):
+    """Both exports write a README.md (the Hub's model page): its front matter names the library that loads it,
+    and its training section is read from the checkpoint's recipe and trainer state, not made up; a model without
+    them gets no training section. A README.md of the user's own in --out is not overwritten."""
+    import shutil
+
+    import yaml
+
+    from genlip.run.config import save_recipe
+    from genlip.train.recipe import load_recipe
+
+    d, _ = ckpt
+    src = tmp_path / "step_00000005"
+    shutil.copytree(d, src)
+    recipe = load_recipe(Path(__file__).parents[2] / "recipes" / "genlip" / "stage2_tiny_cpu.yaml", [
+        "data.sources=[{type: wds, path: '/d/{0..9}.tar', caption_fields: [json.re_caption]}]", "data.synth=null",
+        "model.init_from=runs/s1", "train.steps=7", "optim.lr=3e-4"])
+    save_recipe(recipe, src / "recipe.yaml")
+    (src / "trainer_state.json").write_text(json.dumps({"step": 5, "samples": 1234, "tokens": 56789,
+                                                        "skips": {"seen": 40, "skipped": {"corrupt_image": 2}}}))
+    for kind in ("hf", "timm"):
+        if kind == "timm":
+            pytest.importorskip("timm")
+        assert export_main([kind, "--model", str(src), "--out", str(tmp_path / kind)]) == 0
+        card = (tmp_path / kind / "README.md").read_text()
+        front = yaml.safe_load(card.split("---")[1])
+        assert front["library_name"] == {"hf": "transformers", "timm": "timm"}[kind]
+        assert "genlip" in front["tags"] and front["pipeline_tag"] == "image-feature-extraction"
+        assert f"genlip-export {kind}" in card and str(tmp_path / kind) in card  # the loading example's path
+        assert "- Stage 2 (native aspect ratio, packed rows of 256 tokens, 4-64 patches per image): 5 of 7 steps" \
+            in card
+        # the card's own example runs as written and gives the features
+        code = card.split("```python\n")[1].split("```")[0]
+        scope = {"image": tool_images()[0], "pixels": torch.randn(1, 3, 32, 48)}
+        exec(code, scope)
+        width = json.loads((d / "config.json").read_text())["hidden_size"]
+        assert scope["features"].ndim == 3 and scope["features"].shape[-1] == width and f"{width}]" in code
+        assert "Started from `runs/s1`" in card and "1,234 samples, 56,789 tokens" in card
+        assert "peak learning rate 0.0003" in card and "`/d/{0..9}.tar` (wds, weight 1.0, caption from " \
+            "json.re_caption)" in card and "Records skipped: 2 of 40 (corrupt_image 2)" in card
+    # the fixture's checkpoint has no recipe: no training section, the rest as before
+    assert export_main(["hf", "--model", str(d), "--out", str(tmp_path / "bare")]) == 0
+    bare = (tmp_path / "bare" / "README.md").read_text()
+    assert "## Training" not in bare and "## Inputs" in bare and "mean [0.5, 0.5, 0.5]" in bare
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("my notes\n")
+    code, _, err = run_cli("genlip-export", "hf", "--model", str(d), "--out", str(mine))
+    assert code == 2 and err.strip() == f"genlip-export: --out {mine} holds files this command did not write " \
+                                        "(README.md)", err
+    assert (mine / "README.md").read_text() == "my notes\n"
