@@ -23,7 +23,9 @@ class SkipSample(Exception):
         self.reason, self.detail = reason, detail
 
 
-SHARD_REASONS = ("truncated_shard", "unreadable_shard")  # skips of a shard, not of one record
+# skips of a whole file, not of one record: a tar or parquet file that cannot be opened or read (unreadable, corrupt)
+# or that ends early (truncated); the records read before are kept
+SHARD_REASONS = ("truncated_shard", "corrupt_shard", "unreadable_shard")
 
 
 @dataclass

@@ -295,13 +295,16 @@ def _read_parquet(path: str, spec: SourceSpec, on_error, start: int) -> Iterator
 
 def _read_jsonl(path: str, spec: SourceSpec, on_error) -> Iterator[tuple[str, dict]]:
     root = spec.image_root if spec.image_root is not None else os.path.dirname(path)
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for i, line in enumerate(f):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f):
+            if not raw.strip():
                 yield f"{i}", {"__bad__": "empty_line"}
                 continue
-            try:
-                row = json.loads(line)
+            try:  # a line that is not UTF-8 is skipped and counted, never decoded with replacement characters
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                yield f"{i}", {"__bad__": f"bad_metadata: not UTF-8 ({e.reason} at byte {e.start})"}
+                continue
             except json.JSONDecodeError as e:
                 yield f"{i}", {"__bad__": f"bad_metadata: {e}"}
                 continue

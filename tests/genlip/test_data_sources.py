@@ -389,8 +389,32 @@ def test_a_source_that_gives_nothing_names_its_files_and_the_last_problem(tmp_pa
 
 
 def test_the_skipped_share_counts_records_not_unreadable_shards():
-    stats = SkipStats(seen=4, skipped=Counter({"unreadable_shard": 9, "truncated_shard": 3, "corrupt_image": 1}))
-    assert stats.n_skipped == 13 and stats.n_records_skipped == 1 and stats.fraction() == 0.25
+    stats = SkipStats(seen=4, skipped=Counter({"unreadable_shard": 9, "truncated_shard": 3, "corrupt_shard": 2,
+                                               "corrupt_image": 1}))
+    assert stats.n_skipped == 15 and stats.n_records_skipped == 1 and stats.fraction() == 0.25
+
+
+def test_files_that_are_not_parquet_count_once_each_and_not_as_records(tmp_path):
+    """Seven junk files beside two good parquet files: each junk file is one corrupt_shard per read, and they do not
+    push the share of bad records over max_skip_fraction (found by a user: 21 of 201 "records" skipped)."""
+    for i in range(2):
+        write_parquet(tmp_path / f"good{i}.parquet", range(i * 100, i * 100 + 100))
+    for i in range(7):
+        (tmp_path / f"junk{i}.parquet").write_bytes(b"not parquet")
+    ds = PretrainStream([SourceSpec(path=str(tmp_path / "*.parquet"), type="parquet")], IndexBuilder(),
+                        batch_size=250, max_skip_fraction=0.01, min_seen_for_check=5)
+    stats = SkipStats.from_dict(next(iter(ds))["_state"]["stats"])
+    assert stats.skipped["corrupt_shard"] >= 7 and stats.n_records_skipped == 0 and stats.seen >= 200
+
+
+def test_jsonl_lines_that_are_not_utf8_are_skipped_and_counted(tmp_path):
+    write_jsonl(tmp_path / "c.jsonl", range(4), tmp_path / "imgs")
+    lines = (tmp_path / "c.jsonl").read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b'"caption": "', b'"caption": "caf\xe9 ')  # latin-1, not UTF-8
+    (tmp_path / "c.jsonl").write_bytes(b"".join(lines))
+    records = list(sources_mod._read_jsonl(str(tmp_path / "c.jsonl"), SourceSpec(path="x", type="jsonl"), None))
+    assert [r.get("__bad__", "").split(":")[0] for _, r in records] == ["", "bad_metadata", "", ""]
+    assert "not UTF-8" in records[1][1]["__bad__"] and all("\ufffd" not in str(r) for _, r in records)
 
 
 @pytest.mark.parametrize("bad,words", [({"caption_fields": []}, "caption_fields must name at least one field"),
