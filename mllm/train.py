@@ -23,7 +23,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from genlip.data.dataset import StopSignals
 from genlip.data.synth_sft import write_sft
-from genlip.data.tokenizer import train_tokenizer
+from genlip.data.tokenizer import has_tokenizer, train_tokenizer
 from genlip.loss import IGNORE_INDEX, shift_labels, supervised_ce
 from genlip.run import dist as D
 from genlip.run.batching import plan_batches
@@ -188,8 +188,7 @@ def _check_llm(name: str) -> None:
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise RecipeError(f"model.llm: {name}: a {model_type!r} checkpoint, not a causal language model "
                           "(e.g. a Qwen2.5-*-Instruct directory)")
-    if not any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json",
-                                                                "tokenizer.model", "vocab.json")):
+    if not has_tokenizer(path):
         raise RecipeError(f"model.llm: {name}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
 
 

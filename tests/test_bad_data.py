@@ -56,8 +56,10 @@ def test_stage1_counts_every_bad_shard_record_once(home, wds, tmp_path):
     assert good % 4 == 0
     recipe = _recipe(tmp_path, "tiny_stage1.yaml", "bad-wds", sources=[{"path": wds["pattern"], "type": "wds"}],
                      max_skip_fraction=0.9, max_caption_tokens=64)
-    _pretrain(home, recipe, tmp_path / "run", f"train.steps={good // 4}", "train.global_batch=4",
-              "train.micro_batch=4", f"checkpoint.every={good // 4}")
+    p = _pretrain(home, recipe, tmp_path / "run", f"train.steps={good // 4}", "train.global_batch=4",
+                  "train.micro_batch=4", f"checkpoint.every={good // 4}")
+    # the recipe's data.tokenizer=auto takes the generated corpus' tokenizer for this data: said, not silent
+    assert "data.tokenizer=auto: the generated corpus' tokenizer (" in p.stdout, p.stdout[-2000:]
     skipped, samples, used = _skips(tmp_path / "run", good // 4)
     assert samples == good
     assert skipped == wds["skipped"]

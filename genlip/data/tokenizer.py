@@ -26,6 +26,14 @@ CHAT_TEMPLATE = (
 )
 
 
+# the files a transformers tokenizer directory holds at least one of
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def has_tokenizer(directory: str | Path) -> bool:
+    return any((Path(directory) / f).is_file() for f in TOKENIZER_FILES)
+
+
 def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 1024):
     """Train, wrap as ``PreTrainedTokenizerFast`` and ``save_pretrained`` into ``out_dir``; returns the tokenizer."""
     tok = Tokenizer(models.BPE())

@@ -13,6 +13,8 @@ from genlip.data.builders import FixedResBuilder, NativeResBuilder
 from genlip.data.sequence import CaptionEncoder
 from genlip.data.sources import DataError, SourceSpec, expand_paths
 from genlip.data.synth import write_corpus
+from genlip.data.tokenizer import TOKENIZER_FILES, has_tokenizer
+from genlip.run import dist as D
 from genlip.run.checkpoint import resolve_weights_dir
 from genlip.run.config import RecipeError
 from genlip.run.dirs import generated_dir
@@ -57,6 +59,9 @@ def build_stream_parts(recipe: Recipe):
     tok_dir = data.tokenizer
     if tok_dir != "auto" and not Path(tok_dir).exists():  # before generating a corpus
         raise RecipeError(f"data.tokenizer: directory {tok_dir!r} does not exist{_placeholder(tok_dir)}")
+    if tok_dir != "auto" and not has_tokenizer(tok_dir):
+        raise RecipeError(f"data.tokenizer: {tok_dir} is not a tokenizer directory (none of "
+                          f"{', '.join(TOKENIZER_FILES)})")
     P = recipe_patch_size(recipe)  # model.init_from is read here: also before generating a corpus
     if data.synth is not None:
         corpus = ensure_synth_corpus(data.synth)
@@ -65,6 +70,9 @@ def build_stream_parts(recipe: Recipe):
             sources = [SourceSpec(path=str(corpus / pattern), type="wds", name="synth")]
         if tok_dir == "auto":
             tok_dir = str(corpus / "tokenizer")
+            if sources:  # the user's data with the generated corpus' small tokenizer: say so, it is easy to miss
+                D.print0(f"data.tokenizer=auto: the generated corpus' tokenizer ({tok_dir}, trained on its "
+                         "captions only); set data.tokenizer for your own data")
     # the recipe's own mistakes (what a paper recipe leaves to fill in included): one line and exit code 2 before
     # anything is built, like a wrong key
     if tok_dir == "auto":
@@ -78,7 +86,11 @@ def build_stream_parts(recipe: Recipe):
             units.append(expand_paths(spec.path))
         except DataError as e:
             raise RecipeError(f"data.sources.{i}.path: {e}{_placeholder(str(spec.path))}") from None
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    except Exception as e:  # a broken tokenizer file: transformers and tokenizers raise many kinds of error
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RecipeError(f"data.tokenizer: {tok_dir}: cannot be loaded ({type(e).__name__}: {why})") from None
     encoder = CaptionEncoder(tokenizer, data.prompt, data.max_caption_tokens)
     if data.native:
         builder = NativeResBuilder(encoder, patch_size=P, min_pixels=data.min_image_tokens * P * P,

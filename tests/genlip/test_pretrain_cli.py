@@ -224,6 +224,18 @@ def test_missing_data_and_tokenizer_are_recipe_mistakes_in_one_line(home, tmp_pa
     assert not (tmp_path / "x").exists()
     code, _ = _refused(home, tmp_path / "x", f"data.synth={{dir: {tmp_path / 'corpus'}}}", "data.tokenizer=/nope")
     assert code == 2 and not (tmp_path / "corpus").exists()  # refused before a corpus is generated
+    # a directory that holds no tokenizer (found by a user: a 34-line traceback, exit 1), or a broken one
+    (tmp_path / "pq").mkdir()
+    (tmp_path / "pq" / "a.parquet").write_bytes(b"PAR1")
+    code, err = _refused(home, tmp_path / "x", f"data.tokenizer={tmp_path / 'pq'}")
+    assert code == 2 and err.strip() == (
+        f"genlip-pretrain: bad recipe: data.tokenizer: {tmp_path / 'pq'} is not a tokenizer directory (none of "
+        "tokenizer.json, tokenizer_config.json, tokenizer.model, vocab.json)")
+    (tmp_path / "pq" / "tokenizer.json").write_text("{}")
+    code, err = _refused(home, tmp_path / "x", f"data.tokenizer={tmp_path / 'pq'}")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith(
+        f"genlip-pretrain: bad recipe: data.tokenizer: {tmp_path / 'pq'}: cannot be loaded ("), err
+    assert not (tmp_path / "x").exists()
 
 
 def test_checkpoints_and_exports_carry_the_training_preprocessing(reference_run, tmp_path):
