@@ -315,6 +315,15 @@ def _read_jsonl(path: str, spec: SourceSpec, on_error) -> Iterator[tuple[str, di
 class SourceStream:
     """Iterates one source's records for one stream, epoch after epoch, from a resumable cursor."""
 
+    def _split_hint(self, units: list[str]) -> str:
+        """Where files were dealt out to the streams (``split: auto`` with as many files as streams) and this
+        stream's share gave nothing while other files remain: reading every file on every stream may help."""
+        if self.split == "shard" and self.spec.split == "auto" and len(units) < len(self.units):
+            return (f"; the source's files are dealt out to the {self.n_streams} streams (split: auto), so with "
+                    "few files one bad file can leave a stream without data: give the source `split: sample` to "
+                    "have every stream read every file")
+        return ""
+
     def __init__(self, spec: SourceSpec, stream: int, n_streams: int, seed: int, on_error,
                  units: list[str] | None = None) -> None:
         self.spec, self.stream, self.n_streams, self.seed, self.on_error = spec, stream, n_streams, seed, on_error
@@ -381,4 +390,4 @@ class SourceStream:
                        else f" (are they {self.spec.type} files?)")
                 raise DataError(f"source {self.spec.name!r} yields no records for stream {self.stream} of "
                                 f"{self.n_streams}: its {len(units)} of {len(self.units)} files ({names}) gave none"
-                                f"{why}")
+                                f"{why}{self._split_hint(units)}")

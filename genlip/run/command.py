@@ -69,9 +69,22 @@ def execute(prog: str, fn: Callable[[Any], Any], recipe: Any, failures: tuple[ty
             msg = msg[len(prefix):] if msg.startswith(prefix) else msg
         print(f"{prog}: {type(e).__name__}: {msg}", file=sys.stderr)
         return 1
+    except RuntimeError as e:
+        if D.world()[2] > 1 and peer_gone(e):  # another rank stopped (its own error is its one line): say so
+            print(f"{prog}: rank {D.world()[0]} stopped: another process of this run ended first (its message is "
+                  "above)", file=sys.stderr)
+            return 1
+        raise
     finally:
         D.cleanup()
     return 0
+
+
+def peer_gone(e: BaseException) -> bool:
+    """A collective failed because another process of the run is gone (gloo: the connection closed; NCCL: the
+    backend's error), not because of this process."""
+    text = str(e)
+    return isinstance(e, torch.distributed.DistBackendError) or "closed by peer" in text or "reset by peer" in text
 
 
 def _key(f: dataclasses.Field, tp: Any) -> str:

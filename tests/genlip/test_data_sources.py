@@ -6,6 +6,7 @@ import io
 import re
 import tarfile
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -386,6 +387,26 @@ def test_a_source_that_gives_nothing_names_its_files_and_the_last_problem(tmp_pa
     with pytest.raises(DataError, match=r"source 'mine' yields no records for stream 0 of 1: its 1 of 1 files "
                                         r"\(a\.tar\) gave none; the last problem: truncated_shard \("):
         next(iter(st))
+
+
+def test_a_stream_left_with_only_a_bad_file_says_how_to_read_every_file(tmp_path):
+    """Two streams, a good parquet file and a junk one: split auto deals one file to each stream per epoch, so a
+    stream dealt the junk file twice in a row has nothing (found by a user under torchrun); its error says so and
+    what to do, and `split: sample` reads on."""
+    write_parquet(tmp_path / "good.parquet", range(6))
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet")
+    spec = SourceSpec(path=str(tmp_path / "*.parquet"), type="parquet", name="pq")
+
+    def junk_twice(seed: int, stream: int) -> bool:
+        st = SourceStream(spec, stream, 2, seed=seed, on_error=lambda *a: None)
+        return all([Path(u).name for u in st._my_units(e)] == ["junk.parquet"] for e in (0, 1))
+    seed, stream = next((s, r) for s in range(100) for r in range(2) if junk_twice(s, r))
+    with pytest.raises(DataError) as e:
+        _read(SourceStream(spec, stream, 2, seed=seed, on_error=lambda *a: None), 3)
+    assert "its 1 of 2 files (junk.parquet) gave none" in str(e.value)
+    assert str(e.value).endswith("give the source `split: sample` to have every stream read every file")
+    sample = SourceSpec(path=str(tmp_path / "*.parquet"), type="parquet", name="pq", split="sample")
+    assert len(_read(SourceStream(sample, stream, 2, seed=seed, on_error=lambda *a: None), 3)) == 3
 
 
 def test_the_skipped_share_counts_records_not_unreadable_shards():

@@ -1,5 +1,6 @@
 """Process-group set-up: the backends a GPU run gets, and the group of one that single-process FSDP2 runs on."""
 
+import pytest
 import torch
 import torch.distributed as dist
 
@@ -33,3 +34,33 @@ def test_group_of_one_needs_no_launcher_and_reduces():
     finally:
         D.cleanup()
     assert not dist.is_initialized()
+
+
+@pytest.mark.parametrize("ws", [1, 2])
+def test_a_rank_whose_peer_died_says_so_in_one_line(monkeypatch, capsys, ws):
+    """Under torchrun a rank that stops with its one-line error leaves the others in a collective that fails with
+    gloo's 'Connection closed by peer' traceback (found by a user); they say what happened in one line instead.
+    Alone, or for any other RuntimeError, the error keeps its traceback (a bug is a bug)."""
+    from genlip.run.command import execute
+
+    monkeypatch.setenv("WORLD_SIZE", str(ws))
+    monkeypatch.setenv("RANK", "0")
+
+    def gone(_):
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:6572. This is "
+                           "typically caused by a remote worker crashing.")
+
+    if ws == 2:
+        assert execute("genlip-pretrain", gone, None, ()) == 1
+        assert capsys.readouterr().err == ("genlip-pretrain: rank 0 stopped: another process of this run ended first "
+                                           "(its message is above)\n")
+    else:
+        with pytest.raises(RuntimeError, match="closed by peer"):
+            execute("genlip-pretrain", gone, None, ())
+
+    def bug(_):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        execute("genlip-pretrain", bug, None, ())
