@@ -132,6 +132,9 @@ class MllmTrainRecipe:
     resume: str = "auto"  # auto | none | a checkpoint directory
 
     def __post_init__(self) -> None:
+        if self.max_steps != -1 and self.max_steps < 1:  # 0 trained one step, -5 a whole epoch
+            raise ValueError(f"train.max_steps: {self.max_steps} is out of range (-1: train.epochs decides, or at "
+                             "least 1)")
         if self.resume not in ("auto", "none") and not os.path.isfile(os.path.join(self.resume, "trainer_state.json")):
             raise ValueError(f"train.resume (--resume): {self.resume!r} is not a checkpoint directory (auto, none, "
                              "or a run's checkpoint-N directory)")

@@ -250,3 +250,11 @@ def test_a_finished_runs_recipe_is_compared_on_the_keys_both_versions_have(tmp_p
 def test_the_mllm_native_token_budget_must_be_a_range():
     with pytest.raises(RecipeError, match="model.min_image_tokens 100 is above model.max_image_tokens 64"):
         load_recipe(None, ["model.min_image_tokens=100", "model.max_image_tokens=64"], MllmRecipe)
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_mllm_max_steps_is_minus_one_or_positive(value):
+    """0 trained one step and -5 a whole epoch (found by a user); both are refused, -1 (epochs decide) and N pass."""
+    with pytest.raises(RecipeError, match=rf"train.max_steps: {value} is out of range \(-1: train.epochs decides"):
+        load_recipe(None, [f"train.max_steps={value}"], MllmRecipe)
+    assert [load_recipe(None, [f"train.max_steps={v}"], MllmRecipe).train.max_steps for v in (-1, 3)] == [-1, 3]
