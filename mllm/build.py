@@ -62,7 +62,10 @@ def build_mllm(vision_path: str, llm_path: str, mode: str = "resize", image_size
     tokenizer = AutoTokenizer.from_pretrained(llm_path, local_files_only=local_only())
     img_id = image_token_id(tokenizer)
     llm = AutoModelForCausalLM.from_pretrained(llm_path, dtype=dtype, local_files_only=local_only())
+    # the LLM's own tying of its output layer to its input embeddings: LlavaNextConfig would otherwise untie a tied
+    # LLM (Qwen2.5-0.5B..3B), a separate head of vocab x hidden parameters that training moves apart
     common = dict(vision_config=tower.config, text_config=llm.config, image_token_id=img_id,
+                  tie_word_embeddings=llm.config.tie_word_embeddings,
                   vision_feature_layer=feature_layer, projector_hidden_act="gelu", multimodal_projector_bias=True,
                   vision_feature_select_strategy="default" if info.has_cls else "full")
     if mode == "resize":

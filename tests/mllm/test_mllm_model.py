@@ -244,3 +244,32 @@ def test_a_siglip2_token_budget_that_leaves_no_room_for_text_is_refused_up_front
         check_model_paths(recipe)
     recipe.model.max_image_tokens = 64
     check_model_paths(recipe)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("mode", ["resize", "anyres", "native"])
+def test_the_llm_keeps_its_own_output_layer_tying_in_every_mode(ckpts, tmp_path, mode, tied):
+    """anyres (LlavaNextConfig) untied a tied LLM's output layer from its embeddings (found by a user: a separate
+    head that training moved apart, vocab x hidden more parameters). Every mode keeps the LLM's tying, with the LLM's
+    weights, through save and load; an untied LLM stays untied with its own head."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    towers, llm = ckpts
+    ref = AutoModelForCausalLM.from_pretrained(str(llm))
+    assert ref.config.tie_word_embeddings  # the fixture's tiny LLM is tied, like Qwen2.5-0.5B..3B
+    if not tied:
+        ref.config.tie_word_embeddings = False
+        untied = AutoModelForCausalLM.from_config(ref.config)
+        untied.model.load_state_dict(ref.model.state_dict())
+        untied.lm_head.weight.data = torch.randn_like(untied.lm_head.weight)
+        llm = tmp_path / "untied"
+        untied.save_pretrained(llm)
+        AutoTokenizer.from_pretrained(str(ckpts[1])).save_pretrained(llm)
+        ref = untied
+    model, tok, spec = build_mllm(str(towers["genlip"]), str(llm), mode, image_size=32, max_tokens=24, min_tokens=4)
+    save_mllm(tmp_path / "m", model, tok, spec)
+    for m in (model, load_mllm(tmp_path / "m")[0]):
+        emb, head = m.model.language_model.embed_tokens.weight, m.lm_head.weight
+        n = ref.config.vocab_size
+        assert m.config.tie_word_embeddings is tied and (emb.data_ptr() == head.data_ptr()) is tied
+        assert torch.equal(emb[:n], ref.model.embed_tokens.weight) and torch.equal(head[:n], ref.lm_head.weight)
