@@ -71,6 +71,7 @@ def apply_trainable(model, lrs: dict[str, float], lora: bool = False) -> dict[st
             p.requires_grad = "lora_" in n and lrs[g] > 0
         elif lora and "original_module" in n:
             p.requires_grad = False  # PEFT's frozen copy of a module it trains in full (modules_to_save)
+            continue  # not counted: the module is counted once, as the copy that trains
         else:
             p.requires_grad = lrs[g] > 0
         counts[g][1] += p.numel()

@@ -273,3 +273,18 @@ def test_the_llm_keeps_its_own_output_layer_tying_in_every_mode(ckpts, tmp_path,
         n = ref.config.vocab_size
         assert m.config.tie_word_embeddings is tied and (emb.data_ptr() == head.data_ptr()) is tied
         assert torch.equal(emb[:n], ref.model.embed_tokens.weight) and torch.equal(head[:n], ref.lm_head.weight)
+
+
+def test_lora_counts_the_projector_once(ckpts):
+    """Under LoRA PEFT keeps a frozen copy of the projector beside the one that trains; the table counted both
+    ("trainable 0.033M of 0.066M", found by a user). Each group is counted once, as the model has it."""
+    from mllm.train import _with_lora
+
+    model, _, _ = _build(ckpts, "genlip", "resize")
+    sizes = {g: sum(p.numel() for p in getattr(model.model, m).parameters())
+             for g, m in (("projector", "multi_modal_projector"), ("vision_tower", "vision_tower"))}
+    counts = apply_trainable(_with_lora(model, MllmRecipe()), {"projector": 1e-3, "language_model": 1e-4,
+                                                               "vision_tower": 0.0}, lora=True)
+    assert counts["projector"] == (sizes["projector"], sizes["projector"])
+    assert counts["vision_tower"] == (0, sizes["vision_tower"])
+    assert 0 < counts["language_model"][0] < counts["language_model"][1]  # the adapters only
