@@ -184,6 +184,9 @@ def _check_llm(name: str) -> None:
             raise RecipeError(f"model.llm: {name}: no such directory, nor a model {where}") from None
         return
     if not os.path.isfile(os.path.join(path, "config.json")):
+        if list_checkpoints(Path(path)):
+            raise RecipeError(f"model.llm: {name}: a GenLIP pretraining run (an image encoder: model.vision takes "
+                              "it), not a causal language model")
         raise RecipeError(f"model.llm: {name}: not a model directory (no config.json)")
     model_type = json.loads(Path(path, "config.json").read_text()).get("model_type")
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
@@ -409,9 +412,9 @@ def train(recipe: MllmRecipe) -> Path:
         refuse_other_recipe(saved, _as_finished(recipe), HOW_IT_RUNS, str(out / "final"), "train.resume=none")
         D.print0(f"already finished: {out / 'final'} holds the trained model (train.resume=none trains it again)")
         return out / "final"
-    D.print0(f"batches: {plan.describe()}")
     check_model_paths(recipe)
     check_data(recipe)
+    D.print0(f"batches: {plan.describe()}")  # after the checks: a refused recipe is its one line
     recipe = with_init_settings(recipe)
     t = recipe.train
     if recipe.data.path and recipe.data.synth is not None:

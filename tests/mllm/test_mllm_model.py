@@ -174,7 +174,13 @@ def test_towers_and_llms_that_do_not_fit_the_recipe_are_recipe_errors_naming_the
     towers = ckpts[0]
     llm = make_llm(tmp_path / "llm")
     (tmp_path / "empty").mkdir()
+    step = tmp_path / "s2run" / "checkpoints" / "step_00000010"  # a genlip-pretrain run directory
+    step.mkdir(parents=True)
+    (step / "trainer_state.json").write_text("{}")
     cases = [
+        (dict(vision=str(towers["genlip"]), llm=str(tmp_path / "s2run")),
+         f"model.llm: {tmp_path / 's2run'}: a GenLIP pretraining run (an image encoder: model.vision takes it), not a "
+         "causal language model"),
         (dict(vision=str(towers["siglip"]), llm=str(llm), mode="native"),
          "model.mode=native needs a GenLIP or SigLIP2-NaFlex tower, not siglip"),
         (dict(vision=str(towers["siglip"]), llm=str(llm), image_size=48),

@@ -336,10 +336,10 @@ def test_init_from_mistakes_are_one_line_before_anything_is_made(env, aligned, t
     init = {"missing": "/no/such/run/final", "run_dir": str(aligned.parent)}.get(case, str(aligned))
     extra = {"with_vision": [f"model.vision={env[1]['siglip']}"],
              "with_mode": ["model.mode=anyres", "model.feature_layer=-2"]}.get(case, [])
-    code, _, err = run_cli("genlip-mllm", "finetune", "--recipe", str(RECIPES / "mllm_finetune.yaml"),
-                           f"model.init_from={init}", *extra, f"train.output_dir={tmp_path / 'out'}",
-                           env={**os.environ, "HF_HUB_OFFLINE": "1", "GENLIP_HOME": str(tmp_path / "home")},
-                           subprocess=case == "run_dir")  # the installed script once; the rest in this process
+    code, out, err = run_cli("genlip-mllm", "finetune", "--recipe", str(RECIPES / "mllm_finetune.yaml"),
+                             f"model.init_from={init}", *extra, f"train.output_dir={tmp_path / 'out'}",
+                             env={**os.environ, "HF_HUB_OFFLINE": "1", "GENLIP_HOME": str(tmp_path / "home")},
+                             subprocess=case == "run_dir")  # the installed script once; the rest in this process
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
     want = {"missing": f"model.init_from: {init}: no such directory (a previous stage's output_dir/final: run that "
@@ -352,6 +352,7 @@ def test_init_from_mistakes_are_one_line_before_anything_is_made(env, aligned, t
                          f"model.init_from={init} (mode=resize, feature_layer=-1); leave them out or give those "
                          "values"}[case]
     assert lines[0] == f"genlip-mllm: bad recipe: {want}"
+    assert out == ""  # nothing before it either (the batch plan was printed first)
     assert not (tmp_path / "home").exists() and not (tmp_path / "out").exists()
 
 
@@ -435,13 +436,15 @@ def test_own_deepspeed_configs_are_checked_when_the_recipe_loads(tmp_path, confi
 ])
 def test_data_mistakes_are_one_line_before_anything_is_made(env, tmp_path, overrides, want):
     (tmp_path / "d.json").write_text("[]")
-    code, _, err = run_cli("genlip-mllm", "pretrain", "--recipe", str(RECIPES / "mllm_pretrain.yaml"),
-                           f"model.vision={env[1]['genlip']}", *[o.format(json=tmp_path / "d.json") for o in overrides],
-                           f"train.output_dir={tmp_path / 'out'}", subprocess=overrides == ["data.synth=null"],
-                           env={**os.environ, "HF_HUB_OFFLINE": "1", "GENLIP_HOME": str(tmp_path / "home")})
+    code, out, err = run_cli("genlip-mllm", "pretrain", "--recipe", str(RECIPES / "mllm_pretrain.yaml"),
+                             f"model.vision={env[1]['genlip']}",
+                             *[o.format(json=tmp_path / "d.json") for o in overrides],
+                             f"train.output_dir={tmp_path / 'out'}", subprocess=overrides == ["data.synth=null"],
+                             env={**os.environ, "HF_HUB_OFFLINE": "1", "GENLIP_HOME": str(tmp_path / "home")})
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
     assert lines[0] == f"genlip-mllm: bad recipe: {want}"
+    assert out == ""  # nothing before it either (the batch plan was printed first)
     assert not (tmp_path / "home").exists() and not (tmp_path / "out").exists()
 
 
