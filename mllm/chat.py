@@ -65,4 +65,6 @@ def load_image(path: str) -> Image.Image:
     try:
         return decode_image(data)
     except SkipSample as e:
-        raise ChatInputError(f"{path} is not an image this toolkit can decode ({e.reason})") from None
+        why = {"too_large": "is too large to decode safely", "too_small": "is too small", "empty_image": "is empty",
+               "aspect_ratio": "is too elongated"}.get(e.reason, "is not an image this toolkit can decode")
+        raise ChatInputError(f"{path} {why} ({e})") from None

@@ -9,13 +9,19 @@ from tests.cli import run_cli
 
 @pytest.mark.parametrize("kind,words", [("missing", "No such file"), ("text", "is not an image"),
                                         ("broken_png", "is not an image"), ("no_model", "no_model: no such directory"),
-                                        ("not_mllm", "is not an MLLM directory")])
+                                        ("not_mllm", "is not an MLLM directory"),
+                                        ("huge", "is too large to decode safely (too_large: "),
+                                        ("elongated", "is too elongated (aspect_ratio: ")])
 def test_unusable_inputs_are_one_line(tmp_path, kind, words):
     image = tmp_path / "x.png"
     if kind == "text":
         image.write_text("not an image")
     elif kind == "broken_png":
         image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    elif kind in ("huge", "elongated"):  # valid images it will not decode (found by a user: "not an image")
+        from PIL import Image
+
+        Image.new("1", (10000, 10000) if kind == "huge" else (600, 2)).save(image)
     elif kind in ("no_model", "not_mllm"):
         from PIL import Image
 
