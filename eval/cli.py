@@ -157,6 +157,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     width = max(len(k) for k in [*res["benchmarks"], *res["averages"]])
     for k, v in [*res["benchmarks"].items(), *res["averages"].items()]:
         print(f"{k:{width}s}  {v:8.2f}")
+    for task, (empty, n) in res.get("empty_answers", {}).items():
+        if empty:
+            print(f"note: {empty} of {n} answers to {task} are empty (the model ended at once, as a barely trained "
+                  "one does)")
     print(f"scores: {Path(out) / 'scores.json'}")
     return 0
 

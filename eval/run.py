@@ -67,6 +67,21 @@ def model_id(model_dir: str | Path) -> str:
     return hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
 
 
+def _texts(resp) -> list[str]:
+    if isinstance(resp, str):
+        return [resp]
+    return [t for r in resp for t in _texts(r)] if isinstance(resp, list) else []
+
+
+def empty_answers(samples_dir: str | Path, task: str) -> list[int]:
+    """``[empty, all]``: how many of the answers lmms-eval logged for ``task`` are empty or blank (a model that ends
+    at once, as a barely trained one does, scores 0 without a word otherwise)."""
+    files = sorted(Path(samples_dir).glob(f"*samples_{task}.jsonl"))
+    answers = [_texts(json.loads(line).get("filtered_resps")) for line in
+               (files[-1].read_text().splitlines() if files else []) if line.strip()]
+    return [sum(not any(t.strip() for t in a) for a in answers), len(answers)]
+
+
 def run_suite(model_dir: str | Path, suite: str, out_dir: str | Path, limit: int | None = None,
               max_new_tokens: int | None = None, timeout: float | None = None,
               tasks_dir: str | Path | None = None, reuse: bool = True, batch_size: int = 1) -> dict:
@@ -146,6 +161,7 @@ def run_suite(model_dir: str | Path, suite: str, out_dir: str | Path, limit: int
         scores[b.name] = b.paper_value(float(value))
     result = {"model": str(model_dir), **settings, "benchmarks": scores, "averages": averages(benches, scores),
               "raw": {t: {k: v for k, v in raw[t].items() if isinstance(v, (int, float))} for t in tasks},
-              "samples_dir": str(new[-1].parent), "tasks": run_as}
+              "samples_dir": str(new[-1].parent), "tasks": run_as,
+              "empty_answers": {t: empty_answers(new[-1].parent, run_as[t]) for t in tasks}}
     (out / "scores.json").write_text(json.dumps(result, indent=1))
     return result

@@ -74,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         except (ChatInputError, FileNotFoundError) as e:
             print(f"genlip-mllm: {e}", file=sys.stderr)
             return 2
-        print(answer(model, tok, spec, ip, image, args.prompt, args.max_new_tokens, args.sample, args.temperature))
+        reply = answer(model, tok, spec, ip, image, args.prompt, args.max_new_tokens, args.sample, args.temperature)
+        print(reply)
+        if not reply.strip():
+            print("genlip-mllm: the answer is empty (the model ended at once, as a barely trained one does)",
+                  file=sys.stderr)
         return 0
     recipe = load_for_command("genlip-mllm", args.recipe, "mllm", args.overrides, MllmRecipe)
     if recipe.stage != args.cmd:

@@ -165,6 +165,12 @@ def test_genlip_eval_run_reports_the_suite(setup, tmp_path):
     vals = list(res["benchmarks"].values())
     assert res["averages"]["ALL AVG"] == pytest.approx(sum(vals) / 3)
     assert "ALL AVG" in p.stdout
+    # empty answers are counted from the logged samples and said (a model that ends at once scores 0 silently)
+    for task, (empty, n) in res["empty_answers"].items():
+        rows = [json.loads(x) for f in Path(res["samples_dir"]).glob(f"*samples_{res['tasks'][task]}.jsonl")
+                for x in f.read_text().splitlines()]
+        assert n == len(rows) > 0 and empty == sum(json.dumps(r["filtered_resps"]).strip('[]" ') == "" for r in rows)
+        assert (f"note: {empty} of {n} answers to {task} are empty" in p.stdout) == (empty > 0), p.stdout
 
 
 def test_genlip_eval_run_detects_a_failed_evaluation(setup, tmp_path):

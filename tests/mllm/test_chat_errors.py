@@ -45,3 +45,16 @@ def test_generation_settings_out_of_range_are_one_line(tmp_path, args, words):
     code, _, err = run_cli("genlip-mllm", "chat", "--model", str(tmp_path), "--prompt", "hi", *args,
                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert code == 2 and err.strip().splitlines() == [f"genlip-mllm: {words}"], err
+
+
+@pytest.mark.parametrize("reply", ["", "B"])
+def test_an_empty_answer_is_said(tmp_path, monkeypatch, reply):
+    """A barely trained model often ends at once: chat printed a bare empty line (found by a user)."""
+    import mllm.cli
+
+    monkeypatch.setattr(mllm.cli, "load_mllm", lambda path: (None, None, None, None))
+    monkeypatch.setattr(mllm.cli, "answer", lambda *a: reply)
+    code, out, err = run_cli("genlip-mllm", "chat", "--model", str(tmp_path), "--prompt", "hi")
+    assert code == 0 and out == f"{reply}\n"
+    assert (err.strip() == "genlip-mllm: the answer is empty (the model ended at once, as a barely trained one "
+                           "does)") == (reply == ""), err
