@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 import yaml
 
 from eval.pipeline_config import load_config
@@ -27,9 +26,8 @@ from eval.pipeline_probes import run_probe_suite
 from eval.pipeline_report import write_pipeline_report
 from eval.report import load_cells
 from eval.sweep import sweep
-from genlip.config import GenLIPConfig
-from genlip.modeling import GenLIPVisionModel
-from genlip.run.checkpoint import resolve_weights_dir, run_info
+from genlip.export_hf import export_random
+from genlip.run.checkpoint import run_info
 
 
 def _run(cmd: list[str], log: Path, what: str) -> float:
@@ -86,9 +84,7 @@ def pretrain_encoders(cfg: dict, root: Path, timings: dict) -> dict[str, Path]:
                                       logs / "contrastive.log", "contrastive baseline")
     rnd = enc / "random"
     if not (rnd / "model.safetensors").exists():
-        config = GenLIPConfig.from_pretrained(str(resolve_weights_dir(s1)))
-        torch.manual_seed(cfg["seed"])
-        GenLIPVisionModel(config).save_pretrained(str(rnd))
+        export_random(s1, rnd, cfg["seed"])
     (root / "budget.json").write_text(json.dumps({"genlip_samples": budget, "contrastive_steps": steps,
                                                   "contrastive_samples": _samples_seen(g)}, indent=1))
     return {"genlip": s2, "contrastive": g, "random": rnd}

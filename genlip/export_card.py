@@ -81,9 +81,11 @@ def _training(src: Path) -> list[str]:
     return lines + [""]
 
 
-def model_card(config, src: Path | None, kind: str, out: str | Path, n_params: int) -> str:
+def model_card(config, src: Path | None, kind: str, out: str | Path, n_params: int,
+               random_seed: int | None = None) -> str:
     """The card's text. ``config``: the encoder's ``GenLIPConfig``; ``src``: the checkpoint it came from;
-    ``kind``: ``hf`` or ``timm``; ``out``: where the export is (for the loading example)."""
+    ``kind``: ``hf`` or ``timm``; ``out``: where the export is (for the loading example); ``random_seed``: the
+    weights are not ``src``'s but a random initialisation with its architecture (``genlip-export random``)."""
     library = "transformers" if kind == "hf" else "timm"
     width, layers, heads = config.hidden_size, config.num_hidden_layers, config.num_attention_heads
     size, patch = config.image_size, config.patch_size
@@ -103,7 +105,10 @@ def model_card(config, src: Path | None, kind: str, out: str | Path, n_params: i
         "used on images with full attention: its features, after the final LayerNorm, are one vector per patch, "
         "with no class token.",
         "",
-        f"Exported with `genlip-export {kind}`{f' from `{src}`' if src else ''}.",
+        (f"Exported with `genlip-export {kind}`{f' from `{src}`' if src else ''}." if random_seed is None else
+         f"**Random weights, not trained**: the toolkit's initialisation with seed {random_seed}, written by "
+         f"`genlip-export random` with the architecture and preprocessing of `{src}`, as the untrained baseline of "
+         "a comparison."),
         "",
         "## Use",
         "",
@@ -125,10 +130,10 @@ def model_card(config, src: Path | None, kind: str, out: str | Path, n_params: i
         f"{list(config.image_std)}, RGB.",
         "",
     ]
-    if src is not None:
+    if src is not None and random_seed is None:
         lines += _training(src)
     return "\n".join(lines)
 
 
-def write_card(out: Path, config, src: Path | None, kind: str, n_params: int) -> None:
-    (out / "README.md").write_text(model_card(config, src, kind, out, n_params))
+def write_card(out: Path, config, src: Path | None, kind: str, n_params: int, random_seed: int | None = None) -> None:
+    (out / "README.md").write_text(model_card(config, src, kind, out, n_params, random_seed))

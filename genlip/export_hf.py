@@ -37,6 +37,22 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, image_size: int | None
     return out
 
 
+def export_random(model_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
+    """A randomly initialised encoder (the toolkit's initialisation, ``seed``) with the architecture and preprocessing
+    of the GenLIP model in ``model_dir``, written like :func:`export_hf`: the untrained baseline of a comparison."""
+    src = resolve_weights_dir(model_dir)
+    config = GenLIPVisionModel.config_class.from_pretrained(str(src))
+    config.architectures = ["GenLIPVisionModel"]
+    torch.manual_seed(seed)
+    enc = GenLIPVisionModel(config)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    enc.save_pretrained(str(out))
+    image_processor(enc.config).save_pretrained(str(out))
+    write_card(out, enc.config, src, "hf", sum(p.numel() for p in enc.parameters()), random_seed=seed)
+    return out
+
+
 def image_processor(config):
     return SiglipImageProcessor(do_resize=True, size={"height": config.image_size, "width": config.image_size},
                                 resample=2, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,

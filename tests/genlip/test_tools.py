@@ -329,3 +329,36 @@ def test_exports_write_a_model_card_from_the_checkpoints_records(ckpt, tmp_path)
     assert code == 2 and err.strip() == f"genlip-export: --out {mine} holds files this command did not write " \
                                         "(README.md)", err
     assert (mine / "README.md").read_text() == "my notes\n"
+
+
+def test_export_random_is_the_untrained_baseline_with_the_models_architecture(ckpt, tmp_path):
+    """`genlip-export random`: an hf export of a randomly initialised encoder (the toolkit's initialisation, seeded)
+    with the model's architecture and preprocessing, for a sweep's or pipeline's untrained baseline; the card says it
+    is random; it never silently replaces a trained export (or the other way round)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    import genlip  # noqa: F401
+
+    d, _ = ckpt
+    trained = load_file(str(d / "model.safetensors"))
+    for _ in range(2):  # again into its own output: replaced
+        assert export_main(["random", "--model", str(d), "--out", str(tmp_path / "rnd"), "--seed", "3"]) == 0
+    rnd = AutoModel.from_pretrained(str(tmp_path / "rnd"))
+    src = GenLIPVisionModel.from_pretrained(str(d)).config.to_dict()
+    same = {"architectures": None, "_name_or_path": None}
+    assert rnd.config.to_dict() | same == src | same
+    weights = load_file(str(tmp_path / "rnd" / "model.safetensors"))
+    shared = [k for k in weights if f"vit.{k}" in trained or k in trained]
+    assert shared and all(not torch.equal(v, trained.get(k, trained.get(f"vit.{k}"))) for k, v in weights.items()
+                          if k in shared and v.numel() > 64)
+    torch.manual_seed(3)
+    again = GenLIPVisionModel(rnd.config).state_dict()
+    assert all(torch.equal(weights[k], again[k]) for k in weights)  # the seed decides
+    card = (tmp_path / "rnd" / "README.md").read_text()
+    assert "**Random weights, not trained**" in card and "seed 3" in card and "## Training" not in card
+    assert export_main(["hf", "--model", str(d), "--out", str(tmp_path / "hf")]) == 0
+    for kind, out in (("random", "hf"), ("hf", "rnd")):
+        code, _, err = run_cli("genlip-export", kind, "--model", str(d), "--out", str(tmp_path / out))
+        assert code == 2 and err.strip() == (f"genlip-export: --out {tmp_path / out} holds another kind of export "
+                                             f"than {kind} (its README.md)"), err
