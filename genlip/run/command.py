@@ -69,6 +69,10 @@ def execute(prog: str, fn: Callable[[Any], Any], recipe: Any, failures: tuple[ty
             msg = msg[len(prefix):] if msg.startswith(prefix) else msg
         print(f"{prog}: {type(e).__name__}: {msg}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before training started, or a second one (the first saves and returns)
+        print(f"\n{prog}: interrupted, without saving (a run continues from its last checkpoint: give the same "
+              "command again)", file=sys.stderr)
+        return 130
     except RuntimeError as e:
         if D.world()[2] > 1 and peer_gone(e):  # another rank stopped (its own error is its one line): say so
             print(f"{prog}: rank {D.world()[0]} stopped: another process of this run ended first (its message is "

@@ -64,3 +64,16 @@ def test_a_rank_whose_peer_died_says_so_in_one_line(monkeypatch, capsys, ws):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RuntimeError, match="shape mismatch"):
         execute("genlip-pretrain", bug, None, ())
+
+
+def test_ctrl_c_outside_the_training_loop_is_one_line_and_130(capsys):
+    """Ctrl-C while a run sets up (or a second one while it saves) was KeyboardInterrupt's traceback (found by a
+    user); the first Ctrl-C in the loop saves and returns 130 by itself."""
+    from genlip.run.command import execute
+
+    def setting_up(_):
+        raise KeyboardInterrupt
+
+    assert execute("genlip-pretrain", setting_up, None, ()) == 130
+    assert capsys.readouterr().err.strip() == ("genlip-pretrain: interrupted, without saving (a run continues from "
+                                               "its last checkpoint: give the same command again)")
