@@ -1,7 +1,7 @@
 """genlip-data: the generated data, written where you want it.
 
     genlip-data synth --out corpus --samples 4096          # WebDataset shards + a BPE tokenizer + corpus.json
-    genlip-pretrain data.sources.0.path='corpus/shards/*.tar' data.tokenizer=corpus/tokenizer
+    genlip-pretrain data.sources='[{type: wds, path: "corpus/shards/*.tar"}]' data.tokenizer=corpus/tokenizer
     genlip-data synth-sft --out sft --samples 512          # LLaVA caption and instruction sets with their images
 
 Writing into a directory that holds an earlier corpus or SFT set replaces what the command wrote there (no stale

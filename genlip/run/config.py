@@ -124,8 +124,8 @@ def build(cls: type, values: dict, where: str = "") -> Any:
         return cls(**kwargs)
     except TypeError as e:  # a required key is missing
         raise RecipeError(f"{where or 'recipe'}: {e}") from e
-    except ValueError as e:  # a schema's own check: its message names the keys
-        raise RecipeError(str(e)) from e
+    except ValueError as e:  # a schema's own check: its message names the keys, or is said to be about ``where``
+        raise RecipeError(str(e) if not where or where in str(e) else f"{where}: {e}") from e
 
 
 def to_dict(obj: Any) -> Any:
@@ -152,7 +152,10 @@ def apply_override(d: dict, dotted: str) -> None:
     for i, p in enumerate(parts[:-1]):
         if isinstance(cur, list):
             if not p.isdigit() or int(p) >= len(cur):
-                raise RecipeError(f"override {key!r}: {'.'.join(parts[:i])} has no item {p}")
+                where = ".".join(parts[:i])
+                hint = f" (it has {len(cur)}; give the list itself: {where}='[...]'" + (
+                    ", e.g. data.sources='[{type: wds, path: \"shards/*.tar\"}]')" if where == "data.sources" else ")")
+                raise RecipeError(f"override {key!r}: {where} has no item {p}{hint}")
             cur = cur[int(p)]
         else:
             if p not in cur or cur[p] is None:

@@ -4,6 +4,7 @@ with a suggestion, and a recipe can be its differences from a ``base:``."""
 
 import dataclasses
 import os
+import re
 import sys
 import typing
 from pathlib import Path
@@ -258,3 +259,17 @@ def test_mllm_max_steps_is_minus_one_or_positive(value):
     with pytest.raises(RecipeError, match=rf"train.max_steps: {value} is out of range \(-1: train.epochs decides"):
         load_recipe(None, [f"train.max_steps={value}"], MllmRecipe)
     assert [load_recipe(None, [f"train.max_steps={v}"], MllmRecipe).train.max_steps for v in (-1, 3)] == [-1, 3]
+
+
+def test_list_overrides_and_source_checks_name_the_key():
+    """`data.sources.0.path=...` on a recipe without sources said only "has no item 0" (found by a user, following
+    genlip-data's own help); it says how to give the list. A source's own check names the source's key."""
+    with pytest.raises(RecipeError, match=re.escape(
+            "override 'data.sources.0.path': data.sources has no item 0 (it has 0; give the list itself: "
+            "data.sources='[...]', e.g. data.sources='[{type: wds, path: \"shards/*.tar\"}]')")):
+        load_recipe(None, ["data.sources.0.path=x.tar"], Recipe)
+    recipe = load_recipe(None, ['data.sources=[{type: wds, path: "shards/*.tar"}]'], Recipe)  # the form it gives
+    assert recipe.data.sources[0].path == "shards/*.tar"
+    with pytest.raises(RecipeError, match=re.escape("data.sources.1: source weight must be positive and finite, "
+                                                    "got -1.0")):
+        load_recipe(None, ["data.sources=[{path: a.tar}, {path: b.tar, weight: -1}]"], Recipe)
