@@ -293,6 +293,32 @@ def _read_parquet(path: str, spec: SourceSpec, on_error, start: int) -> Iterator
         on_error("truncated_shard", f"{path}: {e}")
 
 
+def parquet_columns(units: list[str], tries: int = 3) -> tuple[str, list[str]] | None:
+    """``(file, column names)`` of the first of a source's first ``tries`` parquet files whose schema can be read
+    (None if none can: those files are counted as bad when read)."""
+    for path in units[:tries]:
+        try:
+            return path, list(pq.read_schema(path).names)
+        except Exception:  # pyarrow raises several types for a broken file
+            continue
+    return None
+
+
+def check_parquet_fields(spec: SourceSpec, units: list[str]) -> str | None:
+    """Why ``spec``'s ``image_field`` / ``caption_fields`` cannot be found in its parquet files' columns (one line), or
+    None. The schema is the same for every row, so a misnamed column is a recipe mistake, not a skip per record."""
+    found = parquet_columns(units)
+    if found is None:
+        return None
+    path, names = found
+    cols = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    if spec.image_field not in names:
+        return f"image_field: {spec.image_field!r} is not a column of {path} (columns: {cols})"
+    if not any(f.split(".")[0] in names for f in spec.caption_fields):
+        return f"caption_fields: none of {spec.caption_fields} is a column of {path} (columns: {cols})"
+    return None
+
+
 def _read_jsonl(path: str, spec: SourceSpec, on_error) -> Iterator[tuple[str, dict]]:
     root = spec.image_root if spec.image_root is not None else os.path.dirname(path)
     with open(path, "rb") as f:

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 from genlip.config import PRESETS, GenLIPConfig
 from genlip.data.builders import FixedResBuilder, NativeResBuilder
 from genlip.data.sequence import CaptionEncoder
-from genlip.data.sources import DataError, SourceSpec, expand_paths
+from genlip.data.sources import DataError, SourceSpec, check_parquet_fields, expand_paths
 from genlip.data.synth import write_corpus
 from genlip.data.tokenizer import TOKENIZER_FILES, has_tokenizer
 from genlip.run import dist as D
@@ -86,6 +86,8 @@ def build_stream_parts(recipe: Recipe):
             units.append(expand_paths(spec.path))
         except DataError as e:
             raise RecipeError(f"data.sources.{i}.path: {e}{_placeholder(str(spec.path))}") from None
+        if spec.type == "parquet" and (problem := check_parquet_fields(spec, units[-1])) is not None:
+            raise RecipeError(f"data.sources.{i}.{problem}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     except Exception as e:  # a broken tokenizer file: transformers and tokenizers raise many kinds of error

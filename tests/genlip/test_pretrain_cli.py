@@ -224,6 +224,19 @@ def test_missing_data_and_tokenizer_are_recipe_mistakes_in_one_line(home, tmp_pa
     assert not (tmp_path / "x").exists()
     code, _ = _refused(home, tmp_path / "x", f"data.synth={{dir: {tmp_path / 'corpus'}}}", "data.tokenizer=/nope")
     assert code == 2 and not (tmp_path / "corpus").exists()  # refused before a corpus is generated
+    # parquet columns are known when the file opens: a misnamed image or caption column is a recipe mistake, not
+    # a run that stops later on "too many skips" (found by a user)
+    from tests.datagen import write_parquet
+
+    (tmp_path / "pq0").mkdir()
+    write_parquet(tmp_path / "pq0" / "a.parquet", range(3))
+    for field, want in (("image_field: jpg", "image_field: 'jpg' is not a column of"),
+                        ("caption_fields: [txt, json.caption]",
+                         "caption_fields: none of ['txt', 'json.caption'] is a column of")):
+        code, err = _refused(home, tmp_path / "x", f"data.sources=[{{type: parquet, path: '{tmp_path}/pq0/*.parquet', "
+                             f"{field}}}]")
+        assert code == 2 and err.strip() == (f"genlip-pretrain: bad recipe: data.sources.0.{want} "
+                                             f"{tmp_path / 'pq0' / 'a.parquet'} (columns: key, image, caption)"), err
     # a directory that holds no tokenizer (found by a user: a 34-line traceback, exit 1), or a broken one
     (tmp_path / "pq").mkdir()
     (tmp_path / "pq" / "a.parquet").write_bytes(b"PAR1")
