@@ -62,7 +62,7 @@ def main() -> None:
         enc = ConversationEncoder(tok, spec, image_token_id(tok), max_length=2048)
         ds = LlavaDataset(sft / "instruct.json", sft / "images", enc)
         batch = Collator(spec, ip, tok.pad_token_id)([ds[i] for i in range(args.batch)])
-        batch.pop("skip_reasons")
+        batch.pop("skip_reasons"), batch.pop("cut_samples")
         tokens = int(batch["attention_mask"].sum())  # <image> is expanded to its feature tokens in input_ids
         res = {"encoder": args.encoder, "image": args.image, "llm": f"qwen2 h{args.llm_hidden} x{args.llm_layers}",
                "batch": args.batch, "tokens_per_batch": tokens}

@@ -198,7 +198,7 @@ class LlavaDataset(Dataset):
                 self._warned.add(reason)
                 log.warning("%s %s %d: dropped from its batch (%s)", self.path, self.unit, number, e)
             return {"skip": reason}
-        return {"input_ids": ids, "labels": labels, "images": images}
+        return {"input_ids": ids, "labels": labels, "images": images, "cut": self.encoder.cut}
 
 
 class Collator:
@@ -223,5 +223,8 @@ class Collator:
             ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(e["input_ids"]), torch.tensor(e["labels"]), 1
         batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
         batch.update(preprocess_images(self.spec, [im for e in good for im in e["images"]], self.image_processor))
-        batch["skip_reasons"] = reasons  # last: accelerate finds the batch size from the first value
+        # last (accelerate finds the batch size from the first value): the dropped samples' reasons, and how many
+        # of the kept ones were cut to data.max_length
+        batch["skip_reasons"] = reasons
+        batch["cut_samples"] = sum(bool(e.get("cut")) for e in good)
         return batch

@@ -167,7 +167,9 @@ class ConversationEncoder:
 
     def encode(self, conversations: list[dict], images: list[Image.Image], add_generation_prompt: bool = False):
         """``(input_ids, labels)`` as lists; raises :class:`EncodeError` (a ``ValueError``) for malformed
-        conversations and for truncation that would cut an image."""
+        conversations and for truncation that would cut an image. ``self.cut`` says whether this one was cut to
+        ``max_length`` (trained on, and counted)."""
+        self.cut = False
         if self.template == "plain":
             return self._encode_plain(conversations, images)
         ids: list[int] = []
@@ -201,7 +203,7 @@ class ConversationEncoder:
             if n_img:
                 raise EncodeError("too_long",
                                   f"truncating at {self.max_length} tokens would cut an image; raise max_length")
-            ids, labels = ids[: self.max_length], labels[: self.max_length]
+            ids, labels, self.cut = ids[: self.max_length], labels[: self.max_length], True
         return ids, labels
 
     def _encode_plain(self, conversations: list[dict], images: list[Image.Image]):
@@ -220,5 +222,5 @@ class ConversationEncoder:
             if len(prefix) >= self.max_length:
                 raise EncodeError("too_long",
                                   f"truncating at {self.max_length} tokens would cut an image; raise max_length")
-            ids, labels = ids[: self.max_length], labels[: self.max_length]
+            ids, labels, self.cut = ids[: self.max_length], labels[: self.max_length], True
         return ids, labels

@@ -309,6 +309,7 @@ class MllmTrainer(Trainer):
     def __init__(self, *args, lrs: dict[str, float], recipe: MllmRecipe, skipped: Counter, **kw) -> None:
         super().__init__(*args, **kw)
         self.lrs, self.recipe, self.skipped = lrs, recipe, skipped
+        self.cut_samples = 0
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -337,10 +338,12 @@ class MllmTrainer(Trainer):
         """Every log line (and ``log_history``) carries ``skipped_samples`` and ``skipped_<reason>`` so far."""
         logs["skipped_samples"] = sum(self.skipped.values())
         logs.update({f"skipped_{r}": n for r, n in sorted(self.skipped.items())})
+        logs["cut_samples"] = self.cut_samples
         super().log(logs, *args, **kw)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self.skipped.update(inputs.pop("skip_reasons", None) or ())  # the collator's dropped samples, by reason
+        self.cut_samples += int(inputs.pop("cut_samples", 0))  # trained on, cut to data.max_length
         if self.compute_loss_func is not None and "labels" in inputs:  # chunked: the model returns features only
             inputs = {**inputs, "output_hidden_states": True, "logits_to_keep": 1}
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -466,8 +469,12 @@ def train(recipe: MllmRecipe) -> Path:
         return out
     if skipped:
         D.print0(f"dropped from their batches during training: {dict(skipped)}")
+    if trainer.cut_samples:
+        D.print0(f"samples cut to data.max_length={recipe.data.max_length} (trained on what fits): "
+                 f"{trainer.cut_samples}")
     return _save_final(trainer, model, tokenizer, spec, recipe, {"records": dict(dataset.skipped),
-                                                                  "training": dict(skipped)})
+                                                                  "training": dict(skipped),
+                                                                  "cut_samples": trainer.cut_samples})
 
 
 def compile_llm_layers(model) -> int:

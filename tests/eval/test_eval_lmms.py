@@ -79,7 +79,7 @@ def _teach(model, tok, spec, bench, steps=60):
                                       {"from": "gpt", "value": target}], [img])
             examples.append({"input_ids": ids, "labels": labels, "images": [img]})
     batch = Collator(spec, make_image_processor(spec), tok.pad_token_id)(examples)
-    batch.pop("skip_reasons")
+    batch.pop("skip_reasons"), batch.pop("cut_samples")
     opt = torch.optim.AdamW([p for n, p in model.named_parameters() if "vision_tower" not in n], lr=3e-3)
     model.train()
     for _ in range(steps):

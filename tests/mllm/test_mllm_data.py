@@ -164,14 +164,17 @@ def test_training_time_skips_carry_their_reasons(setup, tmp_path):
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
     (tmp_path / "broken.png").write_bytes(b"not an image")
     long_q = [{"from": "human", "value": "describe the image " * 40 + "<image>"}, {"from": "gpt", "value": "a"}]
+    long_a = [{"from": "human", "value": "<image>\ndescribe"}, {"from": "gpt", "value": "a long answer " * 40}]
     records = [{"image": "a.png", "conversations": _qa()}, {"image": "broken.png", "conversations": _qa()},
-               {"image": "a.png", "conversations": long_q}]
+               {"image": "a.png", "conversations": long_q}, {"image": "a.png", "conversations": long_a}]
     path = tmp_path / "d.json"
     path.write_text(json.dumps(records))
     ds = LlavaDataset(path, tmp_path, ConversationEncoder(tok, spec, img_id, max_length=64))
-    assert [ds[i].get("skip") for i in range(3)] == [None, "corrupt_image", "too_long"]
-    batch = Collator(spec, make_image_processor(spec), 0)([ds[i] for i in range(3)])
-    assert batch["skip_reasons"] == ["corrupt_image", "too_long"] and batch["input_ids"].shape[0] == 1
+    assert [ds[i].get("skip") for i in range(4)] == [None, "corrupt_image", "too_long", None]
+    batch = Collator(spec, make_image_processor(spec), 0)([ds[i] for i in range(4)])
+    assert batch["skip_reasons"] == ["corrupt_image", "too_long"] and batch["input_ids"].shape[0] == 2
+    # the long answer is cut to max_length and trained on: counted, not silent (found by a user)
+    assert batch["cut_samples"] == 1 and len(ds[3]["input_ids"]) == 64 and not ds[0]["cut"] and ds[3]["cut"]
     with pytest.raises(DataError, match=r"every sample of a batch was unusable: \['corrupt_image', 'too_long'\]"):
         Collator(spec, make_image_processor(spec), 0)([ds[1], ds[2]])
 
