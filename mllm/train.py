@@ -563,8 +563,14 @@ def _save_adapter_and_merge(trainer: MllmTrainer, model, adapter_dir: Path):
         if trainer.is_world_process_zero():
             model.save_pretrained(adapter_dir)
         merged = model.merge_and_unload()
-        state = ({k: v.detach().cpu().clone() for k, v in merged.state_dict().items()}
-                 if trainer.is_world_process_zero() else None)
+        state = None
+        if trainer.is_world_process_zero():  # copies that keep tied weights one tensor (saved once, not twice)
+            copies: dict[int, torch.Tensor] = {}
+            state = {}
+            for k, v in merged.state_dict().items():
+                if v.data_ptr() not in copies:
+                    copies[v.data_ptr()] = v.detach().cpu().clone()
+                state[k] = copies[v.data_ptr()]
     return merged, state
 
 

@@ -127,6 +127,9 @@ def test_lora_trains_saves_and_reloads(env, aligned, tmp_path, launch):
     assert (out / "lora_adapter" / "adapter_config.json").exists()
     adapter = load_file(str(out / "lora_adapter" / "adapter_model.safetensors"))
     assert adapter and all(v.numel() > 0 for v in adapter.values()), "adapter tensors saved as empty shards"
+    # the same tensors as the model it started from: no second copy of the tied output layer (ZeRO-3 saved one)
+    assert set(load_file(str(out / "final" / "model.safetensors"))) == set(
+        load_file(str(aligned / "model.safetensors")))
     merged = weights(out / "final", "model.language_model.")
     base = weights(aligned, "model.language_model.")
     assert any(not torch.equal(merged[k], base[k]) for k in base), "the adapters changed the LLM"
