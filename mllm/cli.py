@@ -15,6 +15,8 @@ import os
 import shlex
 import sys
 
+from transformers.utils import logging as hf_logging
+
 from genlip.data.sources import DataError
 from genlip.run.command import execute, load_for_command, print_config, recipe_help, schema_keys
 from genlip.run.config import RecipeError
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--temperature", type=float, default=None, help="with --sample (default: 0.7)")
     # overrides may come after options too: `finetune --recipe X a=1 --print-recipe b=2`
     args, extra = ap.parse_known_args(argv)
+    hf_logging.disable_progress_bar()  # transformers' loading / saving bars: noise between our lines
     if extra and (args.cmd == "chat" or any("=" not in e or e.startswith("-") for e in extra)):
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:

@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+from transformers.utils import logging as hf_logging
+
 from genlip.analysis import SINK_KEYS, draw_readout, plot_sink, readout, sink_stats
 from genlip.data.decode import SkipSample, SkipStats, decode_image
 from genlip.run.parser import Parser
@@ -128,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("probe", help="linear / attentive probes on frozen features (image-folder dataset)")
     add_probe_args(p)
     args = ap.parse_args(argv)
+    hf_logging.disable_progress_bar()  # transformers' loading / saving bars: noise between our lines
     for key, low in AT_LEAST.items():  # a probe of 0 epochs or a negative learning rate would run and mean nothing
         value = getattr(args, key, None)
         if value is not None and any(v < low for v in (value if isinstance(value, list) else [value])):

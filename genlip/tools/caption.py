@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers.utils import logging as hf_logging
 
 from genlip.data.decode import SkipStats
 from genlip.generation import DEFAULT_PROMPT
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None, help="with --sample: a seed for repeatable captions")
     ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (CUDA when available)")
     args = ap.parse_args(argv)
+    hf_logging.disable_progress_bar()  # transformers' loading / saving bars: noise between our lines
     if args.batch_size < 1 or args.max_new_tokens < 1:
         ap.error("--batch-size and --max-new-tokens must be positive")
     given = [f"--{k.replace('_', '-')}" for k in ("temperature", "top_k", "top_p", "seed")

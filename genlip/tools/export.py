@@ -18,6 +18,8 @@ import json
 import sys
 from pathlib import Path
 
+from transformers.utils import logging as hf_logging
+
 from genlip.export_hf import export_hf, export_random
 from genlip.export_timm import export_timm
 from genlip.run.command import quiet_deepspeed_on_cpu
@@ -69,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--model", required=True, help="a GenLIP checkpoint or an exported HF vision model directory")
     t.add_argument("--out", required=True, help="the directory to write (timm weights + config)")
     args = ap.parse_args(argv)
+    hf_logging.disable_progress_bar()  # transformers' loading / saving bars: noise between our lines
     if (problem := out_problem(args.out, args.cmd)) is not None:
         print(f"genlip-export: --out {problem}", file=sys.stderr)
         return 2
