@@ -81,6 +81,20 @@ def _training(src: Path) -> list[str]:
     return lines + [""]
 
 
+def _intro(src: Path | None, random_seed: int | None) -> str:
+    genlip = f"GenLIP (\"Let ViT Speak: Generative Language-Image Pre-training\", [arXiv 2605.00809]({PAPER}))"
+    objective = ((_read(src / "recipe.yaml", yaml.safe_load).get("model") or {}).get("objective", "generative")
+                 if src is not None else "generative")
+    if random_seed is not None:
+        return f"A ViT with the architecture of {genlip}, not trained."
+    if objective != "generative":
+        return (f"A ViT with the architecture of {genlip}, trained with the {objective} contrastive objective (the "
+                "baseline of a comparison), not with GenLIP's.")
+    return (f"A ViT pretrained with {genlip}: one Transformer reads the image patches followed by the caption and "
+            "learns to predict the caption's next token, the patches attending to each other in both directions and "
+            "the text causally to everything before it.")
+
+
 def model_card(config, src: Path | None, kind: str, out: str | Path, n_params: int,
                random_seed: int | None = None) -> str:
     """The card's text. ``config``: the encoder's ``GenLIPConfig``; ``src``: the checkpoint it came from;
@@ -98,12 +112,9 @@ def model_card(config, src: Path | None, kind: str, out: str | Path, n_params: i
         "",
         f"# GenLIP vision encoder ({layers} x {width}, {n_params / 1e6:.1f}M parameters)",
         "",
-        "A ViT pretrained with GenLIP (\"Let ViT Speak: Generative Language-Image Pre-training\", "
-        f"[arXiv 2605.00809]({PAPER})): one Transformer reads the image patches followed by the caption and learns "
-        "to predict the caption's next token, the patches attending to each other in both directions and the text "
-        "causally to everything before it. This export keeps the encoder alone (no text embedding, no LM head), "
-        "used on images with full attention: its features, after the final LayerNorm, are one vector per patch, "
-        "with no class token.",
+        _intro(src, random_seed) + " This export keeps the encoder alone (no text embedding, no LM head), used on "
+        "images with full attention: its features, after the final LayerNorm, are one vector per patch, with no "
+        "class token.",
         "",
         (f"Exported with `genlip-export {kind}`{f' from `{src}`' if src else ''}." if random_seed is None else
          f"**Random weights, not trained**: the toolkit's initialisation with seed {random_seed}, written by "

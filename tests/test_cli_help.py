@@ -100,4 +100,5 @@ def test_in_process_runs_leave_no_logging_state_behind(tmp_path):
 
 def test_a_missing_subcommand_lists_the_commands():
     code, _, err = run_cli("genlip-export")
-    assert code == 2 and err.strip() == "genlip-export: give a command: hf, random, timm (--help lists the options)", err
+    assert code == 2 and err.strip() == ("genlip-export: give a command: hf, random, timm (--help lists the "
+                                         "options)"), err

@@ -318,6 +318,13 @@ def test_exports_write_a_model_card_from_the_checkpoints_records(ckpt, tmp_path)
         assert "Started from `runs/s1`" in card and "1,234 samples, 56,789 tokens" in card
         assert "peak learning rate 0.0003" in card and "`/d/{0..9}.tar` (wds, weight 1.0, caption from " \
             "json.re_caption)" in card and "Records skipped: 2 of 40 (corrupt_image 2)" in card
+    # a contrastive baseline's card does not call it GenLIP-pretrained
+    from genlip.export_card import model_card
+    from genlip.modeling import GenLIPVisionModel as Enc
+
+    save_recipe(load_recipe(None, ["model.objective=sigmoid"]), src / "recipe.yaml")
+    card = model_card(Enc.config_class.from_pretrained(str(src)), src, "hf", "out", 1)
+    assert "trained with the sigmoid contrastive objective" in card and "A ViT pretrained with" not in card
     # the fixture's checkpoint has no recipe: no training section, the rest as before
     assert export_main(["hf", "--model", str(d), "--out", str(tmp_path / "bare")]) == 0
     bare = (tmp_path / "bare" / "README.md").read_text()
