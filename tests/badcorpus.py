@@ -198,7 +198,8 @@ def write_parquet_corpus(root: Path) -> dict:
 def write_llava_corpus(root: Path) -> dict:
     """A LLaVA JSONL file with every kind of bad record (found when the data opens) and of bad sample (found in
     training: images present but not decodable). Returns ``{"path", "image_root", "good", "skipped"}`` where
-    ``skipped`` is ``genlip-mllm``'s ``final/skipped.json`` after one epoch: ``{"records": ..., "training": ...}``."""
+    ``skipped`` is ``genlip-mllm``'s ``final/skipped.json`` after one epoch: ``{"records": ..., "training": ...,
+    "cut_samples": ...}``."""
     root.mkdir(parents=True, exist_ok=True)
     for i in range(4):
         (root / f"{i}.png").write_bytes(png((60 * i, 90, 30), size=(32, 32)))
@@ -214,6 +215,8 @@ def write_llava_corpus(root: Path) -> dict:
     good = [{"id": f"g{i}", "image": f"{i % 4}.png", "conversations": qa()} for i in range(12)]
     good.append({"id": "odd", "image": "odd.png", "conversations": qa()})
     good.append({"id": "text-only", "conversations": qa(image=False)})
+    # longer than the test recipe's data.max_length (256) after its image: cut, trained on, counted
+    good.append({"id": "long", "image": "0.png", "conversations": qa("a small picture " * 100)})
     lines = [json.dumps(r).encode() for r in good]
     records = Counter()
 
@@ -241,4 +244,4 @@ def write_llava_corpus(root: Path) -> dict:
     path = root / "data.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     return {"path": str(path), "image_root": str(root), "good": len(good),
-            "skipped": {"records": dict(records), "training": dict(training)}}
+            "skipped": {"records": dict(records), "training": dict(training), "cut_samples": 1}}

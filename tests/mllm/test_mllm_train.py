@@ -211,7 +211,8 @@ def test_samples_dropped_in_training_are_counted_by_reason(env, tmp_path):
         Image.new("RGB", (32, 32), (18 * i, 0, 255 - 18 * i)).save(root / f"{i}.png")
     (root / "corrupt.png").write_bytes(b"these bytes are not an image")
     qa = [{"from": "human", "value": "<image>\ndescribe the image."}, {"from": "gpt", "value": "a red square"}]
-    records = [{"image": f"{i}.png", "conversations": qa} for i in range(14)]
+    records = [{"image": f"{i}.png", "conversations": qa} for i in range(13)]
+    records.append({"image": "13.png", "conversations": [qa[0], {"from": "gpt", "value": "a red square " * 60}]})
     records.append({"image": "corrupt.png", "conversations": qa})
     records.append({"image": "0.png", "conversations": [{"from": "human", "value": "describe the image " * 60 +
                                                           "<image>"}, {"from": "gpt", "value": "a red square"}]})
@@ -224,9 +225,11 @@ def test_samples_dropped_in_training_are_counted_by_reason(env, tmp_path):
             "train.global_batch=8", "train.micro_batch=8")
     assert f"data: {root / 'd.json'} (the recipe's generated data.synth sets are not used)" in p.stdout
     assert json.loads((out / "final" / "skipped.json").read_text()) == {
-        "records": {}, "training": {"corrupt_image": 1, "too_long": 1}}
+        "records": {}, "training": {"corrupt_image": 1, "too_long": 1}, "cut_samples": 1}
     last = [r for r in json.loads((out / "final" / "log_history.json").read_text()) if "loss" in r][-1]
     assert (last["skipped_samples"], last["skipped_corrupt_image"], last["skipped_too_long"]) == (2, 1, 1)
+    # the long answer's conversation was cut to data.max_length and trained on: counted, and said at the end
+    assert last["cut_samples"] == 1 and "samples cut to data.max_length=96 (trained on what fits): 1" in p.stdout
 
 
 @pytest.mark.parametrize("key", ["vision", "llm"])
