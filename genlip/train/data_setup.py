@@ -63,7 +63,7 @@ def build_stream_parts(recipe: Recipe):
         raise RecipeError(f"data.tokenizer: {tok_dir} is not a tokenizer directory (none of "
                           f"{', '.join(TOKENIZER_FILES)})")
     P = recipe_patch_size(recipe)  # model.init_from is read here: also before generating a corpus
-    if data.synth is not None:
+    if data.synth is not None and (not sources or tok_dir == "auto"):  # not generated when nothing would use it
         corpus = ensure_synth_corpus(data.synth)
         if not sources:
             pattern = json.loads((corpus / "corpus.json").read_text())["pattern"]

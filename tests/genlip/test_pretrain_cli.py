@@ -436,3 +436,21 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(home, tmp_pat
     assert proc.returncode == 0, stderr[-3000:]
     saved = C.list_checkpoints(out)
     assert len(saved) == 1 and "pre-empted: saved step" in stdout and int(saved[0].name[5:]) < 24, stdout[-2000:]
+
+
+def test_own_sources_and_tokenizer_generate_no_corpus(tmp_path, monkeypatch):
+    """The tiny recipes generate their corpus for its data and tokenizer; given both of one's own (genlip-data's
+    help example), nothing would use it, so it is not generated (a user saw 2048 samples made for nothing)."""
+    from genlip.data.tokenizer import train_tokenizer
+    from genlip.train.data_setup import build_stream_parts
+    from genlip.train.recipe import load_recipe
+    from tests.datagen import write_wds
+
+    monkeypatch.setenv("GENLIP_HOME", str(tmp_path / "home"))
+    write_wds(tmp_path / "a.tar", range(4))
+    train_tokenizer(["a red square", "the word apple"] * 20, tmp_path / "tok", vocab_size=300)
+    own = [f"data.sources=[{{type: wds, path: '{tmp_path / 'a.tar'}'}}]", f"data.tokenizer={tmp_path / 'tok'}"]
+    recipe = load_recipe(Path(__file__).parents[2] / "recipes" / "genlip" / "stage1_tiny_cpu.yaml", own)
+    assert recipe.data.synth is not None  # the recipe's own corpus, which these settings leave unused
+    sources, units, tok, _ = build_stream_parts(recipe)
+    assert [s.path for s in sources] == [str(tmp_path / "a.tar")] and not (tmp_path / "home").exists()
