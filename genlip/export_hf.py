@@ -28,28 +28,26 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, image_size: int | None
     if size % enc.config.patch_size:
         raise ValueError(f"image size {size} is not a multiple of the patch size {enc.config.patch_size}")
     enc.config.image_size = size
-    enc.config.architectures = ["GenLIPVisionModel"]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    enc.save_pretrained(str(out))
-    image_processor(enc.config).save_pretrained(str(out))
-    write_card(out, enc.config, src, "hf", sum(p.numel() for p in enc.parameters()))
-    return out
+    return _write(enc, src, out_dir)
 
 
 def export_random(model_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
     """A randomly initialised encoder (the toolkit's initialisation, ``seed``) with the architecture and preprocessing
     of the GenLIP model in ``model_dir``, written like :func:`export_hf`: the untrained baseline of a comparison."""
     src = resolve_weights_dir(model_dir)
-    config = GenLIPVisionModel.config_class.from_pretrained(str(src))
-    config.architectures = ["GenLIPVisionModel"]
     torch.manual_seed(seed)
-    enc = GenLIPVisionModel(config)
+    enc = GenLIPVisionModel(GenLIPVisionModel.config_class.from_pretrained(str(src)))
+    return _write(enc, src, out_dir, random_seed=seed)
+
+
+def _write(enc: GenLIPVisionModel, src: Path, out_dir: str | Path, random_seed: int | None = None) -> Path:
+    """The export directory: config + weights, the image processor's config, and the model card."""
+    enc.config.architectures = ["GenLIPVisionModel"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     enc.save_pretrained(str(out))
     image_processor(enc.config).save_pretrained(str(out))
-    write_card(out, enc.config, src, "hf", sum(p.numel() for p in enc.parameters()), random_seed=seed)
+    write_card(out, enc.config, src, "hf", sum(p.numel() for p in enc.parameters()), random_seed)
     return out
 
 
