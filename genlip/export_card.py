@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from genlip.data.decode import SkipStats
+
 PAPER = "https://arxiv.org/abs/2605.00809"
 
 LOAD = {
@@ -78,6 +80,9 @@ def _training(src: Path) -> list[str]:
     if skips.get("skipped"):
         lines.append(f"- Records skipped: {sum(skips['skipped'].values())} of {skips.get('seen', '?')} "
                      f"({', '.join(f'{k} {v}' for k, v in sorted(skips['skipped'].items()))})")
+        by_source = SkipStats.from_dict(skips).source_summary()
+        if by_source:
+            lines.append(f"- Skipped by source: {by_source}")
     return lines + [""]
 
 

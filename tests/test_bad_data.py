@@ -92,6 +92,30 @@ def test_stage2_counts_every_bad_shard_record_once(home, wds, tmp_path):
     assert skipped == wds["skipped"] and used == wds["used"]
 
 
+def test_a_mix_reports_its_skips_by_source(home, wds, tmp_path):
+    """A clean source mixed with the bad corpus: the final line, the logged rows and the checkpoint say which source
+    the skipped records came from, and the clean one has none."""
+    from tests.datagen import write_wds
+
+    write_wds(tmp_path / "clean.tar", range(100, 140))
+    recipe = _recipe(tmp_path, "tiny_stage1.yaml", "bad-mix", max_skip_fraction=0.9, max_caption_tokens=64,
+                     sources=[{"path": wds["pattern"], "type": "wds", "name": "bad"},
+                              {"path": str(tmp_path / "clean.tar"), "type": "wds", "name": "clean"}])
+    p = _pretrain(home, recipe, tmp_path / "run", "train.steps=4", "train.global_batch=4", "train.micro_batch=4",
+                  "checkpoint.every=4", "log.every=2")
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_00000004" / "trainer_state.json").read_text())
+    skips = state["skips"]
+    bad, clean = skips["by_source"]["bad"], skips["by_source"]["clean"]
+    assert set(clean) == {"seen"} and {k: v for k, v in bad.items() if k != "seen"} == skips["skipped"] != {}
+    assert bad["seen"] + clean["seen"] == skips["seen"]
+    done = [x for x in p.stdout.splitlines() if x.startswith("done:")]
+    n_bad = sum(skips["skipped"].values())
+    assert len(done) == 1 and f"(by source: bad: {n_bad} of {bad['seen']} read {{" in done[0], p.stdout[-2000:]
+    assert f"clean: 0 of {clean['seen']} read)" in done[0]
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["by_source"] == skips["by_source"]
+
+
 def test_too_many_bad_records_stop_the_run_in_one_line(home, wds, tmp_path):
     recipe = _recipe(tmp_path, "tiny_stage1.yaml", "bad-stop", sources=[{"path": wds["pattern"], "type": "wds"}],
                      max_skip_fraction=0.2, skip_check_after=6)

@@ -87,11 +87,12 @@ class PretrainStream(IterableDataset):
             stats = SkipStats.from_dict(state["stats"])
         draws = state.get("draws", 0)
 
-        def on_error(reason: str, where: str) -> None:
+        def on_error(reason: str, where: str, source: str) -> None:
             log.warning("skipping %s: %s", reason, where)
-            stats.skip(reason, where)
+            stats.skip(reason, where, source if len(self.sources) > 1 else "")
 
-        streams = [SourceStream(s, sid, n_streams, self.seed, on_error, units=u)
+        streams = [SourceStream(s, sid, n_streams, self.seed,
+                                lambda reason, where, name=s.name: on_error(reason, where, name), units=u)
                    for s, u in zip(self.sources, self.units)]
         for st, spec in zip(streams, self.sources):
             if spec.name in state.get("sources", {}):
@@ -117,16 +118,19 @@ class PretrainStream(IterableDataset):
                 draws += 1
                 pos = {"source": k, "cursor": streams[k].state()}
                 where, rec = next(iters[k])
-                stats.seen += 1
+                name = self.sources[k].name
+                stats.read(name if len(self.sources) > 1 else "")
                 try:
                     ex = load(k, where, rec)
                 except SkipSample as e:
-                    on_error(e.reason, f"{where} {e.detail}".strip())
+                    on_error(e.reason, f"{where} {e.detail}".strip(), name)
                     if stats.seen >= self.min_seen_for_check and stats.fraction() > self.max_skip_fraction:
+                        by_source = stats.source_summary()
                         raise DataError(
                             f"{stats.n_records_skipped} of {stats.seen} records skipped ({stats.fraction():.1%} > "
                             f"max_skip_fraction {self.max_skip_fraction:.1%}) in stream {sid}; reasons "
-                            f"{dict(stats.skipped)}; last: {stats.last}") from e
+                            f"{dict(stats.skipped)}" + (f"; by source: {by_source}" if by_source else "")
+                            + f"; last: {stats.last}") from e
                     continue
                 stats.used.update(ex.pop("_used"))
                 ex["_pos"] = pos

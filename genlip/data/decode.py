@@ -30,7 +30,9 @@ SHARD_REASONS = ("truncated_shard", "corrupt_shard", "unreadable_shard")
 
 @dataclass
 class SkipStats:
-    """Counts of records seen and skipped (by reason), with the last skipped key for error messages."""
+    """Counts of records seen and skipped (by reason), with the last skipped key for error messages, and the same
+    counts for each source of a mix (``by_source``: name -> {"seen": n, reason: n, ...}), so a weighted mix says which
+    source its bad records came from."""
 
     seen: int = 0
     skipped: Counter = field(default_factory=Counter)
@@ -38,10 +40,22 @@ class SkipStats:
     # what happened to the records that were used: "caption:<field>" (where each caption came from) and
     # "caption_cut" (captions cut to data.max_caption_tokens or to fit a row)
     used: Counter = field(default_factory=Counter)
+    by_source: dict = field(default_factory=dict)
 
-    def skip(self, reason: str, where: str) -> None:
+    def _source(self, name: str) -> Counter:
+        return self.by_source.setdefault(name, Counter())
+
+    def read(self, source: str = "") -> None:
+        """One record read (from ``source``, when given)."""
+        self.seen += 1
+        if source:
+            self._source(source)["seen"] += 1
+
+    def skip(self, reason: str, where: str, source: str = "") -> None:
         self.skipped[reason] += 1
         self.last = f"{where} ({reason})"
+        if source:
+            self._source(source)[reason] += 1
 
     @property
     def n_skipped(self) -> int:
@@ -57,16 +71,31 @@ class SkipStats:
         """The share of the records read that were skipped."""
         return self.n_records_skipped / max(self.seen, 1)
 
+    def source_summary(self) -> str:
+        """Per source, for a mix of more than one: ``name: skipped of read {reason: n}``; empty for one source."""
+        if len(self.by_source) < 2:
+            return ""
+        parts = []
+        for name, c in sorted(self.by_source.items()):
+            reasons = {k: v for k, v in sorted(c.items()) if k != "seen"}
+            parts.append(f"{name}: {sum(reasons.values())} of {c.get('seen', 0)} read"
+                         + (f" {reasons}" if reasons else ""))
+        return "; ".join(parts)
+
     def to_dict(self) -> dict:
-        return {"seen": self.seen, "skipped": dict(self.skipped), "last": self.last, "used": dict(self.used)}
+        return {"seen": self.seen, "skipped": dict(self.skipped), "last": self.last, "used": dict(self.used),
+                "by_source": {k: dict(v) for k, v in self.by_source.items()}}
 
     @classmethod
     def from_dict(cls, d: dict) -> SkipStats:
-        return cls(d.get("seen", 0), Counter(d.get("skipped", {})), d.get("last", ""), Counter(d.get("used", {})))
+        return cls(d.get("seen", 0), Counter(d.get("skipped", {})), d.get("last", ""), Counter(d.get("used", {})),
+                   {k: Counter(v) for k, v in d.get("by_source", {}).items()})
 
     def merge(self, other: SkipStats) -> SkipStats:
+        names = set(self.by_source) | set(other.by_source)
+        by_source = {k: self.by_source.get(k, Counter()) + other.by_source.get(k, Counter()) for k in names}
         return SkipStats(self.seen + other.seen, self.skipped + other.skipped, other.last or self.last,
-                         self.used + other.used)
+                         self.used + other.used, by_source)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -179,8 +179,10 @@ def train(recipe: Recipe) -> Path:
         D.print0(f"pre-empted: saved step {last_saved}, exiting")
     elif D.is_main() and last_saved == t.steps:
         stats = SkipStats.from_dict(run.state["skips"])  # every rank's, gathered by the final save
+        by_source = stats.source_summary()
         D.print0(f"done: {t.steps} steps, final loss {loss:.4f}; skipped records: {stats.n_skipped} "
-                 f"{dict(stats.skipped)}; used records: {dict(stats.used)}; final weights: "
+                 f"{dict(stats.skipped)}" + (f" (by source: {by_source})" if by_source else "")
+                 + f"; used records: {dict(stats.used)}; final weights: "
                  f"{Path(t.output_dir) / 'checkpoints' / f'{C.STEP_PREFIX}{step:08d}'}")
     return Path(t.output_dir)
 
@@ -347,6 +349,8 @@ def _log_step(run: Run, step: int, micro: list[dict], loss: float, grad_norm: fl
            "supervised_tokens": n_global, "samples/s": samples * every / seconds, "tok/s": tokens * every / seconds,
            "skipped": stats.n_skipped, "skip_reasons": dict(stats.skipped), "used": dict(stats.used),
            "nonfinite_skips": run.state["nonfinite_skips"]}
+    if stats.by_source:  # a mix of more than one source: what each was read and skipped for
+        row["by_source"] = {k: dict(v) for k, v in stats.by_source.items()}
     if "sample_ids" in micro[0]:
         row["fill"] = tokens / (sum(m["sample_ids"].numel() for m in micro) * ws)
     run.logger.log(step, row)

@@ -66,6 +66,11 @@ class DataRecipe:
     num_workers: int = bounded(1, ge=0)
 
     def __post_init__(self) -> None:
+        names = [s.name for s in self.sources if isinstance(s, SourceSpec)]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:  # each source's read position is saved under its name: two of one name would resume as one
+            raise ValueError(f"data.sources: two sources are named {twice[0]!r}; give each its own name (a source's "
+                             "name defaults to its path)")
         if self.min_image_tokens > self.max_image_tokens:
             raise ValueError(f"data.min_image_tokens {self.min_image_tokens} is above data.max_image_tokens "
                              f"{self.max_image_tokens}")

@@ -138,6 +138,37 @@ def test_weighted_mixing_follows_weights(tmp_path):
     assert 0.68 < frac_a < 0.82
 
 
+def test_a_mix_counts_reads_and_skips_by_source(tmp_path):
+    """In a weighted mix every read and skip is also counted under its source's name (a clean source shows none),
+    the counts add up to the totals, survive to_dict/from_dict and merge over streams, and the stop names them."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    write_wds(a / "x.tar", range(0, 40))
+    write_wds(b / "x.tar", range(1000, 1040), bad={1003: "corrupt", 1007: "tiny", 1011: "empty_caption"})
+    specs = [SourceSpec(path=str(a / "x.tar"), weight=1.0, name="clean"),
+             SourceSpec(path=str(b / "x.tar"), weight=1.0, name="dirty")]
+    batch = next(iter(PretrainStream(specs, IndexBuilder(), batch_size=60, max_skip_fraction=0.5)))
+    stats = SkipStats.from_dict(batch["_state"]["stats"])
+    idx = batch["index"]
+    assert dict(stats.by_source["clean"]) == {"seen": int((idx < 1000).sum())}
+    dirty = stats.by_source["dirty"]
+    assert {k: v for k, v in dirty.items() if k != "seen"} == dict(stats.skipped) != {}
+    assert dirty["seen"] == int((idx >= 1000).sum()) + stats.n_skipped
+    assert stats.by_source["clean"]["seen"] + dirty["seen"] == stats.seen
+    summary = stats.source_summary()
+    assert summary.startswith("clean: 0 of ") and f"dirty: {stats.n_skipped} of {dirty['seen']} read" in summary
+    both = stats.merge(SkipStats.from_dict(stats.to_dict()))
+    assert both.by_source["dirty"] == dirty + dirty and both.seen == 2 * stats.seen
+    # one source: no breakdown (it would repeat the totals)
+    one = SkipStats.from_dict(next(iter(PretrainStream(specs[1:], IndexBuilder(), batch_size=20,
+                                                       max_skip_fraction=0.5)))["_state"]["stats"])
+    assert one.n_skipped and one.by_source == {} and one.source_summary() == ""
+    with pytest.raises(DataError, match=r"by source: clean: 0 of \d+ read; dirty: [1-9]\d* of \d+ read \{"):
+        next(iter(PretrainStream(specs, IndexBuilder(), batch_size=60, max_skip_fraction=0.01,
+                                 min_seen_for_check=20)))
+
+
 def test_stream_resume_continues_exactly(tmp_path):
     pattern = _shards(tmp_path, 3, per=7, bad={5: "corrupt"})
     specs = [SourceSpec(path=pattern, name="s")]

@@ -22,6 +22,16 @@ def test_unknown_keys_and_bad_types_are_errors(tmp_path):
         load_recipe(None, ["data.sources=[{path: x, type: zip}]"])
 
 
+def test_two_sources_of_one_name_are_refused():
+    """Each source's read position is saved under its name: two of one name would resume from one position."""
+    with pytest.raises(RecipeError, match="two sources are named 'x'"):
+        load_recipe(None, ["data.sources=[{path: a.tar, name: x}, {path: b.tar, name: x}]"])
+    with pytest.raises(RecipeError, match="two sources are named 'a.tar'.*defaults to its path"):
+        load_recipe(None, ["data.sources=[{path: a.tar}, {path: a.tar, weight: 2}]"])
+    r = load_recipe(None, ["data.sources=[{path: a.tar}, {path: a.tar, weight: 2, name: again}]"])
+    assert [s.name for s in r.data.sources] == ["a.tar", "again"]
+
+
 def test_dotted_overrides_reach_nested_and_list_items(tmp_path):
     r = load_recipe(resolve_recipe("stage1_So16"), ["optim.lr=2e-4", "data.sources.0.path=/x/{0..3}.tar",
                                                     "model.overrides.drop_path_rate=0.0"])

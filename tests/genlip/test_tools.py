@@ -325,6 +325,12 @@ def test_exports_write_a_model_card_from_the_checkpoints_records(ckpt, tmp_path)
     save_recipe(load_recipe(None, ["model.objective=sigmoid"]), src / "recipe.yaml")
     card = model_card(Enc.config_class.from_pretrained(str(src)), src, "hf", "out", 1)
     assert "trained with the sigmoid contrastive objective" in card and "A ViT pretrained with" not in card
+    assert "Skipped by source" not in card  # one source: the totals say it
+    (src / "trainer_state.json").write_text(json.dumps({"step": 5, "skips": {
+        "seen": 40, "skipped": {"corrupt_image": 2}, "by_source": {"web": {"seen": 30, "corrupt_image": 2},
+                                                                   "docs": {"seen": 10}}}}))
+    card = model_card(Enc.config_class.from_pretrained(str(src)), src, "hf", "out", 1)
+    assert "- Skipped by source: docs: 0 of 10 read; web: 2 of 30 read {'corrupt_image': 2}" in card
     # the fixture's checkpoint has no recipe: no training section, the rest as before
     assert export_main(["hf", "--model", str(d), "--out", str(tmp_path / "bare")]) == 0
     bare = (tmp_path / "bare" / "README.md").read_text()
