@@ -70,7 +70,7 @@ def build_stream_parts(recipe: Recipe):
             sources = [SourceSpec(path=str(corpus / pattern), type="wds", name="synth")]
         if tok_dir == "auto":
             tok_dir = str(corpus / "tokenizer")
-            if sources:  # the user's data with the generated corpus' small tokenizer: say so, it is easy to miss
+            if data.sources:  # the user's data with the generated corpus' small tokenizer: say so, it is easy to miss
                 D.print0(f"data.tokenizer=auto: the generated corpus' tokenizer ({tok_dir}, trained on its "
                          "captions only); set data.tokenizer for your own data")
     # the recipe's own mistakes (what a paper recipe leaves to fill in included): one line and exit code 2 before
