@@ -16,6 +16,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from genlip.run.extras import require
+
+require("genlip-eval", "mllm", "eval")  # before the imports that need them: one line, not a traceback
+
 from eval.local_tasks import write_local_tasks
 from eval.pipeline import run_pipeline
 from eval.report import load_cells, write_report

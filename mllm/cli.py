@@ -15,6 +15,10 @@ import os
 import shlex
 import sys
 
+from genlip.run.extras import require
+
+require("genlip-mllm", "mllm")  # before the imports that need it: a missing extra is one line, not a traceback
+
 from transformers.utils import logging as hf_logging
 
 from genlip.data.sources import DataError

@@ -31,6 +31,7 @@ from genlip.run.checkpoint import list_checkpoints, set_aside
 from genlip.run.config import RecipeError, changed_since, recipe_diff, refuse_other_recipe, save_recipe
 from genlip.run.curves import plot_curves
 from genlip.run.dirs import generated_dir
+from genlip.run.extras import installed
 from genlip.run.runtime import configure_cpu_allocator
 from mllm.build import build_mllm, load_mllm, save_mllm, save_processing
 from mllm.data import Collator, LlavaDataset
@@ -112,6 +113,19 @@ def check_model_paths(recipe: MllmRecipe) -> None:
                               f"{recipe.data.max_length}; lower model.max_image_tokens or raise data.max_length")
     if m.llm and m.llm != "tiny":
         _check_llm(m.llm)
+
+
+# train.report_to -> the modules transformers' callback can use (TensorBoard: torch's writer or tensorboardX)
+REPORTERS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
+             "trackio": ("trackio",)}
+
+
+def check_report_to(recipe: MllmRecipe) -> None:
+    """Each ``train.report_to`` service's package is installed (else transformers stops the run with a traceback
+    once the model is built): a one-line :class:`RecipeError` before anything is."""
+    for name in recipe.train.report_to:
+        if not any(installed(m) for m in REPORTERS[name]):
+            raise RecipeError(f"train.report_to: {name} is not installed (pip install {REPORTERS[name][0]})")
 
 
 def _check_init_from(m) -> None:
@@ -417,6 +431,7 @@ def train(recipe: MllmRecipe) -> Path:
         return out / "final"
     check_model_paths(recipe)
     check_data(recipe)
+    check_report_to(recipe)
     D.print0(f"batches: {plan.describe()}")  # after the checks: a refused recipe is its one line
     recipe = with_init_settings(recipe)
     t = recipe.train

@@ -33,7 +33,7 @@ from genlip.run.config import RecipeError, recipe_diff, refuse_other_recipe
 from genlip.run.curves import plot_curves
 from genlip.run.runtime import configure_cpu_allocator
 from genlip.train.data_setup import build_stream_parts
-from genlip.train.metrics import RunLogger
+from genlip.train.metrics import RunLogger, check_logging
 from genlip.train.optim import build_optimizer, lr_at
 from genlip.train.recipe import Recipe
 
@@ -140,6 +140,7 @@ def train(recipe: Recipe) -> Path:
         D.print0(f"already finished: {recipe.train.output_dir} reached step {recipe.train.steps}; final weights: "
                  f"{done} (raise train.steps to train on, or --resume none to start again)")
         return Path(recipe.train.output_dir)
+    check_logging(recipe)
     run = setup(recipe, device, plan)
     preempt = StopSignals()
     t = recipe.train

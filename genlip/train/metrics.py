@@ -11,7 +11,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from genlip.run import dist as D
-from genlip.run.config import to_dict
+from genlip.run.config import RecipeError, to_dict
+from genlip.run.extras import installed
 from genlip.train.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,13 @@ def _drop_rows_after(path: Path, step: int) -> None:
         tmp = path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(x + "\n" for x in keep))
         os.replace(tmp, path)
+
+
+def check_logging(recipe: Recipe) -> None:
+    """Before anything is built: ``log.wandb_project`` is an explicit request, so a missing wandb is a one-line
+    :class:`RecipeError` (TensorBoard, on by default, is only said to be missing when the run starts)."""
+    if recipe.log.wandb_project and not installed("wandb"):
+        raise RecipeError(f"log.wandb_project={recipe.log.wandb_project}: wandb is not installed (pip install wandb)")
 
 
 class RunLogger:
@@ -48,10 +56,11 @@ class RunLogger:
                 from torch.utils.tensorboard import SummaryWriter  # optional: needs the tensorboard package
 
                 self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
-            except ImportError:
-                log.debug("tensorboard is not installed; logging to %s only", self.path)
+            except ImportError:  # on by default: said once, not an error
+                print(f"log.tensorboard: tensorboard is not installed, so no TensorBoard events; the metrics are in "
+                      f"{self.path} (pip install tensorboard, or log.tensorboard=false)")
         if cfg.wandb_project:
-            import wandb  # optional: an explicit request, so fail loudly if missing
+            import wandb  # optional: check_logging made sure it is installed
 
             self.wandb = wandb.init(project=cfg.wandb_project, name=recipe.name, config=to_dict(recipe),
                                     dir=str(run_dir), resume="allow")

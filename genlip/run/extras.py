@@ -1,0 +1,36 @@
+"""The optional parts of the toolkit (``pyproject.toml``'s extras) and a one-line refusal when a command's part is not
+installed: ``pip install genlip-toolkit`` alone gives the encoder commands; ``genlip-mllm`` needs the ``mllm`` extra
+and ``genlip-eval`` the ``mllm`` and ``eval`` ones (``make setup`` installs them all). Only whether a module can be
+found is asked, nothing is imported."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+# extra -> {module: the package that provides it}; what the commands import, not every package of the extra
+EXTRAS = {
+    "mllm": {"peft": "peft", "accelerate": "accelerate"},
+    "eval": {"lmms_eval": "lmms-eval", "datasets": "datasets", "pandas": "pandas", "matplotlib": "matplotlib",
+             "tabulate": "tabulate", "pycocoevalcap": "pycocoevalcap"},
+}
+
+
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def missing(*extras: str) -> list[str]:
+    """The packages of ``extras`` that are not installed."""
+    return [pkg for extra in extras for mod, pkg in EXTRAS[extra].items() if not installed(mod)]
+
+
+def require(prog: str, *extras: str) -> None:
+    """Exit with one line (code 2) naming what to install when a package of ``extras`` is missing."""
+    gone = missing(*extras)
+    if gone:
+        names = ",".join(extras)
+        print(f"{prog}: needs the {' and '.join(extras)} extra{'s' if len(extras) > 1 else ''}, not installed here "
+              f"(missing: {', '.join(gone)}): pip install 'genlip-toolkit[{names}]' (in a checkout: pip install -e "
+              f"'.[{names}]', or `make setup`)", file=sys.stderr)
+        raise SystemExit(2)
