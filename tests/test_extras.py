@@ -76,6 +76,23 @@ def test_settings_whose_package_is_missing_are_one_line_before_anything_is_made(
     assert said == [f"log.tensorboard: tensorboard is not installed, so no TensorBoard events; the metrics are in "
                     f"{tmp_path / 'run' / 'metrics.jsonl'} (pip install tensorboard, or log.tensorboard=false)"]
     assert not (tmp_path / "run" / "tensorboard").exists() and (tmp_path / "run" / "metrics.jsonl").stat().st_size
+    # the tools extra: genlip-export timm needs timm (one line, nothing written); genlip-analyze sink writes its
+    # numbers without matplotlib and says that the chart is missing
+    p = _without(("timm",), "genlip-export", "timm", "--model", str(tmp_path / "run"), "--out", str(tmp_path / "t"))
+    assert p.returncode == 2 and p.stderr.startswith("genlip-export timm: needs the tools extra, not installed here "
+                                                     "(missing: timm)") and not (tmp_path / "t").exists(), p.stderr
+    images = tmp_path / "images"
+    images.mkdir()
+    from tests.datagen import png
+
+    for i in range(2):
+        (images / f"{i}.png").write_bytes(png((40 * i, 90, 160)))
+    p = _without(("matplotlib",), "genlip-analyze", "sink", "--model", str(tmp_path / "run"), "--images",
+                 str(images), "--out", str(tmp_path / "sink"), "--max-new-tokens", "2")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.splitlines()[-1] == (f"wrote {tmp_path / 'sink' / 'sink.json'} (2 images); no sink.png: matplotlib "
+                                         "is not installed (pip install 'genlip-toolkit[tools]')")
+    assert [f.name for f in (tmp_path / "sink").iterdir()] == ["sink.json"]
 
 
 def test_mllm_report_to_without_its_package_is_a_recipe_error(monkeypatch):

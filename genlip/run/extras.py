@@ -13,6 +13,7 @@ EXTRAS = {
     "mllm": {"peft": "peft", "accelerate": "accelerate"},
     "eval": {"lmms_eval": "lmms-eval", "datasets": "datasets", "pandas": "pandas", "matplotlib": "matplotlib",
              "tabulate": "tabulate", "pycocoevalcap": "pycocoevalcap"},
+    "tools": {"timm": "timm"},  # genlip-export timm (matplotlib, the extra's other package, only draws charts)
 }
 
 

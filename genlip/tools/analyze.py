@@ -21,6 +21,7 @@ from transformers.utils import logging as hf_logging
 
 from genlip.analysis import SINK_KEYS, draw_readout, plot_sink, readout, sink_stats
 from genlip.data.decode import SkipSample, SkipStats, decode_image
+from genlip.run.extras import installed
 from genlip.run.parser import Parser
 from genlip.tools.common import image_input, iter_images, load_captioner, pick_device
 from genlip.tools.probe_cli import add_probe_args, probe_from_args
@@ -66,13 +67,17 @@ def cmd_sink(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "sink.json").write_text(json.dumps({"images": len(pils), "skipped": dict(stats.skipped),
                                                "models": results}, indent=1))
-    plot_sink(results, out / "sink.png")
+    drawn = installed("matplotlib")  # the chart needs the tools extra; the numbers do not
+    if drawn:
+        plot_sink(results, out / "sink.png")
     width = max(len(n) for n in results)
     print(f"{'model':{width}s}  gate  " + "  ".join(f"{k:>15s}" for k in SINK_KEYS))
     for n, r in results.items():
         print(f"{n:{width}s}  {'on ' if r['gated_attention'] else 'off'}   "
               + "  ".join(f"{100 * r['mean'][k]:14.2f}%" for k in SINK_KEYS))
-    print(f"wrote {out / 'sink.json'} and {out / 'sink.png'} ({len(pils)} images)")
+    print(f"wrote {out / 'sink.json'} and {out / 'sink.png'} ({len(pils)} images)" if drawn else
+          f"wrote {out / 'sink.json'} ({len(pils)} images); no sink.png: matplotlib is not installed (pip install "
+          "'genlip-toolkit[tools]')")
     return 0
 
 
