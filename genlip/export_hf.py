@@ -10,12 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import transformers
 from safetensors import safe_open
-from transformers import SiglipImageProcessor
 
 from genlip.export_card import write_card
 from genlip.modeling import GenLIPVisionModel
 from genlip.run.checkpoint import resolve_weights_dir
+from genlip.run.extras import installed
 
 
 def export_hf(model_dir: str | Path, out_dir: str | Path, image_size: int | None = None,
@@ -52,7 +53,15 @@ def _write(enc: GenLIPVisionModel, src: Path, out_dir: str | Path, random_seed: 
 
 
 def image_processor(config):
-    return SiglipImageProcessor(do_resize=True, size={"height": config.image_size, "width": config.image_size},
+    """The preprocessing of training as a SigLIP image processor. Without torchvision (the encoder commands need
+    none) its PIL twin, which saves the same file under the same name, instead of the default class that says at
+    every start that it falls back to it."""
+    # by name, when it is needed: even importing the default class says so without torchvision
+    name = "SiglipImageProcessor"
+    if not installed("torchvision") and hasattr(transformers, "SiglipImageProcessorPil"):  # recent transformers 5
+        name = "SiglipImageProcessorPil"
+    cls = getattr(transformers, name)
+    return cls(do_resize=True, size={"height": config.image_size, "width": config.image_size},
                                 resample=2, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
                                 image_mean=list(config.image_mean), image_std=list(config.image_std),
                                 do_convert_rgb=True)

@@ -3,6 +3,7 @@ or setting whose package is missing says what to install in one line (exit code 
 packages are hidden from a fresh interpreter (``sys.modules[name] = None``: an import fails as if it were not
 installed, and ``importlib.util.find_spec`` answers None), then the console script's own entry point runs."""
 
+import json
 import os
 import subprocess
 import sys
@@ -67,15 +68,20 @@ def test_settings_whose_package_is_missing_are_one_line_before_anything_is_made(
     assert p.returncode == 2 and p.stderr.strip() == ("genlip-pretrain: bad recipe: log.wandb_project=mine: wandb is "
                                                       "not installed (pip install wandb)"), p.stderr[-2000:]
     assert not (tmp_path / "run").exists()
-    # TensorBoard, on by default: the run trains and says once where its metrics are instead
-    p = _without(("tensorboard", "tensorboardX"), "genlip-pretrain", "--recipe", str(RECIPES / "tiny_stage1.yaml"),
-                 "train.steps=1", "checkpoint.every=1", "log.tensorboard=true", f"train.output_dir={tmp_path / 'run'}",
-                 home=tmp_path / "home")
+    # TensorBoard, on by default: the run trains and says once where its metrics are instead; without torchvision
+    # (the core install has none) transformers' image processor does not announce its fallback at every start, and
+    # the checkpoint's processor file names the class that loads with or without it
+    p = _without(("tensorboard", "tensorboardX", "torchvision"), "genlip-pretrain", "--recipe",
+                 str(RECIPES / "tiny_stage1.yaml"), "train.steps=1", "checkpoint.every=1", "log.tensorboard=true",
+                 f"train.output_dir={tmp_path / 'run'}", home=tmp_path / "home")
     assert p.returncode == 0, p.stderr[-2000:]
     said = [x for x in p.stdout.splitlines() if x.startswith("log.tensorboard:")]
     assert said == [f"log.tensorboard: tensorboard is not installed, so no TensorBoard events; the metrics are in "
                     f"{tmp_path / 'run' / 'metrics.jsonl'} (pip install tensorboard, or log.tensorboard=false)"]
     assert not (tmp_path / "run" / "tensorboard").exists() and (tmp_path / "run" / "metrics.jsonl").stat().st_size
+    assert "torchvision" not in p.stdout + p.stderr, p.stderr[-2000:]
+    saved = json.loads((tmp_path / "run" / "checkpoints" / "step_00000001" / "preprocessor_config.json").read_text())
+    assert saved["image_processor_type"] == "SiglipImageProcessor" and saved["resample"] == 2
     # the tools extra: genlip-export timm needs timm (one line, nothing written); genlip-analyze sink writes its
     # numbers without matplotlib and says that the chart is missing
     p = _without(("timm",), "genlip-export", "timm", "--model", str(tmp_path / "run"), "--out", str(tmp_path / "t"))
