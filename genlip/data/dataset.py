@@ -124,13 +124,7 @@ class PretrainStream(IterableDataset):
                     ex = load(k, where, rec)
                 except SkipSample as e:
                     on_error(e.reason, f"{where} {e.detail}".strip(), name)
-                    if stats.seen >= self.min_seen_for_check and stats.fraction() > self.max_skip_fraction:
-                        by_source = stats.source_summary()
-                        raise DataError(
-                            f"{stats.n_records_skipped} of {stats.seen} records skipped ({stats.fraction():.1%} > "
-                            f"max_skip_fraction {self.max_skip_fraction:.1%}) in stream {sid}; reasons "
-                            f"{dict(stats.skipped)}" + (f"; by source: {by_source}" if by_source else "")
-                            + f"; last: {stats.last}") from e
+                    self._check_skips(stats, sid, name if len(self.sources) > 1 else "", e)
                     continue
                 stats.used.update(ex.pop("_used"))
                 ex["_pos"] = pos
@@ -159,6 +153,21 @@ class PretrainStream(IterableDataset):
                                                           zip(self.sources, streams)},
                                "stats": stats.to_dict(), "pending": pending}
             yield batch
+
+    def _check_skips(self, stats: SkipStats, sid: int, source: str, cause: Exception) -> None:
+        """Too many bad records stop the run: more than ``max_skip_fraction`` of the stream's records once it has read
+        ``min_seen_for_check``, or of one source's in a mix once that source has read as many (a broken source of
+        small weight would otherwise be left out of the mix without stopping anything)."""
+        limit, at_least = self.max_skip_fraction, self.min_seen_for_check
+        bad, seen, of = stats.n_records_skipped, stats.seen, ""
+        if source and not (seen >= at_least and bad / seen > limit):
+            (bad, seen), of = stats.source_share(source), f" of source {source!r}"
+        if seen < at_least or bad / max(seen, 1) <= limit:
+            return
+        by_source = stats.source_summary()
+        raise DataError(f"{bad} of {seen} records{of} skipped ({bad / seen:.1%} > max_skip_fraction {limit:.1%}) in "
+                        f"stream {sid}; reasons {dict(stats.skipped)}"
+                        + (f"; by source: {by_source}" if by_source else "") + f"; last: {stats.last}") from cause
 
 
 def _map_positions(tree, fn):

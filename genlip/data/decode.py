@@ -71,6 +71,11 @@ class SkipStats:
         """The share of the records read that were skipped."""
         return self.n_records_skipped / max(self.seen, 1)
 
+    def source_share(self, name: str) -> tuple[int, int]:
+        """``(records skipped, records read)`` of one source of a mix (file-level skips left out, as above)."""
+        c = self.by_source.get(name, Counter())
+        return sum(n for reason, n in c.items() if reason != "seen" and reason not in SHARD_REASONS), c["seen"]
+
     def source_summary(self) -> str:
         """Per source, for a mix of more than one: ``name: skipped of read {reason: n}``; empty for one source."""
         if len(self.by_source) < 2:

@@ -169,6 +169,26 @@ def test_a_mix_counts_reads_and_skips_by_source(tmp_path):
                                  min_seen_for_check=20)))
 
 
+def test_a_broken_source_of_small_weight_stops_the_run(tmp_path):
+    """Every record of a source at a tenth of the mix is bad: the stream's share (~9%) stays under max_skip_fraction
+    (20%), but the source's own share (100%) does not, once the source has read skip_check_after records."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    write_wds(a / "x.tar", range(0, 200))
+    write_wds(b / "x.tar", range(1000, 1100), bad={i: "corrupt" for i in range(1000, 1100)})
+    specs = [SourceSpec(path=str(a / "x.tar"), weight=10.0, name="web"),
+             SourceSpec(path=str(b / "x.tar"), weight=1.0, name="docs")]
+    with pytest.raises(DataError) as e:
+        next(iter(PretrainStream(specs, IndexBuilder(), batch_size=150, max_skip_fraction=0.2, min_seen_for_check=8)))
+    msg = str(e.value)
+    assert msg.startswith("8 of 8 records of source 'docs' skipped (100.0% > max_skip_fraction 20.0%) in stream 0")
+    assert "by source: docs: 8 of 8 read {'corrupt_image': 8}; web: 0 of " in msg and "docs:x.tar:" in msg
+    # one source of the same data: the stream's own share decides, as before
+    one = PretrainStream(specs[:1], IndexBuilder(), batch_size=150, max_skip_fraction=0.2, min_seen_for_check=8)
+    assert len(next(iter(one))["index"]) == 150
+
+
 def test_stream_resume_continues_exactly(tmp_path):
     pattern = _shards(tmp_path, 3, per=7, bad={5: "corrupt"})
     specs = [SourceSpec(path=pattern, name="s")]
