@@ -18,7 +18,7 @@ from pathlib import Path
 
 from genlip.run.extras import require
 
-require("genlip-eval", "mllm", "eval")  # before the imports that need them: one line, not a traceback
+require("genlip-eval", __name__, "mllm", "eval")  # before the imports that need them: one line, not a traceback
 
 from eval.local_tasks import write_local_tasks
 from eval.pipeline import run_pipeline

@@ -41,7 +41,7 @@ from eval.suites import SUITES
 from genlip.run.config import RecipeError, bounded, load_config, load_recipe, recipe_diff, to_dict
 from genlip.run.resources import ResourceNotFound, resolve
 from mllm.recipe import MllmRecipe
-from mllm.train import check_data, check_model_paths, finished_changes, plan_steps
+from mllm.train import check_data, check_model_paths, check_packages, finished_changes, plan_steps
 
 
 @dataclass
@@ -167,6 +167,7 @@ def check_grid(grid: dict, root: Path) -> None:
                                       "train it again")
                 continue
             try:
+                check_packages(recipe)
                 check_data(recipe)
                 if stage == "pretrain":  # the finetuning's model is the pretraining's output
                     check_model_paths(recipe)

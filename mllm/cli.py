@@ -17,7 +17,7 @@ import sys
 
 from genlip.run.extras import require
 
-require("genlip-mllm", "mllm")  # before the imports that need it: a missing extra is one line, not a traceback
+require("genlip-mllm", __name__, "mllm")  # before the imports that need it: one line, not a traceback
 
 from transformers.utils import logging as hf_logging
 
@@ -28,7 +28,7 @@ from genlip.run.parser import Parser
 from mllm.build import load_mllm
 from mllm.chat import ChatInputError, answer, load_image
 from mllm.recipe import MllmRecipe
-from mllm.train import train, with_init_settings
+from mllm.train import check_packages, train, with_init_settings
 
 DEFAULTS = {"pretrain": "pretrain_tiny_cpu", "finetune": "finetune_tiny_cpu"}
 
@@ -98,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"genlip-mllm: bad recipe: {e}", file=sys.stderr)
             return 2
         return 0
+    try:  # DeepSpeed and report_to's packages: before the launcher is asked for
+        check_packages(recipe)
+    except RecipeError as e:
+        print(f"genlip-mllm: bad recipe: {e}", file=sys.stderr)
+        return 2
     if recipe.train.deepspeed and "WORLD_SIZE" not in os.environ:
         again = shlex.join([args.cmd, "--recipe", args.recipe, *args.overrides])
         print(f"genlip-mllm: train.deepspeed needs a distributed launcher; run "

@@ -5,7 +5,6 @@ Which parameters train is declared here as a learning rate per module group; 0 m
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from dataclasses import dataclass, field
@@ -141,9 +140,6 @@ class MllmTrainRecipe:
                              "or a run's checkpoint-N directory)")
         if self.deepspeed:  # checked here, before any model is loaded
             self.deepspeed = str(resolve_deepspeed(self.deepspeed))
-            if importlib.util.find_spec("deepspeed") is None:
-                raise ValueError("train.deepspeed: DeepSpeed is not installed; install it built against your torch: "
-                                 "DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed (`make setup` does)")
             if zero_stage(self.deepspeed) == 3 and (self.compile or self.loss_impl == "chunked"):
                 raise ValueError("train.compile=true is not supported with ZeRO-3 (DeepSpeed's parameter hooks "
                                  "around compiled layers are untested here); use zero2 or train.compile=false"

@@ -120,9 +120,12 @@ REPORTERS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)
              "trackio": ("trackio",)}
 
 
-def check_report_to(recipe: MllmRecipe) -> None:
-    """Each ``train.report_to`` service's package is installed (else transformers stops the run with a traceback
-    once the model is built): a one-line :class:`RecipeError` before anything is."""
+def check_packages(recipe: MllmRecipe) -> None:
+    """DeepSpeed for ``train.deepspeed`` and each ``train.report_to`` service's package are installed (else the run
+    stops with a traceback once the model is built): a one-line :class:`RecipeError` before anything is."""
+    if recipe.train.deepspeed and not installed("deepspeed"):
+        raise RecipeError("train.deepspeed: DeepSpeed is not installed; install it built against your torch: "
+                          "DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed (`make setup` does)")
     for name in recipe.train.report_to:
         if not any(installed(m) for m in REPORTERS[name]):
             raise RecipeError(f"train.report_to: {name} is not installed (pip install {REPORTERS[name][0]})")
@@ -431,7 +434,7 @@ def train(recipe: MllmRecipe) -> Path:
         return out / "final"
     check_model_paths(recipe)
     check_data(recipe)
-    check_report_to(recipe)
+    check_packages(recipe)
     D.print0(f"batches: {plan.describe()}")  # after the checks: a refused recipe is its one line
     recipe = with_init_settings(recipe)
     t = recipe.train

@@ -101,18 +101,32 @@ def test_settings_whose_package_is_missing_are_one_line_before_anything_is_made(
     assert [f.name for f in (tmp_path / "sink").iterdir()] == ["sink.json"]
 
 
-def test_mllm_report_to_without_its_package_is_a_recipe_error(monkeypatch):
+def test_mllm_report_to_or_deepspeed_without_its_package_is_a_recipe_error(monkeypatch):
     from genlip.run.config import RecipeError
     from mllm import train as T
     from mllm.recipe import MllmRecipe
 
     recipe = MllmRecipe()
     recipe.train.report_to = ["tensorboard"]
-    T.check_report_to(recipe)  # installed here
+    T.check_packages(recipe)  # installed here
     monkeypatch.setattr(T, "installed", lambda module: module == "tensorboardX")
-    T.check_report_to(recipe)  # transformers' callback takes tensorboardX too
+    T.check_packages(recipe)  # transformers' callback takes tensorboardX too
     monkeypatch.setattr(T, "installed", lambda module: False)
     with pytest.raises(RecipeError, match=r"^train.report_to: tensorboard is not installed \(pip install tensorb"):
-        T.check_report_to(recipe)
+        T.check_packages(recipe)
     recipe.train.report_to = []
-    T.check_report_to(recipe)
+    T.check_packages(recipe)
+    recipe.train.deepspeed = "zero2"
+    with pytest.raises(RecipeError, match=r"^train.deepspeed: DeepSpeed is not installed"):
+        T.check_packages(recipe)
+
+
+def test_imported_by_other_code_a_missing_extra_is_an_import_error_and_python_m_is_the_program():
+    code = ("import sys\nsys.modules['peft'] = None\ntry:\n    import mllm.cli\nexcept ImportError as e:\n"
+            "    print('ImportError', e)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout.startswith("ImportError genlip-mllm needs the mllm extra"), p.stderr[-2000:]
+    code = ("import runpy, sys\nsys.modules['lmms_eval'] = None\nsys.argv = ['x', '--help']\n"
+            "runpy.run_module('eval.cli', run_name='__main__')\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and p.stderr.startswith("genlip-eval: needs the mllm and eval extras"), p.stderr[-2000:]

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -23,6 +24,7 @@ from genlip.data.decode import SkipSample, SkipStats, decode_image, find_caption
 from genlip.data.sources import DataError, SourceSpec, SourceStream, expand_paths
 
 log = logging.getLogger(__name__)
+EARLIER = "(read before counts by source)"
 
 
 class ExampleBuilder:
@@ -85,6 +87,9 @@ class PretrainStream(IterableDataset):
         state = self.resume.get(str(sid), {})
         if state.get("stats"):
             stats = SkipStats.from_dict(state["stats"])
+            if len(self.sources) > 1 and "by_source" not in state["stats"] and stats.seen:
+                # saved before reads were counted by source: what was read then stays in the sums, under its own name
+                stats.by_source[EARLIER] = Counter({"seen": stats.seen, **stats.skipped})
         draws = state.get("draws", 0)
 
         def on_error(reason: str, where: str, source: str) -> None:

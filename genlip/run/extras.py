@@ -6,6 +6,7 @@ found is asked, nothing is imported."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 
 # extra -> {module: the package that provides it}; what the commands import, not every package of the extra
@@ -26,12 +27,18 @@ def missing(*extras: str) -> list[str]:
     return [pkg for extra in extras for mod, pkg in EXTRAS[extra].items() if not installed(mod)]
 
 
-def require(prog: str, *extras: str) -> None:
-    """Exit with one line (code 2) naming what to install when a package of ``extras`` is missing."""
+def require(prog: str, module_name: str, *extras: str) -> None:
+    """When a package of ``extras`` is missing: run as the program ``prog`` (its console script, or ``python -m``:
+    ``module_name`` is then ``__main__``), exit with one line (code 2) naming what to install; imported by other code,
+    raise :class:`ImportError` with that line, as the missing import itself would have."""
     gone = missing(*extras)
-    if gone:
-        names = ",".join(extras)
-        print(f"{prog}: needs the {' and '.join(extras)} extra{'s' if len(extras) > 1 else ''}, not installed here "
-              f"(missing: {', '.join(gone)}): pip install 'genlip-toolkit[{names}]' (in a checkout: pip install -e "
-              f"'.[{names}]', or `make setup`)", file=sys.stderr)
+    if not gone:
+        return
+    names = ",".join(extras)
+    why = (f"needs the {' and '.join(extras)} extra{'s' if len(extras) > 1 else ''}, not installed here (missing: "
+           f"{', '.join(gone)}): pip install 'genlip-toolkit[{names}]' (in a checkout: pip install -e '.[{names}]', "
+           "or `make setup`)")
+    if module_name == "__main__" or os.path.basename(sys.argv[0] if sys.argv else "") == prog.split()[0]:
+        print(f"{prog}: {why}", file=sys.stderr)
         raise SystemExit(2)
+    raise ImportError(f"{prog} {why}")

@@ -70,6 +70,8 @@ def cmd_sink(args) -> int:
     drawn = installed("matplotlib")  # the chart needs the tools extra; the numbers do not
     if drawn:
         plot_sink(results, out / "sink.png")
+    else:  # an earlier run's chart would not show these numbers
+        (out / "sink.png").unlink(missing_ok=True)
     width = max(len(n) for n in results)
     print(f"{'model':{width}s}  gate  " + "  ".join(f"{k:>15s}" for k in SINK_KEYS))
     for n, r in results.items():

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"genlip-export: --out {problem}", file=sys.stderr)
         return 2
     if args.cmd == "timm":
-        require("genlip-export timm", "tools")
+        require("genlip-export timm", "__main__", "tools")
     quiet_deepspeed_on_cpu()
     try:
         if args.cmd == "hf":

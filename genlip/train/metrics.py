@@ -49,16 +49,17 @@ class RunLogger:
         _drop_rows_after(self.path, start_step)  # steps redone after a resume are logged once, by the new run
         self.file = open(self.path, "a")  # noqa: SIM115 (open for the whole run, closed in close())
         cfg = recipe.log
-        if cfg.progress:
-            self.bar = tqdm(total=total_steps, initial=start_step, desc=recipe.name, dynamic_ncols=True)
-        if cfg.tensorboard:
+        if cfg.tensorboard:  # before the progress bar: a line printed after it would break the bar
             try:
                 from torch.utils.tensorboard import SummaryWriter  # optional: needs the tensorboard package
 
                 self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
-            except ImportError:  # on by default: said once, not an error
-                print(f"log.tensorboard: tensorboard is not installed, so no TensorBoard events; the metrics are in "
-                      f"{self.path} (pip install tensorboard, or log.tensorboard=false)")
+            except ImportError as e:  # on by default: said once, not an error
+                why = "is not installed" if not installed("tensorboard") else f"does not import ({e})"
+                print(f"log.tensorboard: tensorboard {why}, so no TensorBoard events; the metrics are in {self.path} "
+                      "(pip install tensorboard, or log.tensorboard=false)")
+        if cfg.progress:
+            self.bar = tqdm(total=total_steps, initial=start_step, desc=recipe.name, dynamic_ncols=True)
         if cfg.wandb_project:
             import wandb  # optional: check_logging made sure it is installed
 
