@@ -61,10 +61,9 @@ def image_processor(config):
     if not installed("torchvision") and hasattr(transformers, "SiglipImageProcessorPil"):  # recent transformers 5
         name = "SiglipImageProcessorPil"
     cls = getattr(transformers, name)
-    return cls(do_resize=True, size={"height": config.image_size, "width": config.image_size},
-                                resample=2, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-                                image_mean=list(config.image_mean), image_std=list(config.image_std),
-                                do_convert_rgb=True)
+    return cls(do_resize=True, size={"height": config.image_size, "width": config.image_size}, resample=2,
+               do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=list(config.image_mean),
+               image_std=list(config.image_std), do_convert_rgb=True)
 
 
 def _check_complete(enc, src: Path) -> None:

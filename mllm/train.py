@@ -434,7 +434,6 @@ def train(recipe: MllmRecipe) -> Path:
         return out / "final"
     check_model_paths(recipe)
     check_data(recipe)
-    check_packages(recipe)
     D.print0(f"batches: {plan.describe()}")  # after the checks: a refused recipe is its one line
     recipe = with_init_settings(recipe)
     t = recipe.train

@@ -84,17 +84,18 @@ class PretrainStream(IterableDataset):
         sid = self._stream_id()
         n_streams = self.world_size * self.streams_per_rank
         stats = SkipStats()
+        mix = len(self.sources) > 1  # reads and skips are also counted by source
         state = self.resume.get(str(sid), {})
         if state.get("stats"):
             stats = SkipStats.from_dict(state["stats"])
-            if len(self.sources) > 1 and "by_source" not in state["stats"] and stats.seen:
+            if mix and "by_source" not in state["stats"] and stats.seen:
                 # saved before reads were counted by source: what was read then stays in the sums, under its own name
                 stats.by_source[EARLIER] = Counter({"seen": stats.seen, **stats.skipped})
         draws = state.get("draws", 0)
 
         def on_error(reason: str, where: str, source: str) -> None:
             log.warning("skipping %s: %s", reason, where)
-            stats.skip(reason, where, source if len(self.sources) > 1 else "")
+            stats.skip(reason, where, source if mix else "")
 
         streams = [SourceStream(s, sid, n_streams, self.seed,
                                 lambda reason, where, name=s.name: on_error(reason, where, name), units=u)
@@ -123,13 +124,13 @@ class PretrainStream(IterableDataset):
                 draws += 1
                 pos = {"source": k, "cursor": streams[k].state()}
                 where, rec = next(iters[k])
-                name = self.sources[k].name
-                stats.read(name if len(self.sources) > 1 else "")
+                name = self.sources[k].name if mix else ""
+                stats.read(name)
                 try:
                     ex = load(k, where, rec)
                 except SkipSample as e:
                     on_error(e.reason, f"{where} {e.detail}".strip(), name)
-                    self._check_skips(stats, sid, name if len(self.sources) > 1 else "", e)
+                    self._check_skips(stats, sid, name, e)
                     continue
                 stats.used.update(ex.pop("_used"))
                 ex["_pos"] = pos
@@ -164,11 +165,13 @@ class PretrainStream(IterableDataset):
         ``min_seen_for_check``, or of one source's in a mix once that source has read as many (a broken source of
         small weight would otherwise be left out of the mix without stopping anything)."""
         limit, at_least = self.max_skip_fraction, self.min_seen_for_check
-        bad, seen, of = stats.n_records_skipped, stats.seen, ""
-        if source and not (seen >= at_least and bad / seen > limit):
-            (bad, seen), of = stats.source_share(source), f" of source {source!r}"
-        if seen < at_least or bad / max(seen, 1) <= limit:
+        shares = [(stats.n_records_skipped, stats.seen, "")]
+        if source:
+            shares.append((*stats.source_share(source), f" of source {source!r}"))
+        over = [(bad, seen, of) for bad, seen, of in shares if seen >= at_least and bad / seen > limit]
+        if not over:
             return
+        bad, seen, of = over[0]
         by_source = stats.source_summary()
         raise DataError(f"{bad} of {seen} records{of} skipped ({bad / seen:.1%} > max_skip_fraction {limit:.1%}) in "
                         f"stream {sid}; reasons {dict(stats.skipped)}"

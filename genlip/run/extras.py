@@ -27,17 +27,24 @@ def missing(*extras: str) -> list[str]:
     return [pkg for extra in extras for mod, pkg in EXTRAS[extra].items() if not installed(mod)]
 
 
-def require(prog: str, module_name: str, *extras: str) -> None:
-    """When a package of ``extras`` is missing: run as the program ``prog`` (its console script, or ``python -m``:
-    ``module_name`` is then ``__main__``), exit with one line (code 2) naming what to install; imported by other code,
-    raise :class:`ImportError` with that line, as the missing import itself would have."""
+def why_missing(*extras: str) -> str | None:
+    """What to install when a package of ``extras`` is missing (None when all are installed)."""
     gone = missing(*extras)
     if not gone:
-        return
+        return None
     names = ",".join(extras)
-    why = (f"needs the {' and '.join(extras)} extra{'s' if len(extras) > 1 else ''}, not installed here (missing: "
-           f"{', '.join(gone)}): pip install 'genlip-toolkit[{names}]' (in a checkout: pip install -e '.[{names}]', "
-           "or `make setup`)")
+    return (f"needs the {' and '.join(extras)} extra{'s' if len(extras) > 1 else ''}, not installed here (missing: "
+            f"{', '.join(gone)}): pip install 'genlip-toolkit[{names}]' (in a checkout: pip install -e '.[{names}]', "
+            "or `make setup`)")
+
+
+def require(prog: str, module_name: str, *extras: str) -> None:
+    """For a command module, before it imports ``extras``: run as the program ``prog`` (its console script, or
+    ``python -m``: ``module_name`` is then ``__main__``), exit with one line (code 2) naming what to install; imported
+    by other code, raise :class:`ImportError` with that line, as the missing import itself would have."""
+    why = why_missing(*extras)
+    if why is None:
+        return
     if module_name == "__main__" or os.path.basename(sys.argv[0] if sys.argv else "") == prog.split()[0]:
         print(f"{prog}: {why}", file=sys.stderr)
         raise SystemExit(2)

@@ -24,7 +24,7 @@ from genlip.export_hf import export_hf, export_random
 from genlip.export_timm import export_timm
 from genlip.run.command import quiet_deepspeed_on_cpu
 from genlip.run.dirs import output_dir_problem
-from genlip.run.extras import require
+from genlip.run.extras import why_missing
 from genlip.run.parser import Parser
 
 # what each export writes: an --out that holds anything else (or the other kind's export) is refused
@@ -75,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     if (problem := out_problem(args.out, args.cmd)) is not None:
         print(f"genlip-export: --out {problem}", file=sys.stderr)
         return 2
-    if args.cmd == "timm":
-        require("genlip-export timm", "__main__", "tools")
+    if args.cmd == "timm" and (why := why_missing("tools")) is not None:
+        print(f"genlip-export timm: {why}", file=sys.stderr)
+        return 2
     quiet_deepspeed_on_cpu()
     try:
         if args.cmd == "hf":

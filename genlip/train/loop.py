@@ -351,7 +351,7 @@ def _log_step(run: Run, step: int, micro: list[dict], loss: float, grad_norm: fl
            "skipped": stats.n_skipped, "skip_reasons": dict(stats.skipped), "used": dict(stats.used),
            "nonfinite_skips": run.state["nonfinite_skips"]}
     if stats.by_source:  # a mix of more than one source: what each was read and skipped for
-        row["by_source"] = {k: dict(v) for k, v in stats.by_source.items()}
+        row["by_source"] = stats.to_dict()["by_source"]
     if "sample_ids" in micro[0]:
         row["fill"] = tokens / (sum(m["sample_ids"].numel() for m in micro) * ws)
     run.logger.log(step, row)

@@ -61,8 +61,8 @@ class DataRecipe:
     max_caption_tokens: int | None = bounded(128, ge=1)
     min_image_size: int = bounded(2, ge=1)
     max_aspect_ratio: float = bounded(200.0, ge=1)
-    max_skip_fraction: float = bounded(0.1, ge=0, le=1)  # of a loader stream's (or a mix's source's) records;
-    # above it the run stops
+    # above this share of a loader stream's records (or of one source's, in a mix) the run stops
+    max_skip_fraction: float = bounded(0.1, ge=0, le=1)
     skip_check_after: int = bounded(200, ge=1)  # records a loader stream reads before max_skip_fraction is judged
     num_workers: int = bounded(1, ge=0)
 
