@@ -97,3 +97,51 @@ def test_the_synth_command_replaces_its_earlier_corpus_and_refuses_other_directo
     assert data_cli.main(["synth", "--out", str(tmp_path / "z"), "--samples", "0"]) == 2
     assert data_cli.main(["synth-sft", "--out", str(tmp_path / "z"), "--samples", "0"]) == 2
     assert not (tmp_path / "z").exists()
+
+
+def _make_slowly(tmp, log):
+    import time
+
+    with open(log, "a") as f:
+        f.write("made\n")
+    time.sleep(1.0)  # long enough that the other job arrives while this one is making it
+    tmp.mkdir(parents=True)
+    (tmp / "info.json").write_text(json.dumps({"samples": 3, "seed": 0}))
+
+
+def _job(home, log, start, results):
+    import contextlib
+    import io
+    import os
+
+    from genlip.run.dirs import generated_dir
+
+    os.environ["GENLIP_HOME"] = str(home)
+    start.wait()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        d = generated_dir("$GENLIP_HOME/data-n{samples}-s{seed}", 3, 0, "info.json",
+                          lambda tmp: _make_slowly(tmp, log), "test data")
+    results.put((str(d), out.getvalue()))
+
+
+def test_jobs_that_start_at_once_make_the_generated_data_once(tmp_path):
+    """Two jobs on one machine (two users' runs, a sweep's cells) needing the same generated data at the same
+    moment: one makes it, the other waits for it and uses it; neither sees a half-made or replaced directory."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    start, results = ctx.Barrier(2), ctx.Queue()
+    jobs = [ctx.Process(target=_job, args=(tmp_path / "home", tmp_path / "log", start, results)) for _ in range(2)]
+    for j in jobs:
+        j.start()
+    got = [results.get(timeout=60) for _ in jobs]
+    for j in jobs:
+        j.join(timeout=60)
+        assert j.exitcode == 0
+    assert (tmp_path / "log").read_text() == "made\n"  # made once
+    assert {d for d, _ in got} == {str(tmp_path / "home/data-n3-s0")}
+    said = sorted(o.strip() for _, o in got)
+    assert said == [f"generating test data (3 samples) in {tmp_path / 'home/data-n3-s0'} (first use only)",
+                    f"waiting for another job making {tmp_path / 'home/data-n3-s0'}"], said
+    assert not (tmp_path / "home/data-n3-s0.partial").exists()
