@@ -12,6 +12,7 @@ import contextlib
 import io
 import logging
 import os
+import socket
 import subprocess as sp
 import sys
 from importlib.metadata import entry_points
@@ -20,6 +21,13 @@ from pathlib import Path
 from transformers.utils import logging as hf_logging
 
 BIN = Path(sys.executable).parent
+
+
+def free_port() -> str:
+    """A TCP port free on this machine now, for torchrun's ``--master_port`` (tests may run side by side)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
 
 
 def _loggers() -> dict[str, logging.Logger]:

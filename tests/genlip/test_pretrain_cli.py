@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from genlip.run import checkpoint as C
-from tests.cli import run_cli
+from tests.cli import free_port, run_cli
 
 RECIPE = str(Path(__file__).parents[1] / "recipes" / "tiny_stage1.yaml")
 RECIPE2 = str(Path(__file__).parents[1] / "recipes" / "tiny_stage2.yaml")
@@ -32,7 +32,7 @@ def _env(home, **extra):
 
 def _run(home, out, *overrides, torchrun=0, env=None, check=True, recipe=RECIPE):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(torchrun),
-                "--master_port", str(29500 + os.getpid() % 1000)] if torchrun else [sys.executable]
+                "--master_port", free_port()] if torchrun else [sys.executable]
     cmd = launcher + ["-m", "genlip.train.cli", "--recipe", recipe, f"train.output_dir={out}", *overrides]
     p = subprocess.run(cmd, env=env or _env(home), capture_output=True, text=True, timeout=600)
     if check and p.returncode != 0:
@@ -419,7 +419,7 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(home, tmp_pat
     exactly is the single-process tests' part.)"""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(29500 + os.getpid() % 1000), "-m", "genlip.train.cli", "--recipe", RECIPE, f"train.output_dir={out}",
+           free_port(), "-m", "genlip.train.cli", "--recipe", RECIPE, f"train.output_dir={out}",
            "checkpoint.every=100", "train.steps=24"]
     proc = subprocess.Popen(cmd, env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)

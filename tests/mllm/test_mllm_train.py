@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from genlip.run.config import RecipeError, load_recipe
 from mllm.image_modes import default_pinpoints
 from mllm.recipe import MllmRecipe
-from tests.cli import run_cli
+from tests.cli import free_port, run_cli
 from tests.mllm_fixtures import make_llm, make_towers
 
 RECIPES = Path(__file__).parents[1] / "recipes"
@@ -36,7 +36,7 @@ def env(tmp_path_factory):
 def run(env, stage, out, *overrides, torchrun=0, check=True, extra_env=None):
     e = {**env[0], **(extra_env or {})}
     launch = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(torchrun), "--master_port",
-               str(29600 + os.getpid() % 300)] if torchrun else [sys.executable])
+               free_port()] if torchrun else [sys.executable])
     cmd = launch + ["-m", "mllm.cli", stage, "--recipe", str(RECIPES / f"mllm_{stage}.yaml"),
                     f"train.output_dir={out}", *overrides]
     p = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=900)
