@@ -145,3 +145,18 @@ def test_jobs_that_start_at_once_make_the_generated_data_once(tmp_path):
     assert said == [f"generating test data (3 samples) in {tmp_path / 'home/data-n3-s0'} (first use only)",
                     f"waiting for another job making {tmp_path / 'home/data-n3-s0'}"], said
     assert not (tmp_path / "home/data-n3-s0.partial").exists()
+
+
+def test_a_file_system_without_locks_still_gets_its_generated_data(tmp_path, monkeypatch):
+    import errno
+
+    from genlip.run import dirs
+
+    def no_locks(f, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(dirs.fcntl, "flock", no_locks)
+    monkeypatch.setenv("GENLIP_HOME", str(tmp_path))
+    d = dirs.generated_dir("$GENLIP_HOME/d-n{samples}-s{seed}", 3, 0, "info.json",
+                           lambda tmp: _make_slowly(tmp, tmp_path / "log"), "test data")
+    assert json.loads((d / "info.json").read_text()) == {"samples": 3, "seed": 0}
