@@ -42,9 +42,9 @@ check-env: setup
 	$(BIN)/python -m pip check
 	$(BIN)/python requirements/lock.py check $(LOCK_CHECK)
 
-# the test files run side by side, one pytest-xdist worker per core (at most 8; a file's tests stay together, so its
-# module fixtures are made once); `make test PYTEST_JOBS=0` runs them one after another
-PYTEST_JOBS ?= auto
+# the test files run side by side, one pytest-xdist worker per logical CPU (at most 8; a file's tests stay together,
+# so its module fixtures are made once); `make test PYTEST_JOBS=0` runs them one after another
+PYTEST_JOBS ?= logical
 test: check-env
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n $(PYTEST_JOBS) --maxprocesses 8 --dist loadfile

@@ -31,18 +31,19 @@ def _exclusive(lock: Path, waiting: str) -> Iterator[None]:
         yield
         return
     with open(lock, "a") as f:
+        locked = True
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             D.print0(waiting)
-            fcntl.flock(f, fcntl.LOCK_EX)
+            fcntl.flock(f, fcntl.LOCK_EX)  # as long as the other job takes (its ranks wait at their barrier)
         except OSError:  # a file system without locks (some network mounts): as before, no lock between jobs
-            yield
-            return
+            locked = False
         try:
             yield
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            if locked:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def generated_dir(template: str, samples: int, seed: int, marker: str, make, what: str) -> Path:

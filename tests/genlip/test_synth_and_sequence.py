@@ -104,7 +104,7 @@ def _make_slowly(tmp, log):
 
     with open(log, "a") as f:
         f.write("made\n")
-    time.sleep(1.0)  # long enough that the other job arrives while this one is making it
+    time.sleep(2.0)  # long enough that the other job arrives while this one is making it, even on a busy machine
     tmp.mkdir(parents=True)
     (tmp / "info.json").write_text(json.dumps({"samples": 3, "seed": 0}))
 
