@@ -55,7 +55,11 @@ def generated_dir(template: str, samples: int, seed: int, marker: str, make, wha
     raw = template.format(samples=samples, seed=seed)
     out = Path(os.path.expandvars(raw.replace("$GENLIP_HOME", str(genlip_home())))).expanduser()
     if D.is_main() and not (out / marker).exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # GENLIP_HOME (or a dir above the data) is a file, or not writable
+            raise DataError(f"cannot make {out.parent} for the generated data: {e.strerror} (set GENLIP_HOME "
+                            f"or the recipe's data dir to a writable directory)") from None
         with _exclusive(out.with_name(out.name + ".lock"), f"waiting for another job making {out}"):
             if not (out / marker).exists():  # not made by a job this one waited for
                 D.print0(f"generating {what} ({samples} samples) in {out} (first use only)")

@@ -160,3 +160,13 @@ def test_a_file_system_without_locks_still_gets_its_generated_data(tmp_path, mon
     d = dirs.generated_dir("$GENLIP_HOME/d-n{samples}-s{seed}", 3, 0, "info.json",
                            lambda tmp: _make_slowly(tmp, tmp_path / "log"), "test data")
     assert json.loads((d / "info.json").read_text()) == {"samples": 3, "seed": 0}
+
+
+def test_genlip_home_that_is_a_file_is_one_line(tmp_path, monkeypatch):
+    from genlip.data.sources import DataError
+    from genlip.run import dirs
+
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("GENLIP_HOME", str(tmp_path / "afile"))
+    with pytest.raises(DataError, match=r"^cannot make .*afile for the generated data: "):
+        dirs.generated_dir("$GENLIP_HOME/d-n{samples}-s{seed}", 3, 0, "info.json", lambda tmp: None, "test data")
